@@ -1,0 +1,188 @@
+//! A Flight SQL connection: statements, table listings and authentication,
+//! reporting the server's own error messages.
+
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::{CommandGetTables, CommandStatementQuery, ProstMessageExt};
+use arrow_flight::{FlightDescriptor, FlightInfo, HandshakeRequest};
+use base64::Engine;
+use futures::{StreamExt, TryStreamExt, stream};
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+
+/// How to log in.
+#[derive(Debug, Clone, Default)]
+pub enum Credentials {
+    /// No credentials.
+    #[default]
+    None,
+    /// A bearer token.
+    Token(String),
+    /// A user name and password, exchanged for a session token.
+    Password {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+/// A connection to a LakeLink scheduler (or any Flight SQL server).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    client: FlightServiceClient<Channel>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+/// A table and its columns.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// Its columns.
+    pub schema: Schema,
+}
+
+impl Connection {
+    /// Connects to `url` (`grpc://host:port` or `http://host:port`) and logs in.
+    pub async fn connect(url: &str, credentials: &Credentials) -> Result<Self, ClientError> {
+        let http = match url.split_once("://") {
+            Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
+            Some((scheme, _)) => {
+                return Err(ClientError::Usage(format!("unsupported scheme '{scheme}://' in {url}; use grpc://HOST:PORT")));
+            }
+            None => format!("http://{url}"),
+        };
+        let connect_err = |e: tonic::transport::Error| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) };
+        let channel = Endpoint::from_shared(http.clone())
+            .map_err(connect_err)?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(connect_err)?;
+        let client = FlightServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mut connection = Self { client, authorization: None };
+        match credentials {
+            Credentials::None => {}
+            Credentials::Token(token) => connection.authorization = Some(header(&format!("Bearer {token}"))?),
+            Credentials::Password { user, password } => connection.login(user, password).await?,
+        }
+        Ok(connection)
+    }
+
+    async fn login(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut request = tonic::Request::new(stream::once(async { HandshakeRequest::default() }));
+        request.metadata_mut().insert("authorization", header(&format!("Basic {basic}"))?);
+        let response = self.client.handshake(request).await?;
+        let token = response
+            .metadata()
+            .get("authorization")
+            .cloned()
+            .ok_or_else(|| ClientError::Transfer("the server accepted the login but sent no session token".into()))?;
+        self.authorization = Some(token);
+        Ok(())
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(auth) = &self.authorization {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
+        request
+    }
+
+    async fn info(&mut self, command: impl ProstMessageExt) -> Result<FlightInfo, ClientError> {
+        let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+        Ok(self.client.get_flight_info(self.request(descriptor)).await?.into_inner())
+    }
+
+    /// Fetches every endpoint of `info` in order, as one stream of batches.
+    async fn fetch(&mut self, info: FlightInfo) -> Result<ResultStream, ClientError> {
+        let schema = info.clone().try_decode_schema().map_err(|e| ClientError::Transfer(e.to_string()))?;
+        let mut streams = vec![];
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.ok_or_else(|| ClientError::Transfer("an endpoint has no ticket".into()))?;
+            let data = self.client.do_get(self.request(ticket)).await?.into_inner();
+            streams.push(FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from)));
+        }
+        let batches = stream::iter(streams).flatten().map_err(ClientError::from).boxed();
+        Ok(ResultStream { schema, batches })
+    }
+
+    /// Runs one SQL statement; the result arrives as a stream.
+    pub async fn query(&mut self, sql: &str) -> Result<ResultStream, ClientError> {
+        let info = self.info(CommandStatementQuery { query: sql.to_string(), transaction_id: None }).await?;
+        self.fetch(info).await
+    }
+
+    /// Lists the tables with their columns.
+    pub async fn tables(&mut self, name_pattern: Option<&str>) -> Result<Vec<TableInfo>, ClientError> {
+        let command = CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: name_pattern.map(str::to_string),
+            table_types: vec![],
+            include_schema: true,
+        };
+        let info = self.info(command).await?;
+        let batches: Vec<RecordBatch> = self.fetch(info).await?.batches.try_collect().await?;
+        let mut tables = vec![];
+        for batch in batches {
+            let names = string_column(&batch, "table_name")?;
+            let schemas = batch
+                .column_by_name("table_schema")
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::BinaryArray>().cloned())
+                .ok_or_else(|| ClientError::Transfer("GetTables answer has no table_schema column".into()))?;
+            for (i, name) in names.into_iter().enumerate() {
+                let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(schemas.value(i))?;
+                tables.push(TableInfo { name, schema });
+            }
+        }
+        Ok(tables)
+    }
+}
+
+/// A statement's result: its schema and a stream of batches.
+pub struct ResultStream {
+    /// The columns.
+    pub schema: Schema,
+    /// The batches, in order.
+    pub batches: futures::stream::BoxStream<'static, Result<RecordBatch, ClientError>>,
+}
+
+fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<String>, ClientError> {
+    let column = batch
+        .column_by_name(name)
+        .ok_or_else(|| ClientError::Transfer(format!("answer has no {name} column")))?;
+    let strings = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
+    let strings = strings.as_any().downcast_ref::<arrow::array::StringArray>().expect("cast to Utf8");
+    Ok(strings.iter().map(|s| s.unwrap_or_default().to_string()).collect())
+}
+
+fn header(value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, ClientError> {
+    value.parse().map_err(|_| ClientError::Usage("credentials must be ASCII".into()))
+}
+
+/// The full cause of a transport error (tonic hides the useful part inside).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

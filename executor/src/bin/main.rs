@@ -1,0 +1,59 @@
+//! `lakelink-executor`: a Ballista executor with LakeLink's functions.
+
+use clap::Parser;
+use lakelink_executor::{ExecutorOptions, run};
+use lakelink_udf::Extensions;
+
+/// A LakeLink executor: runs the tasks of distributed queries for a scheduler.
+#[derive(Debug, Parser)]
+#[command(name = "lakelink-executor", version)]
+struct Args {
+    /// The scheduler to work for, as HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    scheduler: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// Host name others reach this executor by (default: localhost).
+    #[arg(long)]
+    external_host: Option<String>,
+    /// Port serving shuffle and result data (Arrow Flight).
+    #[arg(long, default_value_t = 50051)]
+    port: u16,
+    /// Port of the executor's gRPC service.
+    #[arg(long, default_value_t = 50052)]
+    grpc_port: u16,
+    /// Tasks run at once (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    concurrent_tasks: usize,
+    /// Folder for shuffle files (default: a temporary folder removed at exit).
+    #[arg(long)]
+    work_dir: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let options = ExecutorOptions {
+        scheduler: args.scheduler,
+        bind_host: args.bind,
+        external_host: args.external_host,
+        port: args.port,
+        grpc_port: args.grpc_port,
+        concurrent_tasks: args.concurrent_tasks,
+        work_dir: args.work_dir,
+        extensions: Extensions::lakelink(),
+    };
+    match run(options).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lakelink-executor: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `lakelink-scheduler`: a Ballista scheduler over a lake, serving Arrow Flight SQL.
+
+use clap::Parser;
+use lakelink_scheduler::{AuthConfig, SchedulerOptions, start};
+
+/// A LakeLink scheduler: registers every table of a lake and serves Arrow
+/// Flight SQL and Ballista's executor protocol on one port.
+#[derive(Debug, Parser)]
+#[command(name = "lakelink-scheduler", version)]
+struct Args {
+    /// The lake: a folder (or file:// URL) whose files and folders are tables.
+    #[arg(long)]
+    lake: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// Port for Flight SQL clients and executors.
+    #[arg(long, default_value_t = 50050)]
+    port: u16,
+    /// Require this bearer token from Flight SQL clients.
+    #[arg(long, env = "LAKELINK_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Accept password logins (HTTP Basic) for this user.
+    #[arg(long, requires = "password")]
+    user: Option<String>,
+    /// The password for --user.
+    #[arg(long, env = "LAKELINK_PASSWORD", hide_env_values = true, requires = "user")]
+    password: Option<String>,
+    /// Seconds after which a silent executor is considered dead.
+    #[arg(long, default_value_t = 30)]
+    executor_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut options = SchedulerOptions::new(args.lake);
+    options.bind_host = args.bind;
+    options.port = args.port;
+    options.executor_timeout_seconds = args.executor_timeout;
+    options.auth = AuthConfig { token: args.auth_token, basic: args.user.zip(args.password) };
+    let result = async {
+        let running = start(options).await?;
+        tokio::select! {
+            r = running.wait() => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lakelink-scheduler: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The lake catalog: every entry of the lake folder is a table.
+//!
+//! * `orders.parquet` (or `.csv`, `.json`, `.avro`, `.arrow`) is a table named `orders`;
+//! * a folder `orders/` is a table named `orders` holding every file below it,
+//!   hive-style partition folders (`year=1995/`) included, which become columns.
+//!
+//! Names starting with `.` or `_` are skipped (metadata and temporary files).
+//! The folder is listed on every catalog lookup, so a table added to the lake
+//! later is visible to the next query without a restart; a table's schema is
+//! inferred once and inferred again when its folder or file changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableConfigExt, ListingTableUrl};
+use datafusion::execution::SessionState;
+use datafusion::execution::session_state::SessionStateBuilder;
+
+use crate::error::SchedulerError;
+
+/// The file extensions a table can be read from.
+const TABLE_EXTENSIONS: &[&str] = &["parquet", "csv", "json", "avro", "arrow"];
+
+/// A lake folder seen as one schema of tables.
+#[derive(Debug)]
+pub struct LakeSchema {
+    root: PathBuf,
+    /// The session used to list files and infer schemas.
+    state: SessionState,
+    cache: RwLock<HashMap<String, CachedTable>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedTable {
+    modified: Option<SystemTime>,
+    table: Arc<dyn TableProvider>,
+}
+
+/// One table of the lake and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeEntry {
+    /// The table's name.
+    pub name: String,
+    /// The file or folder holding it.
+    pub path: PathBuf,
+}
+
+impl LakeSchema {
+    /// Opens a lake given as a local folder or a `file://` URL.
+    pub fn open(lake: &str) -> Result<Self, SchedulerError> {
+        let root = lake_root(lake)?;
+        let state = SessionStateBuilder::new().with_default_features().build();
+        Ok(Self { root, state, cache: RwLock::new(HashMap::new()) })
+    }
+
+    /// The lake's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Lists the tables of the lake, sorted by name.
+    pub fn entries(&self) -> Vec<LakeEntry> {
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return vec![];
+        };
+        let mut entries: Vec<LakeEntry> = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| table_entry(&e.path()))
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries
+    }
+
+    fn entry(&self, name: &str) -> Option<LakeEntry> {
+        self.entries().into_iter().find(|e| e.name == name)
+    }
+
+    /// Resolves every table now, so that problems show at start. Returns the
+    /// tables that could not be read with the reason.
+    pub async fn check_all(&self) -> Vec<(String, DataFusionError)> {
+        let mut broken = vec![];
+        for entry in self.entries() {
+            if let Err(e) = self.load(&entry).await {
+                broken.push((entry.name, e));
+            }
+        }
+        broken
+    }
+
+    async fn load(&self, entry: &LakeEntry) -> Result<Arc<dyn TableProvider>> {
+        let modified = modified_time(&entry.path);
+        if let Some(cached) = self.cache.read().expect("lake cache lock").get(&entry.name)
+            && cached.modified == modified
+        {
+            return Ok(cached.table.clone());
+        }
+        let table = self.infer(entry).await.map_err(|e| {
+            DataFusionError::Plan(format!(
+                "table '{}' ({}) cannot be read: {}",
+                entry.name,
+                entry.path.display(),
+                e.strip_backtrace()
+            ))
+        })?;
+        self.cache
+            .write()
+            .expect("lake cache lock")
+            .insert(entry.name.clone(), CachedTable { modified, table: table.clone() });
+        Ok(table)
+    }
+
+    async fn infer(&self, entry: &LakeEntry) -> Result<Arc<dyn TableProvider>> {
+        let mut location = entry.path.to_string_lossy().into_owned();
+        if entry.path.is_dir() && !location.ends_with('/') {
+            location.push('/');
+        }
+        let url = ListingTableUrl::parse(&location)?;
+        let config = ListingTableConfig::new(url)
+            .infer_options(&self.state)
+            .await?
+            .infer_partitions_from_path(&self.state)
+            .await?
+            .infer_schema(&self.state)
+            .await?;
+        Ok(Arc::new(ListingTable::try_new(config)?))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for LakeSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.entries().into_iter().map(|e| e.name).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        match self.entry(name) {
+            Some(entry) => self.load(&entry).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.entry(name).is_some()
+    }
+}
+
+/// The table a lake entry stands for, if any.
+fn table_entry(path: &Path) -> Option<LakeEntry> {
+    let file_name = path.file_name()?.to_str()?;
+    if file_name.starts_with('.') || file_name.starts_with('_') {
+        return None;
+    }
+    if path.is_dir() {
+        return Some(LakeEntry { name: file_name.to_string(), path: path.to_path_buf() });
+    }
+    let (stem, ext) = file_name.rsplit_once('.')?;
+    TABLE_EXTENSIONS
+        .contains(&ext.to_ascii_lowercase().as_str())
+        .then(|| LakeEntry { name: stem.to_string(), path: path.to_path_buf() })
+}
+
+/// The newest modification time of a table's file or folder tree, so that a
+/// file added anywhere below a table folder shows as a change.
+fn modified_time(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mut newest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ok()?.flatten() {
+            if let Some(t) = modified_time(&entry.path()) {
+                newest = newest.max(t);
+            }
+        }
+    }
+    Some(newest)
+}
+
+/// Turns the `--lake` argument into a local folder.
+fn lake_root(lake: &str) -> Result<PathBuf, SchedulerError> {
+    let path = match lake.split_once("://") {
+        None => PathBuf::from(lake),
+        Some(("file", rest)) => PathBuf::from(rest),
+        Some((scheme, _)) => {
+            return Err(SchedulerError::UnsupportedLake {
+                lake: lake.to_string(),
+                reason: format!("the '{scheme}://' scheme is not supported yet; use a local folder or file:// URL"),
+            });
+        }
+    };
+    let root = path.canonicalize().map_err(|e| SchedulerError::UnsupportedLake {
+        lake: lake.to_string(),
+        reason: e.to_string(),
+    })?;
+    if !root.is_dir() {
+        return Err(SchedulerError::UnsupportedLake { lake: lake.to_string(), reason: "not a folder".into() });
+    }
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_name_tables_by_file_stem_or_folder() {
+        let dir = tempfile_dir();
+        std::fs::write(dir.join("orders.parquet"), b"").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"").unwrap();
+        std::fs::create_dir(dir.join("lineitem")).unwrap();
+        std::fs::create_dir(dir.join(".lakelink")).unwrap();
+        std::fs::write(dir.join("_SUCCESS"), b"").unwrap();
+        let lake = LakeSchema::open(dir.to_str().unwrap()).unwrap();
+        let names: Vec<_> = lake.entries().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, vec!["lineitem", "orders"]);
+    }
+
+    #[test]
+    fn unsupported_scheme_is_a_clear_error() {
+        let err = LakeSchema::open("s3://bucket/lake").unwrap_err().to_string();
+        assert!(err.contains("s3://"), "{err}");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lakelink-catalog-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,95 @@
+use datafusion::common::DataFusionError;
+use tonic::Status;
+
+/// Everything that can go wrong in the scheduler, one variant per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The `--lake` argument does not name a usable lake.
+    #[error("cannot open lake '{lake}': {reason}")]
+    UnsupportedLake {
+        /// What the user gave.
+        lake: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The configuration is contradictory or incomplete.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The server could not bind its port.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// Ballista's scheduler failed to start or stopped.
+    #[error("scheduler failed: {0}")]
+    Ballista(#[from] ballista_core::error::BallistaError),
+    /// The server stopped with a transport error.
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The query engine failed.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// Turns a query error into the gRPC status a Flight SQL client sees: what
+/// the user got wrong is `InvalidArgument` or `NotFound`, with DataFusion's
+/// own words and without its internal wrapping.
+pub fn query_status(err: DataFusionError) -> Status {
+    let err = err.find_root();
+    let message = clean_message(&err);
+    match err {
+        DataFusionError::SQL(..) => Status::invalid_argument(format!("SQL syntax error: {message}")),
+        DataFusionError::Plan(m) if m.contains("not found") => Status::not_found(message),
+        DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => Status::invalid_argument(message),
+        DataFusionError::NotImplemented(_) => Status::unimplemented(message),
+        DataFusionError::Configuration(_) => Status::invalid_argument(message),
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
+        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) | DataFusionError::ParquetError(..) => {
+            Status::aborted(message)
+        }
+        _ => Status::internal(message),
+    }
+}
+
+/// DataFusion's message without the backtrace and the "Error during planning:"
+/// style prefixes repeated by each layer the error crossed.
+fn clean_message(err: &DataFusionError) -> String {
+    let text = err.strip_backtrace();
+    let mut text = text.as_str();
+    for prefix in [
+        "Error during planning: ",
+        "Execution error: ",
+        "External error: ",
+        "SQL error: ",
+        "This feature is not implemented: ",
+        "Invalid or Unsupported Configuration: ",
+    ] {
+        while let Some(rest) = text.strip_prefix(prefix) {
+            text = rest;
+        }
+    }
+    text.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_table_is_not_found_and_names_the_table() {
+        let status = query_status(DataFusionError::Plan("table 'lakelink.public.nope' not found".into()));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().contains("nope"));
+        assert!(!status.message().contains("Error during planning"));
+    }
+
+    #[test]
+    fn nested_errors_report_the_root_cause() {
+        let inner = DataFusionError::Plan("column 'x' not found".into());
+        let outer = DataFusionError::Context("planning".into(), Box::new(inner));
+        assert_eq!(query_status(outer).code(), tonic::Code::NotFound);
+    }
+}

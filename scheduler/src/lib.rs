@@ -1,0 +1,202 @@
+//! The LakeLink scheduler: a Ballista scheduler over a lake folder, with the
+//! Arrow Flight SQL front door on the same port.
+//!
+//! [`start`] binds the port, opens the lake, starts Ballista's scheduler with
+//! LakeLink's functions and codecs, and serves both Ballista's own gRPC (for
+//! executors) and Flight SQL (for clients).
+#![warn(missing_docs)]
+
+/// Optional bearer-token and password authentication.
+pub mod auth;
+/// The lake catalog: every entry of the lake folder is a table.
+pub mod catalog;
+/// The scheduler's error type and its gRPC statuses.
+pub mod error;
+/// The Arrow Flight SQL service.
+pub mod flight_sql;
+/// Planning and running client SQL as distributed jobs.
+pub mod query;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use ballista::prelude::SessionContextExt;
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::create_scheduler;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use lakelink_udf::Extensions;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+
+pub use auth::AuthConfig;
+pub use error::SchedulerError;
+
+use crate::auth::Authenticator;
+use crate::catalog::LakeSchema;
+use crate::flight_sql::LakeLinkFlightSql;
+use crate::query::{CATALOG, QueryEngine, SCHEMA};
+
+/// The largest gRPC message either side sends: result batches are split below it.
+const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// How to run a scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// The lake: a local folder or `file://` URL.
+    pub lake: String,
+    /// The address to listen on.
+    pub bind_host: String,
+    /// The port for Ballista gRPC and Flight SQL; 0 picks a free one.
+    pub port: u16,
+    /// Credentials clients must present.
+    pub auth: AuthConfig,
+    /// The custom functions every node knows.
+    pub extensions: Extensions,
+    /// An executor silent for this long is considered dead.
+    pub executor_timeout_seconds: u64,
+}
+
+impl SchedulerOptions {
+    /// Defaults for a lake: all interfaces, port 50050, no auth.
+    pub fn new(lake: impl Into<String>) -> Self {
+        Self {
+            lake: lake.into(),
+            bind_host: "0.0.0.0".into(),
+            port: 50050,
+            auth: AuthConfig::default(),
+            extensions: Extensions::lakelink(),
+            executor_timeout_seconds: 30,
+        }
+    }
+}
+
+/// A scheduler serving in the background.
+#[derive(Debug)]
+pub struct RunningScheduler {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), SchedulerError>>,
+}
+
+impl RunningScheduler {
+    /// The address clients and executors connect to from this machine.
+    pub fn local_addr(&self) -> SocketAddr {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    }
+
+    /// Waits until the server stops.
+    pub async fn wait(mut self) -> Result<(), SchedulerError> {
+        (&mut self.task).await.map_err(|e| SchedulerError::Config(format!("scheduler task failed: {e}")))?
+    }
+
+    /// Stops serving.
+    pub async fn stop(mut self) -> Result<(), SchedulerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+}
+
+/// Starts a scheduler and returns once it is listening.
+pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, SchedulerError> {
+    let lake = Arc::new(LakeSchema::open(&options.lake)?);
+    let tables = lake.entries();
+    tracing::info!("lake {} holds {} table(s)", lake.root().display(), tables.len());
+    for (name, err) in lake.check_all().await {
+        tracing::warn!("table {name} cannot be read and will fail when queried: {err}");
+    }
+
+    let addr = format!("{}:{}", options.bind_host, options.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| SchedulerError::Bind { addr: addr.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| SchedulerError::Bind { addr, source })?;
+
+    let ext = options.extensions.clone();
+    let mut config = SchedulerConfig::default()
+        .with_hostname("localhost")
+        .with_port(addr.port())
+        .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
+        .with_remove_executor_wait_secs(0)
+        .with_grpc_server_max_decoding_message_size(MAX_MESSAGE_SIZE as u32)
+        .with_grpc_server_max_encoding_message_size(MAX_MESSAGE_SIZE as u32)
+        .with_override_config_producer({
+            let ext = ext.clone();
+            Arc::new(move || ext.configure(SessionConfig::new_with_ballista()))
+        })
+        .with_override_session_builder({
+            let ext = ext.clone();
+            Arc::new(move |config| ext.session_state(config))
+        });
+    config.bind_host = options.bind_host.clone();
+    config.executor_timeout_seconds = options.executor_timeout_seconds;
+    config.expire_dead_executor_interval_seconds = options.executor_timeout_seconds.clamp(1, 15);
+    config.override_logical_codec = Some(ext.logical_codec());
+    config.override_physical_codec = Some(ext.physical_codec());
+    let config = Arc::new(config);
+    let cluster = BallistaCluster::new_from_config(&config).await?;
+    let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config).await?;
+
+    let engine = Arc::new(query_engine(&ext, lake, addr).await?);
+    let auth = Authenticator::new(options.auth.clone());
+    let loopback = addr.ip().is_loopback();
+    if !options.auth.enabled() && !loopback {
+        tracing::warn!("Flight SQL has no authentication: anyone who reaches port {} can query the lake", addr.port());
+    }
+    let flight = FlightServiceServer::new(LakeLinkFlightSql::new(engine, auth.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let scheduler_grpc = SchedulerGrpcServer::new(scheduler)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(scheduler_grpc)
+            .add_service(InterceptedService::new(flight, auth))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop.await;
+            })
+            .await
+            .map_err(SchedulerError::from)
+    });
+    tracing::info!("LakeLink scheduler listening on {addr} (Ballista gRPC and Arrow Flight SQL)");
+    Ok(RunningScheduler { addr, shutdown: Some(shutdown), task })
+}
+
+/// The planning sessions of the Flight SQL front door.
+async fn query_engine(ext: &Extensions, lake: Arc<LakeSchema>, addr: SocketAddr) -> Result<QueryEngine, SchedulerError> {
+    let config = SessionConfig::new_with_ballista()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(CATALOG, SCHEMA);
+    let catalog = Arc::new(MemoryCatalogProvider::new());
+    catalog.register_schema(SCHEMA, lake.clone())?;
+
+    let state = ext.session_state(config.clone())?;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let distributed = SessionContext::remote_with_state(&format!("df://{host}:{}", addr.port()), state).await?;
+    ext.register_all(&distributed);
+    distributed.register_catalog(CATALOG, catalog.clone());
+
+    let local = SessionContext::new_with_config(config);
+    ext.register_all(&local);
+    local.register_catalog(CATALOG, catalog);
+    Ok(QueryEngine::new(distributed, local, lake))
+}
+

@@ -1,0 +1,230 @@
+//! The query engine behind the Flight SQL front door: plans SQL on a Ballista
+//! planning session (so every query runs as a distributed job), binds
+//! parameters, and streams results in the schema that was advertised.
+//!
+//! Transport code (Flight SQL) stays in `flight_sql.rs`; this module knows
+//! nothing about gRPC.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DataFusionError, ParamValues, Result, ScalarValue};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{LogicalPlan, TableScan};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use futures::StreamExt;
+
+use crate::catalog::LakeSchema;
+
+/// The catalog name clients see.
+pub const CATALOG: &str = "lakelink";
+/// The schema holding the lake's tables.
+pub const SCHEMA: &str = "public";
+
+/// Plans and runs SQL for remote clients.
+pub struct QueryEngine {
+    /// A Ballista planning session: its physical planner submits jobs to the
+    /// scheduler.
+    distributed: SessionContext,
+    /// A local session over the same catalog, for queries that read only the
+    /// catalog itself (`information_schema`, `SHOW TABLES`): those tables live
+    /// in this process and need no cluster.
+    local: SessionContext,
+    lake: Arc<LakeSchema>,
+}
+
+impl QueryEngine {
+    /// An engine planning on `distributed` and answering catalog queries on `local`.
+    pub fn new(distributed: SessionContext, local: SessionContext, lake: Arc<LakeSchema>) -> Self {
+        Self { distributed, local, lake }
+    }
+
+    /// The lake behind the engine.
+    pub fn lake(&self) -> &Arc<LakeSchema> {
+        &self.lake
+    }
+
+    /// Plans one read-only statement. Parameters, if any, replace its
+    /// placeholders (`$1`, `$2`, ... or `?`).
+    pub async fn plan(&self, sql: &str, params: Option<&[ScalarValue]>) -> Result<DataFrame> {
+        let sql = number_question_marks(sql)?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = self.distributed.sql_with_options(&sql, options).await.map_err(explain_refusal)?;
+        let df = if reads_only_catalog(df.logical_plan()) {
+            self.local.sql_with_options(&sql, options).await?
+        } else {
+            df
+        };
+        match params {
+            Some(values) => df.with_param_values(ParamValues::from(values.to_vec())),
+            None => {
+                let missing = df.logical_plan().get_parameter_names()?;
+                if missing.is_empty() {
+                    Ok(df)
+                } else {
+                    Err(DataFusionError::Plan(format!(
+                        "the statement has {} parameter placeholder(s) but no values were bound",
+                        missing.len()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The parameters a statement takes, in order, as an Arrow schema
+    /// (`$1`, `$2`, ...); the type is `Null` where the planner could not infer it.
+    pub async fn parameter_schema(&self, sql: &str) -> Result<Schema> {
+        let sql = number_question_marks(sql)?;
+        let plan = self.distributed.state().create_logical_plan(&sql).await?;
+        let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+        let mut names: Vec<&String> = types.keys().collect();
+        names.sort_by_key(|n| n.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
+        Ok(Schema::new(
+            names
+                .into_iter()
+                .map(|n| Field::new(n, types[n].clone().unwrap_or(DataType::Null), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Runs a planned statement. The stream carries exactly `schema`.
+    pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<SendableRecordBatchStream> {
+        let stream = df.execute_stream().await?;
+        let conformed = {
+            let schema = schema.clone();
+            stream.map(move |batch| conform(batch?, &schema))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, conformed)))
+    }
+}
+
+/// The schema a client is promised for a statement: the logical plan's, with
+/// every column nullable. Physical plans may disagree with the logical one
+/// about nullability, and a client that checks the promised schema against the
+/// data (ADBC does) must never see a difference.
+pub fn result_schema(df: &DataFrame) -> SchemaRef {
+    let fields: Vec<Field> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Re-labels (and where needed casts) a batch to the advertised schema.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch);
+    }
+    if batch.num_columns() != schema.fields().len() {
+        return Err(DataFusionError::Internal(format!(
+            "result has {} columns but {} were announced",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                cast(column, field.data_type()).map_err(DataFusionError::from)
+            }
+        })
+        .collect::<Result<_>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+}
+
+/// Whether every table the plan reads is a catalog table (`information_schema`).
+fn reads_only_catalog(plan: &LogicalPlan) -> bool {
+    let mut scans = 0;
+    let mut catalog_scans = 0;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(TableScan { table_name, .. }) = node {
+            scans += 1;
+            if table_name.schema() == Some("information_schema") {
+                catalog_scans += 1;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    scans > 0 && scans == catalog_scans
+}
+
+/// Rewrites JDBC/ODBC-style `?` placeholders into DataFusion's positional
+/// `$1`, `$2`, ... using the SQL tokenizer, so `?` inside strings, quoted
+/// identifiers and comments is left alone.
+pub fn number_question_marks(sql: &str) -> Result<String> {
+    if !sql.contains('?') {
+        return Ok(sql.to_string());
+    }
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize()
+        .map_err(|e| DataFusionError::SQL(Box::new(e.into()), None))?;
+    let mut n = 0;
+    let mut out = String::with_capacity(sql.len() + 8);
+    for token in tokens {
+        match token {
+            Token::Placeholder(p) if p == "?" => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// Says plainly why a statement was refused.
+fn explain_refusal(err: DataFusionError) -> DataFusionError {
+    let text = err.to_string();
+    if text.contains("DDL not supported") || text.contains("DML not supported") {
+        DataFusionError::Plan(
+            "LakeLink serves read-only queries: statements that create, change or delete data are refused".into(),
+        )
+    } else if text.contains("Statement not supported") {
+        DataFusionError::Plan(
+            "statements such as SET, PREPARE or transactions are not supported over Flight SQL; use a query".into(),
+        )
+    } else {
+        err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_marks_become_positional() {
+        let sql = "SELECT '?' AS q, \"a?\" FROM t WHERE a = ? AND b > ? -- why?";
+        assert_eq!(
+            number_question_marks(sql).unwrap(),
+            "SELECT '?' AS q, \"a?\" FROM t WHERE a = $1 AND b > $2 -- why?"
+        );
+    }
+
+    #[test]
+    fn conform_relabels_nullability() {
+        use datafusion::arrow::array::Int64Array;
+        let data = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(data, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        let advertised = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        assert_eq!(conform(batch, &advertised).unwrap().schema(), advertised);
+    }
+}

@@ -1,0 +1,224 @@
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
+use datafusion::catalog::TableFunctionImpl;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::{FunctionRegistry, SessionState};
+use datafusion::logical_expr::{AggregateUDF, AggregateUDFImpl, ScalarUDF, ScalarUDFImpl};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+
+use crate::codec::{LakeLinkLogicalCodec, LakeLinkPhysicalCodec};
+
+/// A scalar function that carries state (an endpoint, a model name, options)
+/// which must reach the executors together with the plan.
+///
+/// The state is written by the planning side and read back on the scheduler and
+/// on every executor by the codecs of this crate.
+pub trait StatefulScalarUDF: ScalarUDFImpl + Sized {
+    /// Serializes the function's state.
+    fn encode_state(&self) -> Result<Vec<u8>>;
+    /// Rebuilds the function from the bytes that [`Self::encode_state`] wrote.
+    fn decode_state(state: &[u8]) -> Result<Self>;
+}
+
+/// An aggregate function that carries state to the executors; see
+/// [`StatefulScalarUDF`].
+pub trait StatefulAggregateUDF: AggregateUDFImpl + Sized {
+    /// Serializes the function's state.
+    fn encode_state(&self) -> Result<Vec<u8>>;
+    /// Rebuilds the function from the bytes that [`Self::encode_state`] wrote.
+    fn decode_state(state: &[u8]) -> Result<Self>;
+}
+
+type Encoder<F> = Arc<dyn Fn(&F) -> Option<Result<Vec<u8>>> + Send + Sync>;
+type Decoder<F> = Arc<dyn Fn(&[u8]) -> Result<Arc<F>> + Send + Sync>;
+
+/// How one stateful function of kind `F` is written to and read from a plan.
+pub(crate) struct StateCodec<F: ?Sized> {
+    pub(crate) encode: Encoder<F>,
+    pub(crate) decode: Decoder<F>,
+}
+
+impl<F: ?Sized> Clone for StateCodec<F> {
+    fn clone(&self) -> Self {
+        Self { encode: self.encode.clone(), decode: self.decode.clone() }
+    }
+}
+
+/// The set of custom functions that every LakeLink node knows.
+///
+/// [`Extensions::lakelink`] is the set LakeLink ships; embedders and tests add
+/// their own with the `with_*` builders. The same value configures all three
+/// places a function must be known:
+///
+/// * the planning side: [`Extensions::register_all`] on a `SessionContext`, or
+///   [`Extensions::session_state`] for a fresh state;
+/// * the scheduler: [`Extensions::session_state`] as its session builder, and
+///   [`Extensions::logical_codec`] / [`Extensions::physical_codec`];
+/// * every executor: [`Extensions::function_registry`] and
+///   [`Extensions::physical_codec`].
+#[derive(Clone, Default)]
+pub struct Extensions {
+    scalar: Vec<Arc<ScalarUDF>>,
+    aggregate: Vec<Arc<AggregateUDF>>,
+    table: Vec<(String, Arc<dyn TableFunctionImpl>)>,
+    scalar_codecs: HashMap<String, StateCodec<ScalarUDF>>,
+    aggregate_codecs: HashMap<String, StateCodec<AggregateUDF>>,
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extensions")
+            .field("scalar", &self.scalar.iter().map(|u| u.name()).collect::<Vec<_>>())
+            .field("aggregate", &self.aggregate.iter().map(|u| u.name()).collect::<Vec<_>>())
+            .field("table", &self.table.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Extensions {
+    /// The functions LakeLink ships.
+    pub fn lakelink() -> Self {
+        Self::default()
+    }
+
+    /// Adds a scalar function without state: executors find it by name.
+    pub fn with_scalar(mut self, udf: ScalarUDF) -> Self {
+        self.scalar.push(Arc::new(udf));
+        self
+    }
+
+    /// Adds a scalar function whose state travels with the plan.
+    pub fn with_stateful_scalar<F: StatefulScalarUDF>(mut self, fun: F) -> Self {
+        let name = fun.name().to_string();
+        let codec = StateCodec::<ScalarUDF> {
+            encode: Arc::new(|udf: &ScalarUDF| {
+                let inner: &dyn Any = udf.inner().as_ref();
+                inner.downcast_ref::<F>().map(F::encode_state)
+            }),
+            decode: Arc::new(|bytes: &[u8]| Ok(Arc::new(ScalarUDF::new_from_impl(F::decode_state(bytes)?)))),
+        };
+        self.scalar_codecs.insert(name, codec);
+        self.scalar.push(Arc::new(ScalarUDF::new_from_impl(fun)));
+        self
+    }
+
+    /// Adds an aggregate function without state.
+    pub fn with_aggregate(mut self, udaf: AggregateUDF) -> Self {
+        self.aggregate.push(Arc::new(udaf));
+        self
+    }
+
+    /// Adds an aggregate function whose state travels with the plan.
+    pub fn with_stateful_aggregate<F: StatefulAggregateUDF>(mut self, fun: F) -> Self {
+        let name = fun.name().to_string();
+        let codec = StateCodec::<AggregateUDF> {
+            encode: Arc::new(|udaf: &AggregateUDF| {
+                let inner: &dyn Any = udaf.inner().as_ref();
+                inner.downcast_ref::<F>().map(F::encode_state)
+            }),
+            decode: Arc::new(|bytes: &[u8]| Ok(Arc::new(AggregateUDF::new_from_impl(F::decode_state(bytes)?)))),
+        };
+        self.aggregate_codecs.insert(name, codec);
+        self.aggregate.push(Arc::new(AggregateUDF::new_from_impl(fun)));
+        self
+    }
+
+    /// Adds a table function. Table functions are resolved where SQL is
+    /// planned (the planning side and the scheduler), so they need no codec:
+    /// they must return a provider that Ballista can serialize (a listing table
+    /// or a view built from SQL).
+    pub fn with_table_function(mut self, name: impl Into<String>, fun: Arc<dyn TableFunctionImpl>) -> Self {
+        self.table.push((name.into(), fun));
+        self
+    }
+
+    /// Names of every scalar, aggregate and table function in the set.
+    pub fn function_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.scalar.iter().map(|u| u.name().to_string()).collect();
+        names.extend(self.aggregate.iter().map(|u| u.name().to_string()));
+        names.extend(self.table.iter().map(|(n, _)| n.clone()));
+        names
+    }
+
+    /// Registers every function of the set on a planning session.
+    ///
+    /// Call it again after `SessionContext::remote_with_state` or
+    /// `standalone_with_state`: Ballista replaces the scalar functions of the
+    /// context it returns.
+    pub fn register_all(&self, ctx: &SessionContext) {
+        for udf in &self.scalar {
+            ctx.register_udf(udf.as_ref().clone());
+        }
+        for udaf in &self.aggregate {
+            ctx.register_udaf(udaf.as_ref().clone());
+        }
+        for (name, fun) in &self.table {
+            ctx.register_udtf(name, fun.clone());
+        }
+    }
+
+    /// Registers every function of the set on a session state.
+    pub fn register_on_state(&self, state: &mut SessionState) -> Result<()> {
+        for udf in &self.scalar {
+            state.register_udf(udf.clone())?;
+        }
+        for udaf in &self.aggregate {
+            state.register_udaf(udaf.clone())?;
+        }
+        for (name, fun) in &self.table {
+            state.register_udtf(name, fun.clone());
+        }
+        Ok(())
+    }
+
+    /// Puts the set's codecs into a session config, so that the Ballista
+    /// client serializes plans with them.
+    pub fn configure(&self, config: SessionConfig) -> SessionConfig {
+        config
+            .with_ballista_logical_extension_codec(self.logical_codec())
+            .with_ballista_physical_extension_codec(self.physical_codec())
+    }
+
+    /// A Ballista session state for `config` with every function registered
+    /// and the codecs configured: the scheduler's session builder.
+    pub fn session_state(&self, config: SessionConfig) -> Result<SessionState> {
+        let mut state = ballista_core::utils::default_session_builder(self.configure(config))?;
+        self.register_on_state(&mut state)?;
+        Ok(state)
+    }
+
+    /// The function registry an executor resolves functions by name with:
+    /// DataFusion's and Ballista's built-ins plus this set.
+    pub fn function_registry(&self) -> BallistaFunctionRegistry {
+        let mut registry = BallistaFunctionRegistry::default();
+        for udf in &self.scalar {
+            registry.scalar_functions.insert(udf.name().to_string(), udf.clone());
+        }
+        for udaf in &self.aggregate {
+            registry.aggregate_functions.insert(udaf.name().to_string(), udaf.clone());
+        }
+        registry
+    }
+
+    /// The logical codec: Ballista's, plus the state of this set's functions.
+    pub fn logical_codec(&self) -> Arc<dyn LogicalExtensionCodec> {
+        Arc::new(LakeLinkLogicalCodec::new(self.scalar_codecs.clone(), self.aggregate_codecs.clone()))
+    }
+
+    /// The physical codec: Ballista's, plus the state of this set's functions.
+    pub fn physical_codec(&self) -> Arc<dyn PhysicalExtensionCodec> {
+        Arc::new(LakeLinkPhysicalCodec::new(self.scalar_codecs.clone(), self.aggregate_codecs.clone()))
+    }
+}
+
+/// The error a codec gives for state it cannot read.
+pub(crate) fn state_error(kind: &str, name: &str, e: impl fmt::Display) -> DataFusionError {
+    DataFusionError::Plan(format!("cannot read the state of {kind} function '{name}' from the plan: {e}"))
+}
