@@ -164,17 +164,21 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
+    // Served through axum with the peer address attached: Ballista's
+    // scheduler reads it to learn where an executor that did not name its
+    // host can be reached.
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(scheduler_grpc);
+    routes.add_service(InterceptedService::new(flight, auth));
+    let app = routes.routes().into_axum_router().into_make_service_with_connect_info::<SocketAddr>();
     let (shutdown, stop) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(scheduler_grpc)
-            .add_service(InterceptedService::new(flight, auth))
-            .serve_with_incoming_shutdown(incoming, async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
                 let _ = stop.await;
             })
             .await
-            .map_err(SchedulerError::from)
+            .map_err(|e| SchedulerError::Config(format!("server stopped: {e}")))
     });
     tracing::info!("LakeLink scheduler listening on {addr} (Ballista gRPC and Arrow Flight SQL)");
     Ok(RunningScheduler { addr, shutdown: Some(shutdown), task })
