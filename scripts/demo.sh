@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds LakeLink (optimized for this CPU), generates a TPC-H demo lake and
+# opens the SQL shell over it in embedded mode.
+#   scripts/demo.sh [SCALE_FACTOR]     (default 1: 6 million lineitem rows)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scale="${1:-1}"
+
+echo "== building lakelink (release; about 20 minutes the first time)"
+cargo build --release --bin lakelink
+
+lake="$LAKELINK_CACHE/demo/tpch-sf$scale"
+if [ ! -f "$lake/.complete" ]; then
+  echo "== generating TPC-H SF $scale into $lake"
+  "$CARGO_TARGET_DIR/release/lakelink" datagen tpch --scale "$scale" --out "$lake"
+  touch "$lake/.complete"
+fi
+
+cat <<'SQL'
+== example queries (paste one at the prompt):
+  \d
+  \d lineitem
+  SELECT l_returnflag, l_linestatus, count(*) AS orders, sum(l_extendedprice) AS revenue
+    FROM lineitem GROUP BY 1, 2 ORDER BY 1, 2;
+  SELECT n_name, sum(o_totalprice) AS total FROM orders
+    JOIN customer ON o_custkey = c_custkey JOIN nation ON c_nationkey = n_nationkey
+    GROUP BY n_name ORDER BY total DESC LIMIT 5;
+SQL
+exec "$CARGO_TARGET_DIR/release/lakelink" --lake "$lake"
