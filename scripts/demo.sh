@@ -8,7 +8,7 @@ source scripts/env.sh
 scale="${1:-1}"
 
 echo "== building lakelink (release; about 20 minutes the first time)"
-cargo build --release --bin lakelink
+cargo build --release --workspace --bins
 
 lake="$LAKELINK_CACHE/demo/tpch-sf$scale"
 if [ ! -f "$lake/.complete" ]; then

@@ -20,8 +20,19 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableConfigExt, ListingTableUrl};
 use datafusion::execution::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::parquet::file::reader::SerializedFileReader;
+use datafusion::prelude::SessionConfig;
 
 use crate::error::SchedulerError;
+
+/// DataFusion's setting that reads Parquet strings as `Utf8View`.
+///
+/// LakeLink reads them as plain `Utf8`: a view array read from Parquet shares
+/// its page buffers with neighbouring batches, and Arrow IPC (every shuffle,
+/// every Flight result) sends those buffers whole with each batch: 9 GB on the
+/// wire for the 1 GB of SF1 `lineitem`.
+pub const FORCE_VIEW_TYPES: &str = "datafusion.execution.parquet.schema_force_view_types";
 
 /// The file extensions a table can be read from.
 const TABLE_EXTENSIONS: &[&str] = &["parquet", "csv", "json", "avro", "arrow"];
@@ -54,7 +65,8 @@ impl LakeSchema {
     /// Opens a lake given as a local folder or a `file://` URL.
     pub fn open(lake: &str) -> Result<Self, SchedulerError> {
         let root = lake_root(lake)?;
-        let state = SessionStateBuilder::new().with_default_features().build();
+        let config = SessionConfig::new().set_bool(FORCE_VIEW_TYPES, false);
+        let state = SessionStateBuilder::new().with_default_features().with_config(config).build();
         Ok(Self { root, state, cache: RwLock::new(HashMap::new()) })
     }
 
@@ -104,7 +116,7 @@ impl LakeSchema {
                 "table '{}' ({}) cannot be read: {}",
                 entry.name,
                 entry.path.display(),
-                e.strip_backtrace()
+                e.strip_backtrace().replace("Parquet error: Parquet error: ", "Parquet error: ")
             ))
         })?;
         self.cache
@@ -120,13 +132,24 @@ impl LakeSchema {
             location.push('/');
         }
         let url = ListingTableUrl::parse(&location)?;
-        let config = ListingTableConfig::new(url)
-            .infer_options(&self.state)
+        let config = ListingTableConfig::new(url.clone()).infer_options(&self.state).await?;
+        let options = config.options.clone().ok_or_else(|| DataFusionError::Plan("no files".into()))?;
+        // Partition values are plain strings: DataFusion's default dictionary
+        // type does not survive Ballista's shuffles.
+        let partitions: Vec<(String, DataType)> = options
+            .infer_partitions(&self.state, &url)
             .await?
-            .infer_partitions_from_path(&self.state)
-            .await?
+            .into_iter()
+            .map(|name| (name, DataType::Utf8))
+            .collect();
+        let config = config
+            .with_listing_options(options.with_table_partition_cols(partitions))
             .infer_schema(&self.state)
-            .await?;
+            .await
+            .map_err(|e| match first_unreadable_parquet(&entry.path) {
+                Some(file) => DataFusionError::Plan(format!("{} is not a readable Parquet file: {}", file.display(), e.strip_backtrace())),
+                None => e,
+            })?;
         Ok(Arc::new(ListingTable::try_new(config)?))
     }
 }
@@ -162,6 +185,19 @@ fn table_entry(path: &Path) -> Option<LakeEntry> {
     TABLE_EXTENSIONS
         .contains(&ext.to_ascii_lowercase().as_str())
         .then(|| LakeEntry { name: stem.to_string(), path: path.to_path_buf() })
+}
+
+/// The first `.parquet` file at or below `path` whose footer cannot be read,
+/// so that an error can name it.
+fn first_unreadable_parquet(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        let mut children: Vec<PathBuf> = std::fs::read_dir(path).ok()?.flatten().map(|e| e.path()).collect();
+        children.sort();
+        return children.iter().find_map(|c| first_unreadable_parquet(c));
+    }
+    let is_parquet = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+    let file = std::fs::File::open(path).ok()?;
+    (is_parquet && SerializedFileReader::new(file).is_err()).then(|| path.to_path_buf())
 }
 
 /// The newest modification time of a table's file or folder tree, so that a

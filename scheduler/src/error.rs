@@ -26,9 +26,9 @@ pub enum SchedulerError {
     /// Ballista's scheduler failed to start or stopped.
     #[error("scheduler failed: {0}")]
     Ballista(#[from] ballista_core::error::BallistaError),
-    /// The server stopped with a transport error.
-    #[error("server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// The server stopped with an I/O error.
+    #[error("server stopped: {0}")]
+    Serve(std::io::Error),
     /// The query engine failed.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
@@ -41,7 +41,14 @@ pub fn query_status(err: DataFusionError) -> Status {
     let err = err.find_root();
     let message = clean_message(&err);
     match err {
-        DataFusionError::SQL(..) => Status::invalid_argument(format!("SQL syntax error: {message}")),
+        DataFusionError::SQL(parser_error, _) => {
+            use datafusion::sql::sqlparser::parser::ParserError;
+            let detail = match parser_error.as_ref() {
+                ParserError::ParserError(s) | ParserError::TokenizerError(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Status::invalid_argument(format!("SQL syntax error: {detail}"))
+        }
         DataFusionError::Plan(m) if m.contains("not found") => Status::not_found(message),
         DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => Status::invalid_argument(message),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
@@ -84,6 +91,15 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::NotFound);
         assert!(status.message().contains("nope"));
         assert!(!status.message().contains("Error during planning"));
+    }
+
+    #[test]
+    fn syntax_errors_read_plainly() {
+        use datafusion::sql::sqlparser::parser::ParserError;
+        let err = DataFusionError::SQL(Box::new(ParserError::ParserError("Expected: an SQL statement, found: SELEC".into())), None);
+        let status = query_status(err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "SQL syntax error: Expected: an SQL statement, found: SELEC");
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
                 let _ = stop.await;
             })
             .await
-            .map_err(|e| SchedulerError::Config(format!("server stopped: {e}")))
+            .map_err(SchedulerError::Serve)
     });
     tracing::info!("LakeLink scheduler listening on {addr} (Ballista gRPC and Arrow Flight SQL)");
     Ok(RunningScheduler { addr, shutdown: Some(shutdown), task })
@@ -188,7 +188,8 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
 async fn query_engine(ext: &Extensions, lake: Arc<LakeSchema>, addr: SocketAddr) -> Result<QueryEngine, SchedulerError> {
     let config = SessionConfig::new_with_ballista()
         .with_information_schema(true)
-        .with_default_catalog_and_schema(CATALOG, SCHEMA);
+        .with_default_catalog_and_schema(CATALOG, SCHEMA)
+        .set_bool(catalog::FORCE_VIEW_TYPES, false);
     let catalog = Arc::new(MemoryCatalogProvider::new());
     catalog.register_schema(SCHEMA, lake.clone())?;
 

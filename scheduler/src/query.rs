@@ -108,17 +108,39 @@ impl QueryEngine {
 }
 
 /// The schema a client is promised for a statement: the logical plan's, with
-/// every column nullable. Physical plans may disagree with the logical one
-/// about nullability, and a client that checks the promised schema against the
-/// data (ADBC does) must never see a difference.
+/// every column nullable and view types as their plain counterparts.
+///
+/// * Physical plans may disagree with the logical one about nullability, and a
+///   client that checks the promised schema against the data (ADBC does) must
+///   never see a difference.
+/// * A `Utf8View` batch read from Parquet shares large data buffers with its
+///   neighbours; Arrow IPC sends those buffers whole with every batch, many
+///   times the data itself. Plain `Utf8` is compact on the wire and every
+///   Flight SQL client (JDBC and BI tools included) understands it.
 pub fn result_schema(df: &DataFrame) -> SchemaRef {
     let fields: Vec<Field> = df
         .schema()
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
+        .map(|f| f.as_ref().clone().with_data_type(wire_type(f.data_type())).with_nullable(true))
         .collect();
     Arc::new(Schema::new(fields))
+}
+
+/// The type a column travels as.
+fn wire_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::List(f) => DataType::List(Arc::new(f.as_ref().clone().with_data_type(wire_type(f.data_type())))),
+        DataType::LargeList(f) => {
+            DataType::LargeList(Arc::new(f.as_ref().clone().with_data_type(wire_type(f.data_type()))))
+        }
+        DataType::Struct(fields) => DataType::Struct(
+            fields.iter().map(|f| f.as_ref().clone().with_data_type(wire_type(f.data_type()))).collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Re-labels (and where needed casts) a batch to the advertised schema.
@@ -217,6 +239,14 @@ mod tests {
             number_question_marks(sql).unwrap(),
             "SELECT '?' AS q, \"a?\" FROM t WHERE a = $1 AND b > $2 -- why?"
         );
+    }
+
+    #[test]
+    fn view_types_travel_as_plain_types() {
+        let nested = DataType::List(Arc::new(Field::new("item", DataType::Utf8View, true)));
+        assert_eq!(wire_type(&DataType::Utf8View), DataType::Utf8);
+        assert_eq!(wire_type(&nested), DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))));
+        assert_eq!(wire_type(&DataType::Int64), DataType::Int64);
     }
 
     #[test]

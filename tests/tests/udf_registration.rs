@@ -13,7 +13,10 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility, lit,
 };
 use lakelink_tests::{TestCluster, query, rows, tpch_lake};
-use lakelink_udf::{Extensions, StatefulScalarUDF};
+use datafusion::arrow::array::ArrayRef;
+use datafusion::logical_expr::function::AccumulatorArgs;
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl};
+use lakelink_udf::{Extensions, StatefulAggregateUDF, StatefulScalarUDF};
 
 /// `add_offset(x)`: x plus an offset fixed when the function was registered.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -57,6 +60,73 @@ impl StatefulScalarUDF for AddOffset {
     }
 }
 
+/// `scaled_sum(x)`: the sum of x times a factor fixed at registration. Partial
+/// sums travel between stages; the factor is applied by the final stage, on
+/// whichever executor runs it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ScaledSum {
+    factor: i64,
+    signature: Signature,
+}
+
+impl ScaledSum {
+    fn new(factor: i64) -> Self {
+        Self { factor, signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable) }
+    }
+}
+
+impl AggregateUDFImpl for ScaledSum {
+    fn name(&self) -> &str {
+        "scaled_sum"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(ScaledSumAccumulator { sum: 0, factor: self.factor }))
+    }
+}
+
+#[derive(Debug)]
+struct ScaledSumAccumulator {
+    sum: i64,
+    factor: i64,
+}
+
+impl Accumulator for ScaledSumAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let values = values[0].as_any().downcast_ref::<Int64Array>().expect("Int64");
+        self.sum += values.iter().flatten().sum::<i64>();
+        Ok(())
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Int64(Some(self.sum * self.factor)))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![ScalarValue::Int64(Some(self.sum))])
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.update_batch(states)
+    }
+}
+
+impl StatefulAggregateUDF for ScaledSum {
+    fn encode_state(&self) -> Result<Vec<u8>> {
+        Ok(self.factor.to_le_bytes().to_vec())
+    }
+    fn decode_state(state: &[u8]) -> Result<Self> {
+        let bytes: [u8; 8] =
+            state.try_into().map_err(|_| DataFusionError::Plan(format!("bad scaled_sum state: {state:?}")))?;
+        Ok(Self::new(i64::from_le_bytes(bytes)))
+    }
+}
+
 /// `first_numbers(k)`: a table of 1..=k, planned where SQL is planned.
 #[derive(Debug)]
 struct FirstNumbers;
@@ -75,6 +145,7 @@ impl TableFunctionImpl for FirstNumbers {
 fn with_offset(offset: i64) -> Extensions {
     Extensions::lakelink()
         .with_stateful_scalar(AddOffset::new(offset))
+        .with_stateful_aggregate(ScaledSum::new(offset))
         .with_table_function("first_numbers", Arc::new(FirstNumbers))
 }
 
@@ -95,6 +166,11 @@ async fn function_state_travels_to_every_executor() {
     let r = rows(&result);
     let n: i64 = r[0][1].parse().unwrap();
     assert_eq!(r[0][0], (42 * n).to_string());
+
+    // An aggregate with state, split into partial and final stages.
+    let sql = "SELECT scaled_sum(l_orderkey) = 42 * sum(l_orderkey) AS scaled FROM lineitem";
+    let result = query(&mut conn, sql).await.expect("stateful aggregate runs");
+    assert_eq!(rows(&result), vec![vec!["true"]]);
 
     let result = query(&mut conn, "SELECT sum(column1) FROM first_numbers(4)").await.expect("table function");
     assert_eq!(rows(&result), vec![vec!["10"]]);
