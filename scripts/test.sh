@@ -12,6 +12,10 @@ if [ ! -x "$LAKELINK_VENV/bin/python" ]; then
 fi
 "$LAKELINK_VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
 echo "== building (debug)"
 cargo build --workspace --bins --tests
 

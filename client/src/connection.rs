@@ -57,11 +57,14 @@ impl Connection {
         let http = match url.split_once("://") {
             Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
             Some((scheme, _)) => {
-                return Err(ClientError::Usage(format!("unsupported scheme '{scheme}://' in {url}; use grpc://HOST:PORT")));
+                return Err(ClientError::Usage(format!(
+                    "unsupported scheme '{scheme}://' in {url}; use grpc://HOST:PORT"
+                )));
             }
             None => format!("http://{url}"),
         };
-        let connect_err = |e: tonic::transport::Error| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) };
+        let connect_err =
+            |e: tonic::transport::Error| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) };
         let channel = Endpoint::from_shared(http.clone())
             .map_err(connect_err)?
             .connect_timeout(Duration::from_secs(10))
@@ -86,11 +89,10 @@ impl Connection {
         let mut request = tonic::Request::new(stream::once(async { HandshakeRequest::default() }));
         request.metadata_mut().insert("authorization", header(&format!("Basic {basic}"))?);
         let response = self.client.handshake(request).await?;
-        let token = response
-            .metadata()
-            .get("authorization")
-            .cloned()
-            .ok_or_else(|| ClientError::Transfer("the server accepted the login but sent no session token".into()))?;
+        let token =
+            response.metadata().get("authorization").cloned().ok_or_else(|| {
+                ClientError::Transfer("the server accepted the login but sent no session token".into())
+            })?;
         self.authorization = Some(token);
         Ok(())
     }
@@ -163,9 +165,8 @@ pub struct ResultStream {
 }
 
 fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<String>, ClientError> {
-    let column = batch
-        .column_by_name(name)
-        .ok_or_else(|| ClientError::Transfer(format!("answer has no {name} column")))?;
+    let column =
+        batch.column_by_name(name).ok_or_else(|| ClientError::Transfer(format!("answer has no {name} column")))?;
     let strings = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
     let strings = strings.as_any().downcast_ref::<arrow::array::StringArray>().expect("cast to Utf8");
     Ok(strings.iter().map(|s| s.unwrap_or_default().to_string()).collect())

@@ -83,23 +83,33 @@ fn write_parts(table: &str, scale: f64, parts: i32, dir: &Path) -> Result<usize,
 }
 
 fn write_part(table: &str, scale: f64, part: i32, parts: i32, path: &PathBuf) -> Result<usize, ClientError> {
-    let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>) = match table {
-        "lineitem" => boxed(LineItemArrow::new(LineItemGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        "orders" => boxed(OrderArrow::new(OrderGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        "partsupp" => boxed(PartSuppArrow::new(PartSuppGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        "part" => boxed(PartArrow::new(PartGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        "customer" => boxed(CustomerArrow::new(CustomerGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        "supplier" => boxed(SupplierArrow::new(SupplierGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        "nation" => boxed(NationArrow::new(NationGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        "region" => boxed(RegionArrow::new(RegionGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
-        other => return Err(ClientError::Usage(format!("unknown TPC-H table {other}"))),
-    };
+    let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>) =
+        match table {
+            "lineitem" => {
+                boxed(LineItemArrow::new(LineItemGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS))
+            }
+            "orders" => boxed(OrderArrow::new(OrderGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
+            "partsupp" => {
+                boxed(PartSuppArrow::new(PartSuppGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS))
+            }
+            "part" => boxed(PartArrow::new(PartGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
+            "customer" => {
+                boxed(CustomerArrow::new(CustomerGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS))
+            }
+            "supplier" => {
+                boxed(SupplierArrow::new(SupplierGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS))
+            }
+            "nation" => boxed(NationArrow::new(NationGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
+            "region" => boxed(RegionArrow::new(RegionGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
+            other => return Err(ClientError::Usage(format!("unknown TPC-H table {other}"))),
+        };
     let file = std::fs::File::create(path).map_err(|e| ClientError::Io { path: path.clone(), source: e })?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
         .set_max_row_group_row_count(Some(BATCH_ROWS * 8))
         .build();
-    let parquet_err = |e: parquet::errors::ParquetError| ClientError::Io { path: path.clone(), source: std::io::Error::other(e) };
+    let parquet_err =
+        |e: parquet::errors::ParquetError| ClientError::Io { path: path.clone(), source: std::io::Error::other(e) };
     let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet_err)?;
     let mut rows = 0;
     for batch in batches {

@@ -77,7 +77,12 @@ impl Shell {
                     .find(|t| t.name == name)
                     .ok_or_else(|| ClientError::Usage(format!("no table named '{name}'; \\d lists them")))?;
                 for field in table.schema.fields() {
-                    println!("{:<24} {:<28} {}", field.name(), field.data_type().to_string(), if field.is_nullable() { "NULL" } else { "NOT NULL" });
+                    println!(
+                        "{:<24} {:<28} {}",
+                        field.name(),
+                        field.data_type().to_string(),
+                        if field.is_nullable() { "NULL" } else { "NOT NULL" }
+                    );
                 }
             }
             ("\\format", Some(f)) => {

@@ -100,7 +100,11 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
 /// Starts an executor inside this process, polling the scheduler at
 /// `scheduler`; it serves data on a free loopback port and runs until the
 /// process ends.
-pub async fn start_in_process(scheduler: SocketAddr, concurrent_tasks: usize, ext: &Extensions) -> Result<(), ExecutorError> {
+pub async fn start_in_process(
+    scheduler: SocketAddr,
+    concurrent_tasks: usize,
+    ext: &Extensions,
+) -> Result<(), ExecutorError> {
     let url = format!("http://{scheduler}");
     let client = SchedulerGrpcClient::connect(url.clone())
         .await

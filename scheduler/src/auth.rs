@@ -91,7 +91,9 @@ impl Authenticator {
         }
         if let Some(encoded) = strip_scheme(header, "Basic") {
             let Some((user, password)) = self.config.basic.as_ref() else {
-                return Err(Status::unauthenticated("password login is not enabled on this server; use a bearer token"));
+                return Err(Status::unauthenticated(
+                    "password login is not enabled on this server; use a bearer token",
+                ));
             };
             // Some clients (ADBC among them) leave out the base64 padding.
             let decoded = base64::engine::GeneralPurpose::new(
@@ -100,10 +102,11 @@ impl Authenticator {
                     .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
             )
             .decode(encoded.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
-            let (u, p) = decoded.split_once(':').ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
+            let (u, p) =
+                decoded.split_once(':').ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
             if constant_time_eq(u, user) && constant_time_eq(p, password) {
                 return Ok(Caller { user: u.to_string(), needs_session_token: true });
             }
@@ -147,10 +150,8 @@ mod tests {
 
     #[test]
     fn token_and_password_logins() {
-        let auth = Authenticator::new(AuthConfig {
-            token: Some("s3cret".into()),
-            basic: Some(("ada".into(), "pw".into())),
-        });
+        let auth =
+            Authenticator::new(AuthConfig { token: Some("s3cret".into()), basic: Some(("ada".into(), "pw".into())) });
         assert!(auth.check(None).is_err());
         assert!(auth.check(Some("Bearer s3cret")).is_ok());
         assert!(auth.check(Some("Bearer wrong")).is_err());

@@ -15,12 +15,12 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableConfigExt, ListingTableUrl};
 use datafusion::execution::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::arrow::datatypes::DataType;
 use datafusion::parquet::file::reader::SerializedFileReader;
 use datafusion::prelude::SessionConfig;
 
@@ -80,10 +80,7 @@ impl LakeSchema {
         let Ok(dir) = std::fs::read_dir(&self.root) else {
             return vec![];
         };
-        let mut entries: Vec<LakeEntry> = dir
-            .filter_map(|e| e.ok())
-            .filter_map(|e| table_entry(&e.path()))
-            .collect();
+        let mut entries: Vec<LakeEntry> = dir.filter_map(|e| e.ok()).filter_map(|e| table_entry(&e.path())).collect();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         entries
     }
@@ -136,18 +133,18 @@ impl LakeSchema {
         let options = config.options.clone().ok_or_else(|| DataFusionError::Plan("no files".into()))?;
         // Partition values are plain strings: DataFusion's default dictionary
         // type does not survive Ballista's shuffles.
-        let partitions: Vec<(String, DataType)> = options
-            .infer_partitions(&self.state, &url)
-            .await?
-            .into_iter()
-            .map(|name| (name, DataType::Utf8))
-            .collect();
+        let partitions: Vec<(String, DataType)> =
+            options.infer_partitions(&self.state, &url).await?.into_iter().map(|name| (name, DataType::Utf8)).collect();
         let config = config
             .with_listing_options(options.with_table_partition_cols(partitions))
             .infer_schema(&self.state)
             .await
             .map_err(|e| match first_unreadable_parquet(&entry.path) {
-                Some(file) => DataFusionError::Plan(format!("{} is not a readable Parquet file: {}", file.display(), e.strip_backtrace())),
+                Some(file) => DataFusionError::Plan(format!(
+                    "{} is not a readable Parquet file: {}",
+                    file.display(),
+                    e.strip_backtrace()
+                )),
                 None => e,
             })?;
         Ok(Arc::new(ListingTable::try_new(config)?))
@@ -227,10 +224,9 @@ fn lake_root(lake: &str) -> Result<PathBuf, SchedulerError> {
             });
         }
     };
-    let root = path.canonicalize().map_err(|e| SchedulerError::UnsupportedLake {
-        lake: lake.to_string(),
-        reason: e.to_string(),
-    })?;
+    let root = path
+        .canonicalize()
+        .map_err(|e| SchedulerError::UnsupportedLake { lake: lake.to_string(), reason: e.to_string() })?;
     if !root.is_dir() {
         return Err(SchedulerError::UnsupportedLake { lake: lake.to_string(), reason: "not a folder".into() });
     }

@@ -39,7 +39,7 @@ pub enum SchedulerError {
 /// own words and without its internal wrapping.
 pub fn query_status(err: DataFusionError) -> Status {
     let err = err.find_root();
-    let message = clean_message(&err);
+    let message = clean_message(err);
     match err {
         DataFusionError::SQL(parser_error, _) => {
             use datafusion::sql::sqlparser::parser::ParserError;
@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn syntax_errors_read_plainly() {
         use datafusion::sql::sqlparser::parser::ParserError;
-        let err = DataFusionError::SQL(Box::new(ParserError::ParserError("Expected: an SQL statement, found: SELEC".into())), None);
+        let err = DataFusionError::SQL(
+            Box::new(ParserError::ParserError("Expected: an SQL statement, found: SELEC".into())),
+            None,
+        );
         let status = query_status(err);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "SQL syntax error: Expected: an SQL statement, found: SELEC");

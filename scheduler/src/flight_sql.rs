@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::sql::metadata::{
     GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo,
     XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
@@ -18,12 +18,11 @@ use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
     Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
     CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
-    Nullable, ProstMessageExt, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity,
-    TicketStatementQuery, XdbcDataType,
+    Nullable, ProstMessageExt, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity, TicketStatementQuery,
+    XdbcDataType,
 };
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
-    Ticket,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
 use datafusion::arrow::array::RecordBatch;
@@ -181,9 +180,8 @@ impl LakeLinkFlightSql {
 
     fn prepared(&self, handle: &[u8]) -> Result<(String, Option<Vec<ScalarValue>>), Status> {
         let mut prepared = self.prepared.lock().expect("prepared lock");
-        let statement = prepared
-            .get_mut(handle)
-            .ok_or_else(|| Status::not_found("unknown or closed prepared statement"))?;
+        let statement =
+            prepared.get_mut(handle).ok_or_else(|| Status::not_found("unknown or closed prepared statement"))?;
         statement.last_used = Instant::now();
         Ok((statement.sql.clone(), statement.params.clone()))
     }
@@ -359,7 +357,7 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.metadata_info(schema, query, request.into_inner())
     }
 
@@ -414,7 +412,7 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.metadata_info(schema, query, request.into_inner())
     }
 
@@ -452,7 +450,7 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.xdbc_info).schema();
+        let schema = query.into_builder(&self.xdbc_info).schema();
         self.metadata_info(schema, query, request.into_inner())
     }
 
@@ -491,7 +489,10 @@ fn sql_info() -> SqlInfoData {
     builder.append(SqlInfo::SqlDdlTable, false);
     builder.append(SqlInfo::SqlIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32);
     builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    builder.append(SqlInfo::SqlQuotedIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive as i32);
+    builder.append(
+        SqlInfo::SqlQuotedIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive as i32,
+    );
     builder.append(SqlInfo::SqlAllTablesAreSelectable, true);
     builder.append(SqlInfo::SqlNullOrdering, SqlNullOrdering::SqlNullsSortedHigh as i32);
     builder.build().expect("static SqlInfo is valid")

@@ -185,7 +185,11 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
 }
 
 /// The planning sessions of the Flight SQL front door.
-async fn query_engine(ext: &Extensions, lake: Arc<LakeSchema>, addr: SocketAddr) -> Result<QueryEngine, SchedulerError> {
+async fn query_engine(
+    ext: &Extensions,
+    lake: Arc<LakeSchema>,
+    addr: SocketAddr,
+) -> Result<QueryEngine, SchedulerError> {
     let config = SessionConfig::new_with_ballista()
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, SCHEMA)
@@ -204,4 +208,3 @@ async fn query_engine(ext: &Extensions, lake: Arc<LakeSchema>, addr: SocketAddr)
     local.register_catalog(CATALOG, catalog);
     Ok(QueryEngine::new(distributed, local, lake))
 }
-

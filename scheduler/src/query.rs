@@ -11,12 +11,12 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, ParamValues, Result, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{LogicalPlan, TableScan};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -59,11 +59,8 @@ impl QueryEngine {
         let sql = number_question_marks(sql)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = self.distributed.sql_with_options(&sql, options).await.map_err(explain_refusal)?;
-        let df = if reads_only_catalog(df.logical_plan()) {
-            self.local.sql_with_options(&sql, options).await?
-        } else {
-            df
-        };
+        let df =
+            if reads_only_catalog(df.logical_plan()) { self.local.sql_with_options(&sql, options).await? } else { df };
         match params {
             Some(values) => df.with_param_values(ParamValues::from(values.to_vec())),
             None => {
@@ -195,9 +192,8 @@ pub fn number_question_marks(sql: &str) -> Result<String> {
         return Ok(sql.to_string());
     }
     let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
-        .tokenize()
-        .map_err(|e| DataFusionError::SQL(Box::new(e.into()), None))?;
+    let tokens =
+        Tokenizer::new(&dialect, sql).tokenize().map_err(|e| DataFusionError::SQL(Box::new(e.into()), None))?;
     let mut n = 0;
     let mut out = String::with_capacity(sql.len() + 8);
     for token in tokens {

@@ -19,7 +19,12 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts a scheduler with `scheduler_ext` and `executors` executors with
     /// `executor_ext`, over `lake`.
-    pub async fn start_with(lake: &Path, scheduler_ext: Extensions, executor_ext: Extensions, executors: usize) -> Self {
+    pub async fn start_with(
+        lake: &Path,
+        scheduler_ext: Extensions,
+        executor_ext: Extensions,
+        executors: usize,
+    ) -> Self {
         Self::start_full(lake, scheduler_ext, executor_ext, executors, AuthConfig::default()).await
     }
 
@@ -87,11 +92,8 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = vec![];
     for batch in batches {
-        let formatters: Vec<_> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
-            .collect();
+        let formatters: Vec<_> =
+            batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter")).collect();
         for row in 0..batch.num_rows() {
             out.push(
                 formatters
@@ -115,8 +117,5 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
 
 /// Column names of a result.
 pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
-    batches
-        .first()
-        .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect())
-        .unwrap_or_default()
+    batches.first().map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default()
 }

@@ -36,10 +36,10 @@ async fn every_lake_layout_is_a_table() {
     for (sql, expected) in [
         check("SELECT name FROM single ORDER BY id", vec![vec!["a"], vec!["b"]]),
         check("SELECT count(*), sum(id) FROM folder", vec![vec!["5", "15"]]),
-        check("SELECT year, count(*), sum(v) FROM events GROUP BY year ORDER BY year", vec![
-            vec!["2024", "2", "21"],
-            vec!["2025", "1", "12"],
-        ]),
+        check(
+            "SELECT year, count(*), sum(v) FROM events GROUP BY year ORDER BY year",
+            vec![vec!["2024", "2", "21"], vec!["2025", "1", "12"]],
+        ),
         check("SELECT tag FROM tags", vec![vec!["x"]]),
         check("SELECT count(*) FROM notes", vec![vec!["2"]]),
     ] {

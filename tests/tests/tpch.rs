@@ -8,9 +8,7 @@ async fn reference_context() -> SessionContext {
     let ctx = SessionContext::new();
     for table in ["lineitem", "orders", "partsupp", "part", "customer", "supplier", "nation", "region"] {
         let path = tpch_lake().join(table);
-        ctx.register_parquet(table, path.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .expect("register");
+        ctx.register_parquet(table, path.to_str().unwrap(), ParquetReadOptions::default()).await.expect("register");
     }
     ctx
 }
@@ -27,7 +25,11 @@ async fn tpch_22_queries_match_single_process_datafusion() {
         match query(&mut conn, &sql).await {
             Ok(actual) => {
                 if !actual.is_empty() && column_names(&actual) != column_names(&expected) {
-                    failures.push(format!("q{n}: columns {:?} != {:?}", column_names(&actual), column_names(&expected)));
+                    failures.push(format!(
+                        "q{n}: columns {:?} != {:?}",
+                        column_names(&actual),
+                        column_names(&expected)
+                    ));
                 } else if rows(&actual) != rows(&expected) {
                     failures.push(format!("q{n}: rows differ\n got {:?}\nwant {:?}", rows(&actual), rows(&expected)));
                 }

@@ -5,17 +5,17 @@
 use std::sync::Arc;
 
 use arrow::array::Int64Array;
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::datasource::ViewTable;
+use datafusion::logical_expr::function::AccumulatorArgs;
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility, lit,
 };
 use lakelink_tests::{TestCluster, query, rows, tpch_lake};
-use datafusion::arrow::array::ArrayRef;
-use datafusion::logical_expr::function::AccumulatorArgs;
-use datafusion::logical_expr::{Accumulator, AggregateUDFImpl};
 use lakelink_udf::{Extensions, StatefulAggregateUDF, StatefulScalarUDF};
 
 /// `add_offset(x)`: x plus an offset fixed when the function was registered.

@@ -90,11 +90,8 @@ impl Runner {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let mut named: Vec<(String, String)> = vec![];
-    let queries: Vec<usize> = if args.queries.is_empty() && args.sql_file.is_none() {
-        (1..=22).collect()
-    } else {
-        args.queries.clone()
-    };
+    let queries: Vec<usize> =
+        if args.queries.is_empty() && args.sql_file.is_none() { (1..=22).collect() } else { args.queries.clone() };
     for q in queries {
         named.push((format!("q{q}"), std::fs::read_to_string(args.query_dir.join(format!("q{q}.sql")))?));
     }
@@ -106,7 +103,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Kept alive while the queries run.
     let mut _cluster = None;
     let (mut runner, label) = match (&args.host, &args.lake, args.engine) {
-        (Some(host), None, _) => (Runner::FlightSql(Connection::connect(host, &Credentials::None).await?), "lakelink-cluster"),
+        (Some(host), None, _) => {
+            (Runner::FlightSql(Connection::connect(host, &Credentials::None).await?), "lakelink-cluster")
+        }
         (None, Some(lake), Engine::Lakelink) => {
             let cluster = lakelink::embedded::start(&lake.to_string_lossy(), args.executors).await?;
             let url = format!("grpc://{}", cluster.local_addr());
