@@ -54,9 +54,7 @@ impl StatefulScalarUDF for AddOffset {
         Ok(self.offset.to_le_bytes().to_vec())
     }
     fn decode_state(state: &[u8]) -> Result<Self> {
-        let bytes: [u8; 8] =
-            state.try_into().map_err(|_| DataFusionError::Plan(format!("bad add_offset state: {state:?}")))?;
-        Ok(Self::new(i64::from_le_bytes(bytes)))
+        Ok(Self::new(decode_i64(state, "add_offset")?))
     }
 }
 
@@ -121,10 +119,15 @@ impl StatefulAggregateUDF for ScaledSum {
         Ok(self.factor.to_le_bytes().to_vec())
     }
     fn decode_state(state: &[u8]) -> Result<Self> {
-        let bytes: [u8; 8] =
-            state.try_into().map_err(|_| DataFusionError::Plan(format!("bad scaled_sum state: {state:?}")))?;
-        Ok(Self::new(i64::from_le_bytes(bytes)))
+        Ok(Self::new(decode_i64(state, "scaled_sum")?))
     }
+}
+
+/// Reads the one `i64` both test functions keep as state.
+fn decode_i64(state: &[u8], function: &str) -> Result<i64> {
+    let bytes: [u8; 8] =
+        state.try_into().map_err(|_| DataFusionError::Plan(format!("bad {function} state: {state:?}")))?;
+    Ok(i64::from_le_bytes(bytes))
 }
 
 /// `first_numbers(k)`: a table of 1..=k, planned where SQL is planned.
