@@ -36,6 +36,9 @@ pub enum ExecutorError {
     /// Ballista's executor failed.
     #[error("executor failed: {0}")]
     Ballista(#[from] ballista_core::error::BallistaError),
+    /// The model configuration (config file or environment) is invalid.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// How to run an executor process.
@@ -61,6 +64,7 @@ pub struct ExecutorOptions {
 
 /// Runs an executor until it is stopped (Ctrl-C, SIGTERM, or the scheduler).
 pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
+    lakelink_udf::llm::config::check_process_defaults().map_err(|e| ExecutorError::Config(e.to_string()))?;
     let (host, port) = options
         .scheduler
         .rsplit_once(':')

@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
-use crate::query::{CATALOG, QueryEngine, SCHEMA, result_schema};
+use crate::query::{CATALOG, QueryEngine, SCHEMA, SettingChange, result_schema};
 
 /// A prepared statement unused for this long is forgotten.
 const PREPARED_TTL: Duration = Duration::from_secs(60 * 60);
@@ -66,10 +66,16 @@ struct TicketPayload {
     sql: String,
     /// Each value as a base64 DataFusion protobuf `ScalarValue`.
     params: Option<Vec<String>>,
+    /// The client session's model settings when the statement was planned.
+    #[serde(default)]
+    settings: Vec<(String, String)>,
+    /// A `SET`/`RESET` already applied: the result is the change itself.
+    #[serde(default)]
+    change: Option<SettingChange>,
 }
 
 impl TicketPayload {
-    fn new(sql: &str, params: Option<&[ScalarValue]>) -> Result<Self, Status> {
+    fn new(sql: &str, params: Option<&[ScalarValue]>, settings: Vec<(String, String)>) -> Result<Self, Status> {
         let params = params
             .map(|values| {
                 values
@@ -82,7 +88,7 @@ impl TicketPayload {
                     .collect::<Result<Vec<_>, Status>>()
             })
             .transpose()?;
-        Ok(Self { sql: sql.to_string(), params })
+        Ok(Self { sql: sql.to_string(), params, settings, change: None })
     }
 
     fn into_ticket(self) -> Result<Ticket, Status> {
@@ -118,26 +124,36 @@ impl LakeLinkFlightSql {
         Self { engine, auth, prepared: Mutex::default(), sql_info: sql_info(), xdbc_info: xdbc_info() }
     }
 
-    /// Plans a statement and describes where its result is fetched.
+    /// Plans a statement (or applies a `SET`) for the client `session` and
+    /// describes where its result is fetched.
     async fn statement_info(
         &self,
         sql: &str,
         params: Option<&[ScalarValue]>,
         descriptor: FlightDescriptor,
+        session: &str,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = self.engine.plan(sql, params).await.map_err(query_status)?;
+        if let Some(change) = self.engine.apply_setting(session, sql).await.map_err(query_status)? {
+            let batch = change_batch(&change)?;
+            let mut payload = TicketPayload::new(sql, None, Vec::new())?;
+            payload.change = Some(change);
+            return flight_info(&batch.schema(), payload.into_ticket()?, descriptor);
+        }
+        let settings = self.engine.session_settings(session);
+        let df = self.engine.plan(sql, params, &settings).await.map_err(query_status)?;
         let schema = result_schema(&df);
-        let ticket = TicketPayload::new(sql, params)?.into_ticket()?;
+        let ticket = TicketPayload::new(sql, params, settings)?.into_ticket()?;
         flight_info(&schema, ticket, descriptor)
     }
 
-    /// Runs a statement and streams its result.
+    /// Runs a statement under a client's model `settings` and streams its result.
     async fn statement_stream(
         &self,
         sql: &str,
         params: Option<&[ScalarValue]>,
+        settings: &[(String, String)],
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
-        let df = self.engine.plan(sql, params).await.map_err(query_status)?;
+        let df = self.engine.plan(sql, params, settings).await.map_err(query_status)?;
         let schema = result_schema(&df);
         let batches = self.engine.execute(df, schema.clone()).await.map_err(query_status)?;
         let batches = batches.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
@@ -185,6 +201,34 @@ impl LakeLinkFlightSql {
         statement.last_used = Instant::now();
         Ok((statement.sql.clone(), statement.params.clone()))
     }
+}
+
+/// The client connection a request belongs to: its peer address (each
+/// Flight SQL connection is one HTTP/2 connection).
+fn session_key<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// The answer to `SET`/`RESET`: one row naming the setting and its new value.
+fn change_batch(change: &SettingChange) -> Result<RecordBatch, Status> {
+    use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::datatypes::{DataType, Field};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("setting", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![Some(change.key.clone())])),
+            Arc::new(StringArray::from(vec![change.value.clone()])),
+        ],
+    )
+    .map_err(internal)
 }
 
 fn flight_info(schema: &Schema, ticket: Ticket, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
@@ -249,7 +293,8 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(&query.query, None, request.into_inner()).await
+        let session = session_key(&request);
+        self.statement_info(&query.query, None, request.into_inner(), &session).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -258,7 +303,8 @@ impl FlightSqlService for LakeLinkFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, params) = self.prepared(&cmd.prepared_statement_handle)?;
-        self.statement_info(&sql, params.as_deref(), request.into_inner()).await
+        let session = session_key(&request);
+        self.statement_info(&sql, params.as_deref(), request.into_inner(), &session).await
     }
 
     async fn do_get_statement(
@@ -267,27 +313,32 @@ impl FlightSqlService for LakeLinkFlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
         let payload = TicketPayload::from_handle(&ticket.statement_handle)?;
+        if let Some(change) = &payload.change {
+            return Ok(batch_stream(change_batch(change)?));
+        }
         let params = payload.params()?;
-        self.statement_stream(&payload.sql, params.as_deref()).await
+        self.statement_stream(&payload.sql, params.as_deref(), &payload.settings).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
         let (sql, params) = self.prepared(&query.prepared_statement_handle)?;
-        self.statement_stream(&sql, params.as_deref()).await
+        let settings = self.engine.session_settings(&session_key(&request));
+        self.statement_stream(&sql, params.as_deref(), &settings).await
     }
 
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let parameter_schema = self.engine.parameter_schema(&query.query).await.map_err(query_status)?;
         let dataset_schema = if parameter_schema.fields().is_empty() {
-            let df = self.engine.plan(&query.query, None).await.map_err(query_status)?;
+            let settings = self.engine.session_settings(&session_key(&request));
+            let df = self.engine.plan(&query.query, None, &settings).await.map_err(query_status)?;
             result_schema(&df)
         } else {
             // The result schema of a statement with parameters is known once
@@ -548,7 +599,9 @@ mod tests {
     #[test]
     fn tickets_round_trip_parameters() {
         let params = vec![ScalarValue::Utf8(Some("1-URGENT".into())), ScalarValue::Int64(Some(7))];
-        let payload = TicketPayload::new("SELECT $1, $2", Some(&params)).unwrap();
+        let payload =
+            TicketPayload::new("SELECT $1, $2", Some(&params), vec![("lakelink.llm.model".into(), "m".into())])
+                .unwrap();
         let ticket = payload.into_ticket().unwrap();
         let any = Any::decode(ticket.ticket.as_ref()).unwrap();
         let inner: TicketStatementQuery = any.unpack().unwrap().unwrap();

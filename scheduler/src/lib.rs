@@ -16,6 +16,8 @@ pub mod error;
 pub mod flight_sql;
 /// Planning and running client SQL as distributed jobs.
 pub mod query;
+/// The `system` schema (`system.model_calls`).
+pub mod system;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,6 +115,7 @@ impl RunningScheduler {
 
 /// Starts a scheduler and returns once it is listening.
 pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, SchedulerError> {
+    lakelink_udf::llm::config::check_process_defaults().map_err(|e| SchedulerError::Config(e.to_string()))?;
     let lake = Arc::new(LakeSchema::open(&options.lake)?);
     let tables = lake.entries();
     tracing::info!("lake {} holds {} table(s)", lake.root().display(), tables.len());
@@ -196,6 +199,7 @@ async fn query_engine(
         .set_bool(catalog::FORCE_VIEW_TYPES, false);
     let catalog = Arc::new(MemoryCatalogProvider::new());
     catalog.register_schema(SCHEMA, lake.clone())?;
+    catalog.register_schema(system::SCHEMA, Arc::new(system::SystemSchema))?;
 
     let state = ext.session_state(config.clone())?;
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
@@ -203,7 +207,7 @@ async fn query_engine(
     ext.register_all(&distributed);
     distributed.register_catalog(CATALOG, catalog.clone());
 
-    let local = SessionContext::new_with_config(config);
+    let local = SessionContext::new_with_config(ext.configure(config));
     ext.register_all(&local);
     local.register_catalog(CATALOG, catalog);
     Ok(QueryEngine::new(distributed, local, lake))

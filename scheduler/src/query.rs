@@ -5,18 +5,19 @@
 //! Transport code (Flight SQL) stays in `flight_sql.rs`; this module knows
 //! nothing about gRPC.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, ParamValues, Result, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{LogicalPlan, TableScan};
+use datafusion::logical_expr::{LogicalPlan, Statement, TableScan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -30,6 +31,42 @@ pub const CATALOG: &str = "lakelink";
 /// The schema holding the lake's tables.
 pub const SCHEMA: &str = "public";
 
+/// Model settings a client may change with `SET lakelink.llm.<key> = ...`.
+/// Paths, the API key's variable and the query id are the operator's.
+pub const SESSION_KEYS: &[&str] = &[
+    "backend",
+    "model",
+    "embedding_model",
+    "base_url",
+    "timeout_ms",
+    "retries",
+    "concurrency",
+    "batch_size",
+    "max_output_tokens",
+    "on_error",
+    "max_calls",
+    "max_tokens",
+    "cache",
+];
+
+/// Sessions idle for longer are forgotten.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// The settings one client connection changed.
+struct Session {
+    settings: BTreeMap<String, String>,
+    last_used: Instant,
+}
+
+/// What a client's `SET` or `RESET` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SettingChange {
+    /// The full key, `lakelink.llm.<key>`.
+    pub key: String,
+    /// The new value; `None` after RESET (the process default applies again).
+    pub value: Option<String>,
+}
+
 /// Plans and runs SQL for remote clients.
 pub struct QueryEngine {
     /// A Ballista planning session: its physical planner submits jobs to the
@@ -40,12 +77,89 @@ pub struct QueryEngine {
     /// in this process and need no cluster.
     local: SessionContext,
     lake: Arc<LakeSchema>,
+    sessions: Mutex<HashMap<String, Session>>,
 }
 
 impl QueryEngine {
     /// An engine planning on `distributed` and answering catalog queries on `local`.
     pub fn new(distributed: SessionContext, local: SessionContext, lake: Arc<LakeSchema>) -> Self {
-        Self { distributed, local, lake }
+        Self { distributed, local, lake, sessions: Mutex::default() }
+    }
+
+    /// If `sql` is `SET`/`RESET` of a model setting, applies it to the
+    /// client session `session` and says what changed; `None` for any other
+    /// statement.
+    pub async fn apply_setting(&self, session: &str, sql: &str) -> Result<Option<SettingChange>> {
+        let is_setting = {
+            let head = sql.trim_start().get(..5).unwrap_or("").to_ascii_uppercase();
+            head.starts_with("SET ") || head.starts_with("RESET")
+        };
+        if !is_setting {
+            return Ok(None);
+        }
+        let plan = self.distributed.state().create_logical_plan(sql).await?;
+        let (variable, value) = match plan {
+            LogicalPlan::Statement(Statement::SetVariable(set)) => (set.variable, Some(set.value)),
+            LogicalPlan::Statement(Statement::ResetVariable(reset)) => (reset.variable, None),
+            _ => return Ok(None),
+        };
+        let variable = variable.to_ascii_lowercase();
+        let Some(key) = variable.strip_prefix("lakelink.llm.") else {
+            return Err(DataFusionError::Plan(format!(
+                "only model settings (lakelink.llm.<key>) can be set over Flight SQL, not {variable}"
+            )));
+        };
+        if !SESSION_KEYS.contains(&key) {
+            return Err(DataFusionError::Plan(if lakelink_udf::llm::config::KEYS.iter().any(|(k, _)| *k == key) {
+                format!(
+                    "lakelink.llm.{key} is set by the operator in the process configuration, not by a session; \
+                     sessions may set: {}",
+                    SESSION_KEYS.join(", ")
+                )
+            } else {
+                format!("unknown setting lakelink.llm.{key}; sessions may set: {}", SESSION_KEYS.join(", "))
+            }));
+        }
+        if let Some(value) = &value {
+            // Check the value now, so a bad SET fails, not the next query.
+            let mut probe = lakelink_udf::llm::config::process_defaults().clone();
+            probe.set_key(key, value)?;
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.last_used.elapsed() < SESSION_TTL);
+        let entry = sessions
+            .entry(session.to_string())
+            .or_insert_with(|| Session { settings: BTreeMap::new(), last_used: Instant::now() });
+        entry.last_used = Instant::now();
+        match &value {
+            Some(v) => entry.settings.insert(variable.clone(), v.clone()),
+            None => entry.settings.remove(&variable),
+        };
+        Ok(Some(SettingChange { key: variable, value }))
+    }
+
+    /// The settings a client session changed, in key order.
+    pub fn session_settings(&self, session: &str) -> Vec<(String, String)> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get_mut(session) {
+            Some(s) => {
+                s.last_used = Instant::now();
+                s.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// A session context for one query: the shared planning session with
+    /// the client's settings and a fresh query id.
+    fn query_context(&self, base: &SessionContext, settings: &[(String, String)]) -> Result<SessionContext> {
+        let mut state = base.state();
+        let options = state.config_mut().options_mut();
+        for (key, value) in settings {
+            options.set(key, value)?;
+        }
+        options.set("lakelink.llm.query_id", &uuid::Uuid::new_v4().to_string())?;
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// The lake behind the engine.
@@ -53,14 +167,23 @@ impl QueryEngine {
         &self.lake
     }
 
-    /// Plans one read-only statement. Parameters, if any, replace its
-    /// placeholders (`$1`, `$2`, ... or `?`).
-    pub async fn plan(&self, sql: &str, params: Option<&[ScalarValue]>) -> Result<DataFrame> {
+    /// Plans one read-only statement under a client's `settings`.
+    /// Parameters, if any, replace its placeholders (`$1`, `$2`, ... or `?`).
+    pub async fn plan(
+        &self,
+        sql: &str,
+        params: Option<&[ScalarValue]>,
+        settings: &[(String, String)],
+    ) -> Result<DataFrame> {
         let sql = number_question_marks(sql)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = self.distributed.sql_with_options(&sql, options).await.map_err(explain_refusal)?;
-        let df =
-            if reads_only_catalog(df.logical_plan()) { self.local.sql_with_options(&sql, options).await? } else { df };
+        let ctx = self.query_context(&self.distributed, settings)?;
+        let df = ctx.sql_with_options(&sql, options).await.map_err(explain_refusal)?;
+        let df = if reads_only_catalog(df.logical_plan()) {
+            self.query_context(&self.local, settings)?.sql_with_options(&sql, options).await?
+        } else {
+            small_batches_for_model_limits(df)
+        };
         match params {
             Some(values) => df.with_param_values(ParamValues::from(values.to_vec())),
             None => {
@@ -168,20 +291,51 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
-/// Whether every table the plan reads is a catalog table (`information_schema`).
+/// Whether every table the plan reads lives in this process
+/// (`information_schema`, `system`).
 fn reads_only_catalog(plan: &LogicalPlan) -> bool {
     let mut scans = 0;
     let mut catalog_scans = 0;
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(TableScan { table_name, .. }) = node {
             scans += 1;
-            if table_name.schema() == Some("information_schema") {
+            if matches!(table_name.schema(), Some("information_schema") | Some(crate::system::SCHEMA)) {
                 catalog_scans += 1;
             }
         }
         Ok(TreeNodeRecursion::Continue)
     });
     scans > 0 && scans == catalog_scans
+}
+
+/// A query that calls a model under a `LIMIT n` runs with batches of about
+/// `n` rows, so model calls stop soon after enough rows are produced
+/// (every batch's distinct values are sent to the model at once).
+fn small_batches_for_model_limits(df: DataFrame) -> DataFrame {
+    let plan = df.logical_plan();
+    if !lakelink_udf::planner::plan_calls_model(plan) {
+        return df;
+    }
+    let mut fetch: Option<usize> = None;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::Limit(limit) = node
+            && let Ok(datafusion::logical_expr::logical_plan::FetchType::Literal(Some(n))) = limit.get_fetch_type()
+        {
+            let skip = match limit.get_skip_type() {
+                Ok(datafusion::logical_expr::logical_plan::SkipType::Literal(s)) => s,
+                _ => 0,
+            };
+            fetch = Some(fetch.map_or(n + skip, |f: usize| f.min(n + skip)));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let Some(rows) = fetch else { return df };
+    let (mut state, plan) = df.into_parts();
+    let batch = rows.clamp(16, 8192);
+    if batch < state.config().batch_size() {
+        let _ = state.config_mut().options_mut().set("datafusion.execution.batch_size", &batch.to_string());
+    }
+    DataFrame::new(state, plan)
 }
 
 /// Rewrites JDBC/ODBC-style `?` placeholders into DataFusion's positional
@@ -217,7 +371,9 @@ fn explain_refusal(err: DataFusionError) -> DataFusionError {
         )
     } else if text.contains("Statement not supported") {
         DataFusionError::Plan(
-            "statements such as SET, PREPARE or transactions are not supported over Flight SQL; use a query".into(),
+            "statements such as PREPARE or transactions are not supported over Flight SQL; use a query \
+             (SET and RESET accept model settings, lakelink.llm.<key>)"
+                .into(),
         )
     } else {
         err

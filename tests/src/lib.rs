@@ -2,6 +2,8 @@
 //! scheduler and in-process executors on loopback ports) and demo lakes.
 #![allow(missing_docs)]
 
+pub mod model_double;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

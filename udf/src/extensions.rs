@@ -13,7 +13,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 
+use datafusion::optimizer::OptimizerRule;
+
 use crate::codec::{LakeLinkLogicalCodec, LakeLinkPhysicalCodec};
+use crate::llm::config::LlmOptions;
 
 /// A scalar function that carries state (an endpoint, a model name, options)
 /// which must reach the executors together with the plan.
@@ -70,6 +73,8 @@ pub struct Extensions {
     table: Vec<(String, Arc<dyn TableFunctionImpl>)>,
     scalar_codecs: HashMap<String, StateCodec<ScalarUDF>>,
     aggregate_codecs: HashMap<String, StateCodec<AggregateUDF>>,
+    rules: Vec<Arc<dyn OptimizerRule + Send + Sync>>,
+    llm_defaults: Option<LlmOptions>,
 }
 
 impl fmt::Debug for Extensions {
@@ -78,14 +83,35 @@ impl fmt::Debug for Extensions {
             .field("scalar", &self.scalar.iter().map(|u| u.name()).collect::<Vec<_>>())
             .field("aggregate", &self.aggregate.iter().map(|u| u.name()).collect::<Vec<_>>())
             .field("table", &self.table.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("rules", &self.rules.iter().map(|r| r.name()).collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Extensions {
-    /// The functions LakeLink ships.
+    /// The functions LakeLink ships: the `llm_*` functions and their
+    /// planning rule. The model settings come from the process defaults
+    /// ([`crate::llm::config`]) and each session's `lakelink.llm.*` options.
     pub fn lakelink() -> Self {
-        Self::default()
+        Self::lakelink_with(crate::llm::config::process_defaults().clone())
+    }
+
+    /// The functions LakeLink ships, with `defaults` in place of the process
+    /// defaults for the sessions this set configures (embedders and tests
+    /// running several clusters in one process).
+    pub fn lakelink_with(defaults: LlmOptions) -> Self {
+        let mut ext = Self { llm_defaults: Some(defaults.clone()), ..Self::default() };
+        for udf in crate::functions::scalar_functions(defaults.embedding_dim) {
+            ext = ext.with_scalar(udf);
+        }
+        ext.with_stateful_aggregate(crate::functions::LlmSummarize::with_options(defaults))
+            .with_optimizer_rule(Arc::new(crate::planner::LlmPlanning))
+    }
+
+    /// Adds a logical optimizer rule to every planning session.
+    pub fn with_optimizer_rule(mut self, rule: Arc<dyn OptimizerRule + Send + Sync>) -> Self {
+        self.rules.push(rule);
+        self
     }
 
     /// Adds a scalar function without state: executors find it by name.
@@ -162,6 +188,11 @@ impl Extensions {
         for (name, fun) in &self.table {
             ctx.register_udtf(name, fun.clone());
         }
+        for rule in &self.rules {
+            if !ctx.state().optimizers().iter().any(|r| r.name() == rule.name()) {
+                ctx.add_optimizer_rule(rule.clone());
+            }
+        }
     }
 
     /// Registers every function of the set on a session state.
@@ -175,12 +206,28 @@ impl Extensions {
         for (name, fun) in &self.table {
             state.register_udtf(name, fun.clone());
         }
+        let missing: Vec<_> =
+            self.rules.iter().filter(|rule| !state.optimizers().iter().any(|r| r.name() == rule.name())).collect();
+        if !missing.is_empty() {
+            let mut builder = datafusion::execution::SessionStateBuilder::new_from_existing(state.clone());
+            for rule in missing {
+                builder = builder.with_optimizer_rule(rule.clone());
+            }
+            *state = builder.build();
+        }
         Ok(())
     }
 
-    /// Puts the set's codecs into a session config, so that the Ballista
-    /// client serializes plans with them.
+    /// Puts the set's codecs and the `lakelink.llm.*` options (with this
+    /// process's defaults) into a session config, so that the Ballista client
+    /// serializes plans with them and the options can be set and travel.
     pub fn configure(&self, config: SessionConfig) -> SessionConfig {
+        let config = if config.options().extensions.get::<LlmOptions>().is_some() {
+            config
+        } else {
+            let defaults = self.llm_defaults.clone();
+            config.with_option_extension(defaults.unwrap_or_else(|| crate::llm::config::process_defaults().clone()))
+        };
         config
             .with_ballista_logical_extension_codec(self.logical_codec())
             .with_ballista_physical_extension_codec(self.physical_codec())

@@ -11,6 +11,13 @@
 pub mod codec;
 /// The set of custom functions and the one place that registers them.
 pub mod extensions;
+/// The `llm_*` SQL functions.
+pub mod functions;
+/// The model layer behind the `llm_*` functions.
+pub mod llm;
+/// Planning rules for the `llm_*` functions.
+pub mod planner;
 
 pub use codec::{LakeLinkLogicalCodec, LakeLinkPhysicalCodec};
 pub use extensions::{Extensions, StatefulAggregateUDF, StatefulScalarUDF};
+pub use llm::config::LlmOptions;

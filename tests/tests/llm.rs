@@ -1,0 +1,336 @@
+//! The `llm_*` functions on a cluster of one scheduler and two executors,
+//! against a scripted OpenAI-compatible server on a loopback port. The
+//! server counts requests, which proves the dedupe, the cache, the batching
+//! and the budget; its failure modes prove the error policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Int32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use lakelink::Connection;
+use lakelink_tests::model_double::{Chat, Mode, ModelDouble, answer_rows};
+use lakelink_tests::{TestCluster, query, rows};
+use lakelink_udf::{Extensions, LlmOptions};
+
+/// Distinct reviews; review `i` is "good" when `i % 3 == 0`.
+const DISTINCT: usize = 20;
+
+fn review(i: usize) -> String {
+    let mood = if i.is_multiple_of(3) { "good" } else { "poor" };
+    format!("review {i}: a {mood} product, size {}", i * 7)
+}
+
+/// A lake with `reviews` (200 rows, 20 distinct texts, two files, each text
+/// in one file only) and `notes` (2,000 distinct texts).
+fn lake(dir: &Path) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int32, false),
+        Field::new("review", DataType::Utf8, false),
+        Field::new("stars", DataType::Int32, false),
+    ]));
+    std::fs::create_dir_all(dir.join("reviews")).unwrap();
+    for part in 0..2 {
+        let ids: Vec<i32> = (0..100).map(|k| (part * 100 + k) as i32).collect();
+        let texts: Vec<String> = ids.iter().map(|id| review(part * 10 + (*id as usize % 10))).collect();
+        let stars: Vec<i32> =
+            ids.iter().map(|id| if (part * 10 + *id as usize % 10).is_multiple_of(2) { 5 } else { 1 }).collect();
+        write(&dir.join(format!("reviews/part-{part}.parquet")), schema.clone(), ids, texts, stars);
+    }
+    let ids: Vec<i32> = (0..2000).collect();
+    let texts: Vec<String> = ids.iter().map(|i| format!("good note number {i}")).collect();
+    let stars = vec![3; 2000];
+    write(&dir.join("notes.parquet"), schema, ids, texts, stars);
+}
+
+fn write(path: &Path, schema: Arc<Schema>, ids: Vec<i32>, texts: Vec<String>, stars: Vec<i32>) {
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int32Array::from(ids)), Arc::new(StringArray::from(texts)), Arc::new(Int32Array::from(stars))],
+    )
+    .unwrap();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// Answers the way a model following LakeLink's prompts would.
+fn script(chat: &Chat) -> String {
+    let system = &chat.system;
+    if system.contains("Decide whether this condition holds") {
+        answer_rows(&chat.user, |row| (row.contains("good")).to_string())
+    } else if let Some(labels) = system.split("labels: ").nth(1) {
+        let labels: Vec<&str> = labels.split('.').next().unwrap().split(", ").collect();
+        answer_rows(&chat.user, |row| labels.iter().find(|l| row.contains(*l)).map_or("none".into(), |l| l.to_string()))
+    } else if system.contains("Extract from the row") {
+        answer_rows(&chat.user, |row| row.rsplit(' ').next().unwrap().to_string())
+    } else if system.contains("Summarise") {
+        format!("{} texts", chat.user.lines().filter(|l| l.starts_with("- ")).count())
+    } else {
+        format!("echo: {}", chat.user)
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    cluster: TestCluster,
+    model: ModelDouble,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        lake(&root.join("lake"));
+        let defaults = LlmOptions {
+            cache_dir: root.join("cache").display().to_string(),
+            trail_dir: root.join("trail").display().to_string(),
+            ..LlmOptions::default()
+        };
+        let ext = Extensions::lakelink_with(defaults);
+        let cluster = TestCluster::start_with(&root.join("lake"), ext.clone(), ext, 2).await;
+        let model = ModelDouble::start(script).await;
+        Self { _dir: dir, root, cluster, model }
+    }
+
+    /// A connection whose session points at the scripted model.
+    async fn connect(&self, extra: &[&str]) -> Connection {
+        let mut conn = self.cluster.connect().await;
+        for sql in self.model.settings().iter().map(String::as_str).chain(extra.iter().copied()) {
+            query(&mut conn, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        conn
+    }
+}
+
+async fn run(conn: &mut Connection, sql: &str) -> Vec<Vec<String>> {
+    let batches = tokio::time::timeout(Duration::from_secs(120), query(conn, sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql} hung"))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows(&batches)
+}
+
+async fn fails(conn: &mut Connection, sql: &str) -> String {
+    match tokio::time::timeout(Duration::from_secs(120), query(conn, sql)).await {
+        Ok(Ok(_)) => panic!("{sql} should fail"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => panic!("{sql} hung"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_distinct_value_is_asked_once_then_cached() {
+    let s = Setup::new().await;
+    let mut conn = s.connect(&["SET lakelink.llm.batch_size = 1"]).await;
+    let sql = "SELECT id, llm_filter(review, 'the review is positive') AS ok FROM reviews ORDER BY id";
+    let got = run(&mut conn, sql).await;
+    assert_eq!(got.len(), 200);
+    for row in &got {
+        let id: usize = row[0].parse().unwrap();
+        let expected = review((id / 100) * 10 + id % 10).contains("good");
+        assert_eq!(row[1], expected.to_string(), "row {row:?}");
+    }
+    // 200 rows, 20 distinct texts, one row per request: 20 requests.
+    assert_eq!(s.model.chats(), DISTINCT);
+
+    // The same question again: every answer comes from the disk cache.
+    run(&mut conn, sql).await;
+    assert_eq!(s.model.chats(), DISTINCT);
+
+    // Without the cache, the query asks again, still once per distinct value.
+    query(&mut conn, "SET lakelink.llm.cache = false").await.unwrap();
+    run(&mut conn, sql).await;
+    assert_eq!(s.model.chats(), 2 * DISTINCT);
+
+    // The trail holds every request and the cached rows.
+    let trail = run(
+        &mut conn,
+        "SELECT cache_hit, count(*), sum(rows) FROM system.model_calls \
+         WHERE function = 'llm_filter' GROUP BY cache_hit ORDER BY cache_hit",
+    )
+    .await;
+    assert_eq!(trail[0][0], "false");
+    assert_eq!(trail[0][1], (2 * DISTINCT).to_string(), "{trail:?}");
+    assert_eq!(trail[1][0], "true");
+    assert_eq!(trail[1][2], DISTINCT.to_string(), "{trail:?}");
+    let models = run(&mut conn, "SELECT DISTINCT model, backend, outcome FROM system.model_calls").await;
+    assert_eq!(models, vec![vec![format!("openai:scripted@{}", s.model.base_url()), "openai".into(), "ok".into()]]);
+    assert!(s.root.join("trail").read_dir().unwrap().count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn functions_give_their_answers() {
+    let s = Setup::new().await;
+    let mut conn = s.connect(&[]).await;
+
+    let got = run(
+        &mut conn,
+        "SELECT id, llm_classify(review, 'good', 'poor', 'great') AS label, llm_extract(review, 'the size') AS size \
+         FROM reviews WHERE id < 10 ORDER BY id",
+    )
+    .await;
+    for row in &got {
+        let id: usize = row[0].parse().unwrap();
+        let text = review(id % 10);
+        assert_eq!(row[1], if text.contains("good") { "good" } else { "poor" });
+        assert_eq!(row[2], (id % 10 * 7).to_string());
+    }
+    // Batches of 8 rows per request (the default): 10 texts in two requests per function,
+    // however the rows were split between the executors (at most 2 partitions x 2 requests each).
+    assert!(s.model.chats() <= 8, "{} requests", s.model.chats());
+    let batched = s.model.log().iter().filter(|c| c.user.contains("<item 2>")).count();
+    assert!(batched >= 1, "no request held several rows");
+
+    let got = run(&mut conn, "SELECT llm_complete('say hi') AS a").await;
+    assert_eq!(got, vec![vec!["echo: say hi".to_string()]]);
+
+    let got = run(
+        &mut conn,
+        "SELECT stars, llm_summarize(review, 'the main points') FROM reviews GROUP BY stars ORDER BY stars",
+    )
+    .await;
+    assert_eq!(got, vec![vec!["1".to_string(), "100 texts".into()], vec!["5".into(), "100 texts".into()]]);
+
+    let got = run(
+        &mut conn,
+        "SELECT llm_similarity('red apple pie', 'apple pie recipe') > llm_similarity('red apple pie', 'quantum physics'), \
+                arrow_typeof(llm_embed('x'))",
+    )
+    .await;
+    assert_eq!(got[0][0], "true");
+    assert_eq!(got[0][1], "FixedSizeList(384 x Float32)");
+    // Embeddings are deduped too: 200 rows of 20 distinct texts.
+    let before = s.model.embedded_texts();
+    run(&mut conn, "SELECT count(llm_embed(review)) FROM reviews").await;
+    assert!(s.model.embedded_texts() - before <= DISTINCT, "{}", s.model.embedded_texts() - before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cheap_predicates_run_first_and_limits_stop_calls() {
+    let s = Setup::new().await;
+    let mut conn = s.connect(&["SET lakelink.llm.batch_size = 1"]).await;
+    let got = run(
+        &mut conn,
+        "SELECT id FROM reviews WHERE llm_filter(review, 'the review is positive') AND stars = 5 ORDER BY id",
+    )
+    .await;
+    // Only five-star texts reach the model: 10 of the 20 distinct texts.
+    assert_eq!(s.model.chats(), 10);
+    assert!(s.model.log().iter().all(|c| {
+        let n: usize = c.user.split("review ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
+        n.is_multiple_of(2)
+    }));
+    assert!(!got.is_empty());
+
+    let before = s.model.chats();
+    let got = run(&mut conn, "SELECT id FROM notes WHERE llm_filter(review, 'is about a note') LIMIT 3").await;
+    assert!(got.is_empty() || got.len() <= 3);
+    let asked = s.model.chats() - before;
+    assert!(asked <= 200, "a LIMIT 3 query over 2,000 distinct texts asked {asked} times");
+
+    let explain = run(&mut conn, "EXPLAIN SELECT id FROM reviews WHERE llm_filter(review, 'x') AND stars = 5").await;
+    let physical = explain.iter().find(|r| r[0] == "physical_plan").map(|r| r[1].clone()).unwrap();
+    let llm_at = physical.find("AsyncFuncExec").expect(&physical);
+    let cheap_at = physical.rfind("FilterExec: stars").expect(&physical);
+    assert!(cheap_at > llm_at, "the cheap filter must run below (before) the model:\n{physical}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_stops_a_runaway_query() {
+    let s = Setup::new().await;
+    let mut conn = s
+        .connect(&[
+            "SET lakelink.llm.batch_size = 1",
+            "SET lakelink.llm.cache = false",
+            "SET lakelink.llm.max_calls = 5",
+        ])
+        .await;
+    let err = fails(&mut conn, "SELECT llm_filter(review, 'x') FROM notes").await;
+    assert!(err.contains("budget of 5 model calls") && err.contains("lakelink.llm.max_calls"), "{err}");
+    // Each executor stops at the budget (2 executors).
+    assert!(s.model.chats() <= 10, "{} requests", s.model.chats());
+    // The next query works.
+    assert_eq!(run(&mut conn, "SELECT count(*) FROM reviews").await, vec![vec!["200".to_string()]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_faults_follow_the_error_policy() {
+    let s = Setup::new().await;
+    let mut conn = s
+        .connect(&[
+            "SET lakelink.llm.cache = false",
+            "SET lakelink.llm.retries = 1",
+            "SET lakelink.llm.timeout_ms = 1500",
+        ])
+        .await;
+    let sql = "SELECT llm_filter(review, 'x') AS f FROM reviews WHERE id < 3";
+
+    s.model.set_mode(Mode::Fail);
+    let err = fails(&mut conn, sql).await;
+    assert!(err.contains("HTTP 500") && err.contains("on_error"), "{err}");
+    query(&mut conn, "SET lakelink.llm.on_error = 'null'").await.unwrap();
+    assert!(run(&mut conn, sql).await.iter().all(|r| r[0] == "NULL"));
+
+    s.model.set_mode(Mode::Garbage);
+    assert!(run(&mut conn, sql).await.iter().all(|r| r[0] == "NULL"));
+    query(&mut conn, "RESET lakelink.llm.on_error").await.unwrap();
+    let err = fails(&mut conn, sql).await;
+    assert!(err.contains("could not be used, even after a retry") && err.contains("weather"), "{err}");
+
+    s.model.set_mode(Mode::Stall);
+    let started = std::time::Instant::now();
+    let err = fails(&mut conn, sql).await;
+    assert!(err.contains("no answer within 1500 ms"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // The endpoint vanishes while requests are in flight.
+    s.model.set_mode(Mode::Script);
+    s.model.set_delay(Duration::from_millis(800));
+    let killer = {
+        let model_addr = s.model.addr;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            model_addr
+        })
+    };
+    let query_task = {
+        let sql = "SELECT llm_filter(review, 'y') AS f FROM reviews".to_string();
+        let mut conn2 = s.connect(&["SET lakelink.llm.cache = false", "SET lakelink.llm.timeout_ms = 5000"]).await;
+        tokio::spawn(async move { query(&mut conn2, &sql).await.map(|_| ()) })
+    };
+    killer.await.unwrap();
+    s.model.kill();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), query_task).await.expect("no hang").unwrap();
+    let err = outcome.expect_err("the query cannot succeed without its model").to_string();
+    assert!(err.contains("llm_filter"), "{err}");
+
+    // Everything else keeps working.
+    assert_eq!(run(&mut conn, "SELECT count(*) FROM reviews").await, vec![vec!["200".to_string()]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settings_are_checked_and_scoped_to_the_connection() {
+    let s = Setup::new().await;
+    let mut conn = s.connect(&[]).await;
+    let err = fails(&mut conn, "SET lakelink.llm.on_error = 'ignore'").await;
+    assert!(err.contains("'fail' or 'null'"), "{err}");
+    let err = fails(&mut conn, "SET lakelink.llm.api_key_env = 'HOME'").await;
+    assert!(err.contains("operator"), "{err}");
+    let err = fails(&mut conn, "SET datafusion.execution.batch_size = 1").await;
+    assert!(err.contains("only model settings"), "{err}");
+    let err = fails(&mut conn, "SELECT llm_classify(review, 'a', 'a') FROM reviews").await;
+    assert!(err.contains("given twice"), "{err}");
+    let err = fails(&mut conn, "SELECT llm_filter(review, review) FROM reviews").await;
+    assert!(err.contains("must be a constant"), "{err}");
+
+    // Another connection has its own (default: local) settings.
+    let mut other = s.cluster.connect().await;
+    let shown = run(&mut other, "SHOW lakelink.llm.backend").await;
+    assert_eq!(shown[0][1], "local");
+    let shown = run(&mut conn, "SHOW lakelink.llm.backend").await;
+    assert_eq!(shown[0][1], "openai");
+}

@@ -1,0 +1,89 @@
+//! `llm_classify(text, label, label, ...) -> text`: the one label (of those
+//! given) that fits the text, or NULL when the model says none fits.
+//!
+//! ```sql
+//! SELECT llm_classify(review, 'positive', 'negative', 'neutral') AS sentiment, count(*)
+//! FROM reviews GROUP BY 1;
+//! ```
+//! The answer must be one of the labels (case and quotes are ignored) or
+//! `none`; anything else is retried once and then handled by
+//! `lakelink.llm.on_error`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::StringArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, plan_err};
+use datafusion::logical_expr::ColumnarValue;
+
+use super::{Distinct, SemanticFunction, constant};
+use crate::llm::config::LlmOptions;
+use crate::llm::engine;
+use crate::llm::prompt::{Task, clip, word};
+
+/// The `llm_classify` function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LlmClassify;
+
+#[derive(Debug)]
+struct ClassifyTask {
+    labels: Vec<String>,
+}
+
+impl Task for ClassifyTask {
+    fn function(&self) -> &'static str {
+        "llm_classify"
+    }
+    fn instructions(&self) -> String {
+        format!(
+            "Classify the row into exactly one of these labels: {}.\nAnswer with the label only, or none if no label fits.",
+            self.labels.join(", ")
+        )
+    }
+    fn batchable(&self) -> bool {
+        true
+    }
+    fn answer_tokens(&self) -> u32 {
+        self.labels.iter().map(|l| l.len() as u32 / 2 + 4).max().unwrap_or(8)
+    }
+    fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
+        let given = word(answer);
+        if let Some(label) = self.labels.iter().find(|l| l.eq_ignore_ascii_case(&given)) {
+            return Ok(Some(label.clone()));
+        }
+        if given.eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        Err(format!("'{}' is not one of the labels {}", clip(answer), self.labels.join(", ")))
+    }
+}
+
+#[async_trait]
+impl SemanticFunction for LlmClassify {
+    fn name(&self) -> &'static str {
+        "llm_classify"
+    }
+    fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        3..=usize::MAX
+    }
+    fn first_constant(&self) -> usize {
+        1
+    }
+    fn return_type(&self) -> DataType {
+        DataType::Utf8
+    }
+    async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
+        let mut labels = Vec::new();
+        for i in 1..args.len() {
+            let label = constant(args, i, "llm_classify", "label")?.trim().to_string();
+            if labels.iter().any(|l: &String| l.eq_ignore_ascii_case(&label)) {
+                return plan_err!("llm_classify: the label '{label}' is given twice");
+            }
+            labels.push(label);
+        }
+        let distinct = Distinct::of(&args[0], rows)?;
+        let answers = engine::answers(&options, Arc::new(ClassifyTask { labels }), distinct.values.clone()).await?;
+        Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<StringArray>())))
+    }
+}

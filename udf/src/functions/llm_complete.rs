@@ -1,0 +1,70 @@
+//! `llm_complete(prompt) -> text`: the model's answer to a prompt built in
+//! SQL. The prompt is the user's own text (not fenced as data), one request
+//! per distinct prompt.
+//!
+//! ```sql
+//! SELECT n_name, llm_complete('One sentence about the economy of ' || n_name) FROM nation LIMIT 3;
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::StringArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::logical_expr::ColumnarValue;
+
+use super::{Distinct, SemanticFunction};
+use crate::llm::config::LlmOptions;
+use crate::llm::engine;
+use crate::llm::prompt::Task;
+
+/// The `llm_complete` function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LlmComplete;
+
+#[derive(Debug)]
+struct CompleteTask;
+
+impl Task for CompleteTask {
+    fn function(&self) -> &'static str {
+        "llm_complete"
+    }
+    fn instructions(&self) -> String {
+        String::new()
+    }
+    fn batchable(&self) -> bool {
+        false
+    }
+    fn answer_tokens(&self) -> u32 {
+        u32::MAX
+    }
+    fn fenced(&self) -> bool {
+        false
+    }
+    fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
+        let text = answer.trim();
+        if text.is_empty() { Err("the answer is empty".into()) } else { Ok(Some(text.to_string())) }
+    }
+}
+
+#[async_trait]
+impl SemanticFunction for LlmComplete {
+    fn name(&self) -> &'static str {
+        "llm_complete"
+    }
+    fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        1..=1
+    }
+    fn first_constant(&self) -> usize {
+        1
+    }
+    fn return_type(&self) -> DataType {
+        DataType::Utf8
+    }
+    async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
+        let distinct = Distinct::of(&args[0], rows)?;
+        let answers = engine::answers(&options, Arc::new(CompleteTask), distinct.values.clone()).await?;
+        Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<StringArray>())))
+    }
+}

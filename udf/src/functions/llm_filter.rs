@@ -1,0 +1,78 @@
+//! `llm_filter(text, condition) -> boolean`: whether a condition in plain
+//! words holds for the text.
+//!
+//! ```sql
+//! SELECT o_orderkey, o_comment FROM orders
+//! WHERE o_orderpriority = '1-URGENT'              -- runs first: cheap predicates filter before the model
+//!   AND llm_filter(o_comment, 'mentions a deposit')
+//! LIMIT 20;
+//! ```
+//! The answer must be `true`/`false` (or `yes`/`no`); anything else is
+//! retried once and then handled by `lakelink.llm.on_error`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::logical_expr::ColumnarValue;
+
+use super::{Distinct, SemanticFunction, constant};
+use crate::llm::config::LlmOptions;
+use crate::llm::engine;
+use crate::llm::prompt::{Task, word};
+
+/// The `llm_filter` function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LlmFilter;
+
+#[derive(Debug)]
+struct FilterTask {
+    condition: String,
+}
+
+impl Task for FilterTask {
+    fn function(&self) -> &'static str {
+        "llm_filter"
+    }
+    fn instructions(&self) -> String {
+        format!("Decide whether this condition holds for the row: {}\nAnswer true or false.", self.condition.trim())
+    }
+    fn batchable(&self) -> bool {
+        true
+    }
+    fn answer_tokens(&self) -> u32 {
+        4
+    }
+    fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
+        match word(answer).to_ascii_lowercase().as_str() {
+            "true" | "yes" => Ok(Some("true".into())),
+            "false" | "no" => Ok(Some("false".into())),
+            _ => Err(format!("'{}' is not true or false", crate::llm::prompt::clip(answer))),
+        }
+    }
+}
+
+#[async_trait]
+impl SemanticFunction for LlmFilter {
+    fn name(&self) -> &'static str {
+        "llm_filter"
+    }
+    fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        2..=2
+    }
+    fn first_constant(&self) -> usize {
+        1
+    }
+    fn return_type(&self) -> DataType {
+        DataType::Boolean
+    }
+    async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
+        let task = Arc::new(FilterTask { condition: constant(args, 1, "llm_filter", "condition")? });
+        let distinct = Distinct::of(&args[0], rows)?;
+        let answers = engine::answers(&options, task, distinct.values.clone()).await?;
+        let flags: Vec<Option<bool>> = answers.into_iter().map(|a| a.map(|v| v == "true")).collect();
+        Ok(ColumnarValue::Array(Arc::new(distinct.spread(&flags).into_iter().collect::<BooleanArray>())))
+    }
+}

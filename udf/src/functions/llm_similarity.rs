@@ -1,0 +1,67 @@
+//! `llm_similarity(a, b) -> double`: the cosine similarity (-1 to 1) of the
+//! two texts' embeddings; related texts score higher than unrelated ones.
+//!
+//! ```sql
+//! SELECT p_name FROM part
+//! ORDER BY llm_similarity(p_name, 'green metal parts') DESC LIMIT 10;
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::Float64Array;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::logical_expr::ColumnarValue;
+
+use super::{Distinct, SemanticFunction};
+use crate::llm::config::LlmOptions;
+use crate::llm::engine;
+
+/// The `llm_similarity` function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LlmSimilarity;
+
+#[async_trait]
+impl SemanticFunction for LlmSimilarity {
+    fn name(&self) -> &'static str {
+        "llm_similarity"
+    }
+    fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        2..=2
+    }
+    fn first_constant(&self) -> usize {
+        2
+    }
+    fn return_type(&self) -> DataType {
+        DataType::Float64
+    }
+    async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
+        let a = Distinct::of(&args[0], rows)?;
+        let b = Distinct::of(&args[1], rows)?;
+        // One embedding per distinct text of either side.
+        let mut texts: Vec<String> = a.values.clone();
+        let mut position: HashMap<String, usize> = texts.iter().cloned().enumerate().map(|(i, t)| (t, i)).collect();
+        let mut b_index = Vec::with_capacity(b.values.len());
+        for t in &b.values {
+            let i = *position.entry(t.clone()).or_insert_with(|| {
+                texts.push(t.clone());
+                texts.len() - 1
+            });
+            b_index.push(i);
+        }
+        let vectors = engine::embeddings(&options, "llm_similarity", texts).await?;
+        let scores: Float64Array = a
+            .rows
+            .iter()
+            .zip(&b.rows)
+            .map(|(x, y)| {
+                let x = vectors[(*x)?].as_ref()?;
+                let y = vectors[b_index[(*y)?]].as_ref()?;
+                Some(x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>())
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(scores)))
+    }
+}

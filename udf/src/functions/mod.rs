@@ -1,0 +1,197 @@
+//! The `llm_*` SQL functions, one file each.
+//!
+//! Scalar functions are asynchronous (DataFusion runs them in an
+//! `AsyncFuncExec` on the executors): each batch sends only its distinct
+//! values to the model layer ([`crate::llm::engine`]), which dedupes across
+//! batches, caches, batches rows into requests and enforces the budget.
+//! Every function is volatile, so the planner never folds it into a constant.
+
+mod llm_classify;
+mod llm_complete;
+mod llm_embed;
+mod llm_extract;
+mod llm_filter;
+mod llm_similarity;
+mod llm_summarize;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+
+pub use llm_classify::LlmClassify;
+pub use llm_complete::LlmComplete;
+pub use llm_embed::LlmEmbed;
+pub use llm_extract::LlmExtract;
+pub use llm_filter::LlmFilter;
+pub use llm_similarity::LlmSimilarity;
+pub use llm_summarize::LlmSummarize;
+
+use crate::llm::config::LlmOptions;
+
+/// What each scalar `llm_*` function defines; [`Semantic`] turns it into a
+/// DataFusion async UDF.
+#[async_trait]
+pub trait SemanticFunction: Debug + PartialEq + Eq + Hash + Send + Sync + 'static {
+    /// The SQL name.
+    fn name(&self) -> &'static str;
+    /// Allowed numbers of arguments (all text).
+    fn arity(&self) -> std::ops::RangeInclusive<usize>;
+    /// Which arguments must be constants (the instruction, the labels).
+    fn first_constant(&self) -> usize;
+    /// The SQL result type.
+    fn return_type(&self) -> DataType;
+    /// Computes a batch. `args` are text arrays (or constant strings).
+    async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue>;
+}
+
+/// A [`SemanticFunction`] as a DataFusion async scalar function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Semantic<F> {
+    function: F,
+    signature: Signature,
+}
+
+impl<F: SemanticFunction> Semantic<F> {
+    /// The function as a registrable scalar UDF.
+    pub fn udf(function: F) -> ScalarUDF {
+        // Types are checked in `return_type` and cast to text when the
+        // function runs (the async wrapper leaves coercion to the signature).
+        let arity = function.arity();
+        let signature = if arity.start() == arity.end() {
+            Signature::any(*arity.start(), Volatility::Volatile)
+        } else {
+            Signature::variadic_any(Volatility::Volatile)
+        };
+        let semantic = Self { function, signature };
+        AsyncScalarUDF::new(Arc::new(semantic)).into_scalar_udf()
+    }
+}
+
+impl<F: SemanticFunction> ScalarUDFImpl for Semantic<F> {
+    fn name(&self) -> &str {
+        self.function.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let name = self.function.name();
+        let arity = self.function.arity();
+        if !arity.contains(&arg_types.len()) {
+            let expected = if arity.end() == &usize::MAX {
+                format!("at least {}", arity.start())
+            } else if arity.start() == arity.end() {
+                arity.start().to_string()
+            } else {
+                format!("{} to {}", arity.start(), arity.end())
+            };
+            return plan_err!("{name} takes {expected} text arguments, got {}", arg_types.len());
+        }
+        for (i, t) in arg_types.iter().enumerate() {
+            let text_like = matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null)
+                || matches!(t, DataType::Dictionary(_, v) if v.is_string())
+                || t.is_numeric()
+                || t.is_temporal()
+                || t == &DataType::Boolean;
+            if !text_like {
+                return plan_err!("{name}: argument {} must be text, not {t}", i + 1);
+            }
+        }
+        Ok(self.function.return_type())
+    }
+
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Err(DataFusionError::Internal(format!("{} runs asynchronously", self.function.name())))
+    }
+}
+
+#[async_trait]
+impl<F: SemanticFunction> AsyncScalarUDFImpl for Semantic<F> {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = self.function.name();
+        for (i, arg) in args.args.iter().enumerate().skip(self.function.first_constant()) {
+            if let ColumnarValue::Array(_) = arg {
+                return plan_err!("{name}: argument {} must be a constant string, not a column", i + 1);
+            }
+        }
+        let options = LlmOptions::from_config(&args.config_options);
+        self.function.evaluate(&args.args, args.number_rows, options).await
+    }
+}
+
+/// A text argument's distinct non-null values, and each row's value.
+pub(crate) struct Distinct {
+    /// The distinct values, in order of first appearance.
+    pub values: Vec<String>,
+    /// For each row, the index of its value (`None` for NULL).
+    pub rows: Vec<Option<usize>>,
+}
+
+impl Distinct {
+    /// Collects the distinct values of `arg` over `rows` rows.
+    pub fn of(arg: &ColumnarValue, rows: usize) -> Result<Self> {
+        let array = text_array(arg, rows)?;
+        let strings = array.as_string::<i32>();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut values = Vec::new();
+        let mut out = Vec::with_capacity(rows);
+        for v in strings.iter() {
+            out.push(v.map(|s| {
+                *seen.entry(s).or_insert_with(|| {
+                    values.push(s.to_string());
+                    values.len() - 1
+                })
+            }));
+        }
+        Ok(Self { values, rows: out })
+    }
+
+    /// Spreads per-value answers back to the rows.
+    pub fn spread<T: Clone>(&self, answers: &[Option<T>]) -> Vec<Option<T>> {
+        self.rows.iter().map(|r| r.and_then(|i| answers[i].clone())).collect()
+    }
+}
+
+fn text_array(arg: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
+    let array = arg.to_array(rows)?;
+    if array.data_type() == &DataType::Utf8 { Ok(array) } else { Ok(cast(&array, &DataType::Utf8)?) }
+}
+
+/// A constant text argument.
+pub(crate) fn constant(args: &[ColumnarValue], i: usize, function: &str, what: &str) -> Result<String> {
+    match args.get(i) {
+        Some(ColumnarValue::Scalar(s)) => match s {
+            ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => {
+                if v.trim().is_empty() { plan_err!("{function}: the {what} must not be empty") } else { Ok(v.clone()) }
+            }
+            ScalarValue::Utf8(None) | ScalarValue::LargeUtf8(None) | ScalarValue::Utf8View(None) => {
+                plan_err!("{function}: the {what} must not be NULL")
+            }
+            other => Ok(other.to_string()),
+        },
+        _ => plan_err!("{function}: the {what} (argument {}) must be a constant string", i + 1),
+    }
+}
+
+/// Every `llm_*` function LakeLink ships, as registrable UDFs.
+pub fn scalar_functions(embedding_dim: usize) -> Vec<ScalarUDF> {
+    vec![
+        Semantic::udf(LlmComplete),
+        Semantic::udf(LlmFilter),
+        Semantic::udf(LlmClassify),
+        Semantic::udf(LlmExtract),
+        Semantic::udf(LlmEmbed::new(embedding_dim)),
+        Semantic::udf(LlmSimilarity),
+    ]
+}

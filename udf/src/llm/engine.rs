@@ -1,0 +1,429 @@
+//! How the `llm_*` functions spend model calls.
+//!
+//! For one query in one process:
+//! * every distinct input is answered once: the functions send distinct
+//!   values, and a per-query memo shares answers (and requests in flight)
+//!   across batches and partitions;
+//! * answers are cached on disk across queries, keyed by model, function,
+//!   prompt version, arguments and input;
+//! * several rows share a request where the function allows it, and
+//!   requests run concurrently up to `concurrency`;
+//! * a budget of requests and tokens stops a runaway query;
+//! * dropping the query's futures (cancellation, a failed sibling) drops the
+//!   requests in flight with them;
+//! * every request lands in the trail.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use datafusion::common::{DataFusionError, Result};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared, WeakShared, join_all};
+
+use super::cache::{Answer, DiskCache, key};
+use super::config::{Backend, LlmOptions, OnError};
+use super::hub;
+use super::model::{Embedder, Generator, ModelError, Usage};
+use super::prompt::{self, Task};
+use super::trail::{self, ModelCall};
+
+type Outcome = std::result::Result<Option<Answer>, Arc<str>>;
+type BatchOutcome = std::result::Result<Vec<Option<Answer>>, Arc<str>>;
+type Pending = Shared<BoxFuture<'static, Outcome>>;
+
+enum Memo {
+    /// Asked and not answered yet; alive while some caller waits for it.
+    Pending(WeakShared<BoxFuture<'static, Outcome>>),
+    /// Answered (or failed) during this query.
+    Done(Outcome),
+}
+
+/// What one query has spent and learned in this process.
+#[derive(Default)]
+struct QueryState {
+    calls: AtomicU64,
+    tokens: AtomicU64,
+    memo: Mutex<HashMap<String, Memo>>,
+}
+
+/// Queries remembered per process; older ones are forgotten.
+const REMEMBERED_QUERIES: usize = 256;
+
+fn query_state(query_id: &str) -> Arc<QueryState> {
+    if query_id.is_empty() {
+        return Arc::default();
+    }
+    type Queries = Mutex<VecDeque<(String, Arc<QueryState>)>>;
+    static QUERIES: OnceLock<Queries> = OnceLock::new();
+    let mut queries = QUERIES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, s)) = queries.iter().find(|(id, _)| id == query_id) {
+        return s.clone();
+    }
+    if queries.len() >= REMEMBERED_QUERIES {
+        queries.pop_front();
+    }
+    let state = Arc::new(QueryState::default());
+    queries.push_back((query_id.to_string(), state.clone()));
+    state
+}
+
+/// One function's calls within one query.
+#[derive(Clone)]
+struct Scope {
+    options: Arc<LlmOptions>,
+    state: Arc<QueryState>,
+    function: &'static str,
+    model: String,
+    backend: &'static str,
+}
+
+/// Why a request produced no answer.
+enum Failure {
+    /// The query's budget is spent: always fails the query.
+    Budget(String),
+    /// The model failed: the error policy decides.
+    Model(String),
+}
+
+impl Scope {
+    fn trail(&self, rows: usize, usage: Usage, cache_hit: bool, outcome: &str) {
+        let mut call = ModelCall::now(&self.options.query_id, self.function, &self.model, self.backend);
+        call.rows = rows as u64;
+        call.prompt_tokens = usage.prompt_tokens;
+        call.completion_tokens = usage.completion_tokens;
+        call.latency_ms = usage.latency.as_secs_f64() * 1000.0;
+        call.cache_hit = cache_hit;
+        call.outcome = outcome.to_string();
+        trail::record(&self.options.trail_dir, &call);
+    }
+
+    fn cache(&self) -> Option<DiskCache> {
+        self.options.cache.then(|| DiskCache::new(&self.options.cache_dir))
+    }
+
+    /// One model request under the budget, the concurrency limit and the time limit.
+    async fn request<T>(
+        &self,
+        rows: usize,
+        call: impl Future<Output = std::result::Result<T, ModelError>>,
+        usage: fn(&T) -> Usage,
+    ) -> std::result::Result<T, Failure> {
+        let o = &self.options;
+        let calls = self.state.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if calls > o.max_calls {
+            return Err(Failure::Budget(format!(
+                "{}: the query reached its budget of {} model calls (lakelink.llm.max_calls)",
+                self.function, o.max_calls
+            )));
+        }
+        let spent = self.state.tokens.load(Ordering::Relaxed);
+        if spent >= o.max_tokens {
+            return Err(Failure::Budget(format!(
+                "{}: the query reached its budget of {} model tokens (lakelink.llm.max_tokens); it spent {spent}",
+                self.function, o.max_tokens
+            )));
+        }
+        // The local model computes one prompt at a time; waiting for it is not
+        // part of a request's time limit.
+        let width = if self.backend == "local" { 1 } else { o.concurrency };
+        let _permit = hub::limiter(&self.model, width).acquire_owned().await.expect("limiters are never closed");
+        let limit = Duration::from_millis(o.timeout_ms) + Duration::from_millis(500);
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => Err(ModelError::Timeout(format!(
+                "{} gave no answer within {} ms (lakelink.llm.timeout_ms)",
+                self.model, o.timeout_ms
+            ))),
+        };
+        match result {
+            Ok(value) => {
+                let u = usage(&value);
+                self.state.tokens.fetch_add(u.prompt_tokens + u.completion_tokens, Ordering::Relaxed);
+                Ok(value)
+            }
+            Err(e) => {
+                self.trail(rows, Usage::default(), false, &format!("error: {e}"));
+                Err(Failure::Model(format!("{}: model {} failed: {e}", self.function, self.model)))
+            }
+        }
+    }
+
+    /// Applies the error policy to `rows` rows that got no usable answer.
+    fn policy(&self, failure: Failure, rows: usize) -> BatchOutcome {
+        match failure {
+            Failure::Budget(m) => Err(m.into()),
+            Failure::Model(m) => match self.options.on_error {
+                OnError::Fail => Err(format!("{m} (SET lakelink.llm.on_error = 'null' to return NULL instead)").into()),
+                OnError::Null => {
+                    tracing::warn!("{m}; returning NULL for {rows} row(s)");
+                    Ok(vec![None; rows])
+                }
+            },
+        }
+    }
+
+    /// Answers `inputs` (distinct), each with its cache key, asking the
+    /// model through `run` in batches of `batch_size` for what neither the
+    /// query's memo nor the disk cache knows.
+    async fn resolve(
+        &self,
+        keys: Vec<String>,
+        inputs: Vec<String>,
+        batch_size: usize,
+        run: impl Fn(Vec<String>, Vec<String>) -> BoxFuture<'static, BatchOutcome>,
+    ) -> Result<Vec<Option<Answer>>> {
+        let n = inputs.len();
+        let mut results: Vec<Option<Option<Answer>>> = vec![None; n];
+        let mut waiting: Vec<(usize, Pending)> = Vec::new();
+
+        // Answers of this query first, then the disk cache.
+        let mut unknown = Vec::new();
+        {
+            let memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
+            for i in 0..n {
+                match memo.get(&keys[i]) {
+                    Some(Memo::Done(outcome)) => results[i] = Some(outcome.clone().map_err(execution)?),
+                    Some(Memo::Pending(weak)) => match weak.upgrade() {
+                        Some(p) => waiting.push((i, p)),
+                        None => unknown.push(i),
+                    },
+                    None => unknown.push(i),
+                }
+            }
+        }
+        let mut misses = Vec::new();
+        match self.cache() {
+            Some(cache) => {
+                for i in unknown {
+                    match cache.get(&keys[i]) {
+                        Some(answer) => results[i] = Some(Some(answer)),
+                        None => misses.push(i),
+                    }
+                }
+                let hits = results.iter().filter(|r| r.is_some()).count();
+                if hits > 0 {
+                    self.trail(hits, Usage::default(), true, "ok");
+                }
+            }
+            None => misses = unknown,
+        }
+
+        // Claim what nobody is asking yet, batch it, and wait for everything.
+        {
+            let mut memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
+            let mut owned = Vec::new();
+            for i in misses {
+                match memo.get(&keys[i]) {
+                    Some(Memo::Done(outcome)) => results[i] = Some(outcome.clone().map_err(execution)?),
+                    Some(Memo::Pending(weak)) if let Some(p) = weak.upgrade() => waiting.push((i, p)),
+                    _ => owned.push(i),
+                }
+            }
+            for chunk in owned.chunks(batch_size.max(1)) {
+                let batch = run(
+                    chunk.iter().map(|&i| inputs[i].clone()).collect(),
+                    chunk.iter().map(|&i| keys[i].clone()).collect(),
+                )
+                .shared();
+                for (j, &i) in chunk.iter().enumerate() {
+                    let item: Pending = batch.clone().map(move |r| r.map(|mut v| v[j].take())).boxed().shared();
+                    if let Some(weak) = item.downgrade() {
+                        memo.insert(keys[i].clone(), Memo::Pending(weak));
+                    }
+                    waiting.push((i, item));
+                }
+            }
+        }
+        let outcomes = join_all(waiting.iter().map(|(_, p)| p.clone())).await;
+        {
+            let mut memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
+            for ((i, _), outcome) in waiting.iter().zip(&outcomes) {
+                memo.insert(keys[*i].clone(), Memo::Done(outcome.clone()));
+            }
+        }
+        for ((i, _), outcome) in waiting.into_iter().zip(outcomes) {
+            results[i] = Some(outcome.map_err(execution)?);
+        }
+        Ok(results.into_iter().map(Option::flatten).collect())
+    }
+}
+
+fn execution(message: Arc<str>) -> DataFusionError {
+    DataFusionError::Execution(message.to_string())
+}
+
+fn model_error(function: &str, e: ModelError) -> DataFusionError {
+    DataFusionError::Execution(format!("{function}: {e}"))
+}
+
+/// Asks a generative task for each of `inputs` (distinct values); `None`
+/// is SQL NULL (no value, or an unusable answer under `on_error = 'null'`).
+pub async fn answers(options: &LlmOptions, task: Arc<dyn Task>, inputs: Vec<String>) -> Result<Vec<Option<String>>> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let generator = hub::generator(options).await.map_err(|e| model_error(task.function(), e))?;
+    let scope = Scope {
+        options: Arc::new(options.clone()),
+        state: query_state(&options.query_id),
+        function: task.function(),
+        model: generator.id().to_string(),
+        backend: generator.backend(),
+    };
+    let instructions = task.instructions();
+    let version = task.version().to_string();
+    let keys =
+        inputs.iter().map(|input| key(&[generator.id(), task.function(), &version, &instructions, input])).collect();
+    let batch_size = if task.batchable() { options.batch_size } else { 1 };
+    let answers = scope
+        .resolve(keys, inputs, batch_size, |items, keys| {
+            text_batch(scope.clone(), generator.clone(), task.clone(), items, keys)
+        })
+        .await?;
+    Ok(answers
+        .into_iter()
+        .map(|a| match a {
+            Some(Answer::Text(t)) => t,
+            _ => None,
+        })
+        .collect())
+}
+
+/// One request for `items` (retried once when the answer is unusable; a
+/// batch that stays unusable is asked row by row).
+fn text_batch(
+    scope: Scope,
+    generator: Arc<dyn Generator>,
+    task: Arc<dyn Task>,
+    items: Vec<String>,
+    keys: Vec<String>,
+) -> BoxFuture<'static, BatchOutcome> {
+    async move { text_batch_inner(scope, generator, task, items, keys).await }.boxed()
+}
+
+async fn text_batch_inner(
+    scope: Scope,
+    generator: Arc<dyn Generator>,
+    task: Arc<dyn Task>,
+    items: Vec<String>,
+    keys: Vec<String>,
+) -> BatchOutcome {
+    let n = items.len();
+    let mut prompt = prompt::build(task.as_ref(), &items, scope.options.max_output_tokens);
+    let mut problem = String::new();
+    for attempt in 0..2 {
+        let completion = match scope.request(n, generator.complete(&prompt), |c| c.usage).await {
+            Ok(c) => c,
+            Err(failure) => return scope.policy(failure, n),
+        };
+        match prompt::parse(task.as_ref(), &completion.text, n) {
+            Ok(values) => {
+                scope.trail(n, completion.usage, false, if attempt == 0 { "ok" } else { "ok after retry" });
+                let answers: Vec<Option<Answer>> = values.into_iter().map(|v| Some(Answer::Text(v))).collect();
+                if let Some(cache) = scope.cache() {
+                    for (k, a) in keys.iter().zip(&answers) {
+                        if let Some(a) = a {
+                            cache.put(k, a);
+                        }
+                    }
+                }
+                return Ok(answers);
+            }
+            Err(reason) => {
+                scope.trail(n, completion.usage, false, &format!("unusable answer: {reason}"));
+                problem = format!("{reason} (answer: '{}')", prompt::clip(&completion.text));
+                prompt.user.push_str(&format!(
+                    "\n\nYour previous answer could not be used: {reason}. Answer again, exactly in the requested format."
+                ));
+            }
+        }
+    }
+    if n > 1 {
+        let singles = items
+            .into_iter()
+            .zip(keys)
+            .map(|(item, key)| text_batch(scope.clone(), generator.clone(), task.clone(), vec![item], vec![key]));
+        let mut out = Vec::with_capacity(n);
+        for r in join_all(singles).await {
+            out.extend(r?);
+        }
+        return Ok(out);
+    }
+    let failure = Failure::Model(format!(
+        "{}: the model's answer could not be used, even after a retry: {problem}",
+        task.function()
+    ));
+    scope.policy(failure, n)
+}
+
+/// Rows per embedding request.
+const EMBED_BATCH: usize = 32;
+
+/// Embeds each of `inputs` (distinct values) for `function`.
+pub async fn embeddings(
+    options: &LlmOptions,
+    function: &'static str,
+    inputs: Vec<String>,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let embedder = hub::embedder(options).await.map_err(|e| model_error(function, e))?;
+    let scope = Scope {
+        options: Arc::new(options.clone()),
+        state: query_state(&options.query_id),
+        function,
+        model: embedder.id().to_string(),
+        backend: embedder.backend(),
+    };
+    let keys = inputs.iter().map(|input| key(&[embedder.id(), "embed", input])).collect();
+    let answers = scope
+        .resolve(keys, inputs, EMBED_BATCH, |items, keys| {
+            embed_batch(scope.clone(), embedder.clone(), items, keys).boxed()
+        })
+        .await?;
+    Ok(answers
+        .into_iter()
+        .map(|a| match a {
+            Some(Answer::Vector(v)) => Some(v),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn embed_batch(scope: Scope, embedder: Arc<dyn Embedder>, items: Vec<String>, keys: Vec<String>) -> BatchOutcome {
+    let n = items.len();
+    let dim = scope.options.embedding_dim;
+    let result = match scope.request(n, embedder.embed(&items), |e| e.usage).await {
+        Ok(e) => e,
+        Err(failure) => return scope.policy(failure, n),
+    };
+    if let Some(v) = result.vectors.iter().find(|v| v.len() != dim) {
+        let reason = format!(
+            "{}: {} returned vectors of {} dimensions but lakelink.llm.embedding_dim is {dim}",
+            scope.function,
+            scope.model,
+            v.len()
+        );
+        scope.trail(n, result.usage, false, &format!("unusable answer: {reason}"));
+        return scope.policy(Failure::Model(reason), n);
+    }
+    scope.trail(n, result.usage, false, "ok");
+    let answers: Vec<Option<Answer>> = result.vectors.into_iter().map(|v| Some(Answer::Vector(v))).collect();
+    if let Some(cache) = scope.cache() {
+        for (k, a) in keys.iter().zip(&answers) {
+            if let Some(a) = a {
+                cache.put(k, a);
+            }
+        }
+    }
+    Ok(answers)
+}
+
+/// Whether `options` name the local backend (used by callers to pick defaults).
+pub fn is_local(options: &LlmOptions) -> bool {
+    options.backend == Backend::Local
+}

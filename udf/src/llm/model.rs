@@ -1,0 +1,94 @@
+//! The model traits: a generative model answers a chat prompt, an embedder
+//! turns texts into vectors. Both report what each call cost.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Tokens and time one model call took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens of the answer.
+    pub completion_tokens: u64,
+    /// Wall time of the call.
+    pub latency: Duration,
+}
+
+/// A chat prompt: fixed instructions (the same for every call of a
+/// function, so runtimes can keep them cached) and the call's own text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// Instructions, identical across calls of one function and argument set.
+    pub system: String,
+    /// The rows of this call, fenced as data.
+    pub user: String,
+    /// The largest answer, in tokens.
+    pub max_tokens: u32,
+}
+
+/// A model's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The answer text.
+    pub text: String,
+    /// What the call cost.
+    pub usage: Usage,
+}
+
+/// Vectors for a list of texts, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One vector per input text.
+    pub vectors: Vec<Vec<f32>>,
+    /// What the call cost.
+    pub usage: Usage,
+}
+
+/// Why a model call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelError {
+    /// The model or its files are not usable (missing, corrupt, misconfigured).
+    #[error("{0}")]
+    Setup(String),
+    /// The endpoint could not be reached or answered with an error after retries.
+    #[error("{0}")]
+    Endpoint(String),
+    /// No answer within the configured time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The answer arrived but is not what the protocol promises.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// A generative model.
+#[async_trait]
+pub trait Generator: Send + Sync + std::fmt::Debug {
+    /// A stable name for caches and the trail, such as `local:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`.
+    fn id(&self) -> &str;
+    /// `local` or `openai`.
+    fn backend(&self) -> &'static str;
+    /// Answers one prompt, greedily (temperature 0).
+    async fn complete(&self, prompt: &Prompt) -> Result<Completion, ModelError>;
+}
+
+/// A text embedder.
+#[async_trait]
+pub trait Embedder: Send + Sync + std::fmt::Debug {
+    /// A stable name for caches and the trail.
+    fn id(&self) -> &str;
+    /// `local` or `openai`.
+    fn backend(&self) -> &'static str;
+    /// Embeds texts; every vector is L2-normalised.
+    async fn embed(&self, texts: &[String]) -> Result<Embeddings, ModelError>;
+}
+
+/// Scales a vector to unit length (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
