@@ -83,7 +83,9 @@ pub struct LlmOptions {
     pub retries: u32,
     /// Model requests in flight at once, per process.
     pub concurrency: usize,
-    /// Rows sent in one request, for functions that allow several.
+    /// Rows sent in one request, for functions that allow several; 0 (the
+    /// default) picks 1 for the local backend, whose prompt cache makes
+    /// single rows the fastest and most accurate, and 8 for `openai`.
     pub batch_size: usize,
     /// The largest answer of one request, in tokens.
     pub max_output_tokens: u32,
@@ -119,7 +121,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("timeout_ms", "Time limit of one model request in milliseconds"),
     ("retries", "Retries of a request failing with 429, 5xx or a connection error"),
     ("concurrency", "Model requests in flight at once, per process"),
-    ("batch_size", "Rows sent in one request where the function allows several"),
+    ("batch_size", "Rows sent in one request where the function allows several; 0: 1 for local, 8 for openai"),
     ("max_output_tokens", "Largest answer of one request, in tokens"),
     ("on_error", "What an unusable model answer does: fail (the query fails) or null"),
     ("max_calls", "Budget: model requests one query may make, per process"),
@@ -154,7 +156,7 @@ impl Default for LlmOptions {
             timeout_ms: 60_000,
             retries: 3,
             concurrency: 8,
-            batch_size: 8,
+            batch_size: 0,
             max_output_tokens: 256,
             on_error: OnError::Fail,
             max_calls: 10_000,
@@ -209,7 +211,7 @@ impl LlmOptions {
             "timeout_ms" => self.timeout_ms = positive(key, value)?,
             "retries" => self.retries = parse(key, value, "a whole number")?,
             "concurrency" => self.concurrency = positive(key, value)? as usize,
-            "batch_size" => self.batch_size = positive(key, value)?.min(64) as usize,
+            "batch_size" => self.batch_size = parse::<usize>(key, value, "a whole number (0: automatic)")?.min(64),
             "max_output_tokens" => self.max_output_tokens = positive(key, value)?.min(32_768) as u32,
             "on_error" => {
                 self.on_error = match v.to_ascii_lowercase().as_str() {
@@ -268,6 +270,15 @@ impl LlmOptions {
     /// defaults where the session carries none.
     pub fn from_config(config: &ConfigOptions) -> LlmOptions {
         config.extensions.get::<LlmOptions>().cloned().unwrap_or_else(|| process_defaults().clone())
+    }
+
+    /// Rows per request for functions that allow several.
+    pub fn rows_per_request(&self) -> usize {
+        match (self.batch_size, self.backend) {
+            (0, Backend::Local) => 1,
+            (0, Backend::OpenAi) => 8,
+            (n, _) => n,
+        }
     }
 
     /// The GGUF file of the generative model (local backend).

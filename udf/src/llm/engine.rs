@@ -24,7 +24,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared, join_all};
 
 use super::cache::{Answer, DiskCache, key};
-use super::config::{Backend, LlmOptions, OnError};
+use super::config::{LlmOptions, OnError};
 use super::hub;
 use super::model::{Embedder, Generator, ModelError, Usage};
 use super::prompt::{self, Task};
@@ -277,7 +277,7 @@ pub async fn answers(options: &LlmOptions, task: Arc<dyn Task>, inputs: Vec<Stri
     let version = task.version().to_string();
     let keys =
         inputs.iter().map(|input| key(&[generator.id(), task.function(), &version, &instructions, input])).collect();
-    let batch_size = if task.batchable() { options.batch_size } else { 1 };
+    let batch_size = if task.batchable() { options.rows_per_request() } else { 1 };
     let answers = scope
         .resolve(keys, inputs, batch_size, |items, keys| {
             text_batch(scope.clone(), generator.clone(), task.clone(), items, keys)
@@ -421,9 +421,4 @@ async fn embed_batch(scope: Scope, embedder: Arc<dyn Embedder>, items: Vec<Strin
         }
     }
     Ok(answers)
-}
-
-/// Whether `options` name the local backend (used by callers to pick defaults).
-pub fn is_local(options: &LlmOptions) -> bool {
-    options.backend == Backend::Local
 }
