@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+source scripts/system-deps.sh
 scale="${1:-1}"
+
+scripts/fetch-models.sh
 
 echo "== building lakelink (release; about 20 minutes the first time)"
 cargo build --release --workspace --bins
@@ -26,5 +29,9 @@ cat <<'SQL'
   SELECT n_name, sum(o_totalprice) AS total FROM orders
     JOIN customer ON o_custkey = c_custkey JOIN nation ON c_nationkey = n_nationkey
     GROUP BY n_name ORDER BY total DESC LIMIT 5;
+  -- the local model (Qwen2.5-Coder-0.5B on this CPU), once per distinct value:
+  SELECT o_orderpriority, llm_classify(o_comment, 'complaint', 'request', 'other') AS kind, count(*)
+    FROM orders WHERE o_orderdate = DATE '1995-03-15' GROUP BY 1, 2 ORDER BY 1, 2;
+  SELECT function, count(*), sum(rows), sum(prompt_tokens) FROM system.model_calls GROUP BY 1;
 SQL
 exec "$CARGO_TARGET_DIR/release/lakelink" --lake "$lake"

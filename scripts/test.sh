@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+source scripts/system-deps.sh
+scripts/fetch-models.sh
 
 echo "== Python test client (ADBC Flight SQL driver) in $LAKELINK_VENV"
 if [ ! -x "$LAKELINK_VENV/bin/python" ]; then

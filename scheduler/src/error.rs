@@ -40,6 +40,10 @@ pub enum SchedulerError {
 pub fn query_status(err: DataFusionError) -> Status {
     let err = err.find_root();
     let message = clean_message(err);
+    if let Some(inner) = debug_wrapped_message(&message) {
+        // A task's error that crossed Ballista as its Debug text.
+        return Status::aborted(inner);
+    }
     match err {
         DataFusionError::SQL(parser_error, _) => {
             use datafusion::sql::sqlparser::parser::ParserError;
@@ -81,9 +85,46 @@ fn clean_message(err: &DataFusionError) -> String {
     text.trim().to_string()
 }
 
+/// The message inside a Debug-printed error chain such as
+/// `... DataFusionError(Shared(External(DataFusionError(Execution("the message")))))`,
+/// which is how a task's failure reaches the scheduler.
+fn debug_wrapped_message(text: &str) -> Option<String> {
+    const KINDS: &[&str] = &["Execution", "Plan", "Internal", "Configuration", "ResourcesExhausted", "NotImplemented"];
+    let start = KINDS.iter().filter_map(|k| text.rfind(&format!("{k}(\"")).map(|i| i + k.len() + 2)).max()?;
+    let mut out = String::new();
+    let mut chars = text[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            '"' => {
+                let job = text.strip_prefix("Job ").and_then(|rest| rest.split_whitespace().next());
+                return Some(match job {
+                    Some(id) => format!("{out} (job {id})"),
+                    None => out,
+                });
+            }
+            c => out.push(c),
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_errors_lose_their_debug_wrapping() {
+        let text = r#"Job 0A failed: Job failed due to stage 0 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(DataFusionError(Execution("llm_filter: model \"m\" failed: HTTP 500")))))"#;
+        let status = query_status(DataFusionError::Execution(text.into()));
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(status.message().starts_with("llm_filter: model \"m\" failed: HTTP 500"), "{}", status.message());
+        assert!(!status.message().contains("Shared("), "{}", status.message());
+    }
 
     #[test]
     fn unknown_table_is_not_found_and_names_the_table() {

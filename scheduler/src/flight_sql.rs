@@ -203,14 +203,14 @@ impl LakeLinkFlightSql {
     }
 }
 
-/// The client connection a request belongs to: its peer address (each
-/// Flight SQL connection is one HTTP/2 connection).
+/// The client connection a request belongs to (each Flight SQL connection
+/// is one HTTP/2 connection, numbered when accepted, so a later connection
+/// from the same address and port starts afresh).
 fn session_key<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "default".into())
+    match request.extensions().get::<crate::ConnectionId>() {
+        Some(id) => format!("connection-{}", id.0),
+        None => "default".into(),
+    }
 }
 
 /// The answer to `SET`/`RESET`: one row naming the setting and its new value.
@@ -335,9 +335,17 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let parameter_schema = self.engine.parameter_schema(&query.query).await.map_err(query_status)?;
-        let dataset_schema = if parameter_schema.fields().is_empty() {
-            let settings = self.engine.session_settings(&session_key(&request));
+        let session = session_key(&request);
+        // DB-API drivers prepare every statement, SET included.
+        let change = self.engine.apply_setting(&session, &query.query).await.map_err(query_status)?;
+        let parameter_schema = match change {
+            Some(_) => Schema::empty(),
+            None => self.engine.parameter_schema(&query.query).await.map_err(query_status)?,
+        };
+        let dataset_schema = if let Some(change) = &change {
+            change_batch(change)?.schema()
+        } else if parameter_schema.fields().is_empty() {
+            let settings = self.engine.session_settings(&session);
             let df = self.engine.plan(&query.query, None, &settings).await.map_err(query_status)?;
             result_schema(&df)
         } else {

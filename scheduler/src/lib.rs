@@ -80,6 +80,10 @@ impl SchedulerOptions {
     }
 }
 
+/// The number of the client connection a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId(pub u64);
+
 /// A scheduler serving in the background.
 #[derive(Debug)]
 pub struct RunningScheduler {
@@ -154,7 +158,21 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     let cluster = BallistaCluster::new_from_config(&config).await?;
     let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config).await?;
 
-    let engine = Arc::new(query_engine(&ext, lake, addr).await?);
+    let cancel_job: query::JobCanceller = {
+        let scheduler = scheduler.clone();
+        Arc::new(move |name: String| {
+            let scheduler = scheduler.clone();
+            tokio::spawn(async move {
+                let jobs = scheduler.state.task_manager.get_all_jobs().await.unwrap_or_default();
+                for job in jobs.into_iter().filter(|j| j.job_name == name) {
+                    if let Err(e) = scheduler.cancel_job(job.job_id.clone()).await {
+                        tracing::warn!("cannot cancel job {}: {e}", job.job_id);
+                    }
+                }
+            });
+        })
+    };
+    let engine = Arc::new(query_engine(&ext, lake, addr, cancel_job).await?);
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
     if !options.auth.enabled() && !loopback {
@@ -167,13 +185,23 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
-    // Served through axum with the peer address attached: Ballista's
-    // scheduler reads it to learn where an executor that did not name its
-    // host can be reached.
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(scheduler_grpc);
     routes.add_service(InterceptedService::new(flight, auth));
-    let app = routes.routes().into_axum_router().into_make_service_with_connect_info::<SocketAddr>();
+    let router = routes.routes().into_axum_router();
+    // Every accepted connection gets a number (client sessions hang off it)
+    // and its peer address (Ballista's scheduler reads it to learn where an
+    // executor that did not name its host can be reached).
+    let next_connection = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let app = tower::service_fn(move |incoming: axum::serve::IncomingStream<'_, tokio::net::TcpListener>| {
+        let peer = *incoming.remote_addr();
+        let id = next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let router = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)))
+            .layer(axum::Extension(ConnectionId(id)));
+        async move { Ok::<_, std::convert::Infallible>(router) }
+    });
     let (shutdown, stop) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -192,6 +220,7 @@ async fn query_engine(
     ext: &Extensions,
     lake: Arc<LakeSchema>,
     addr: SocketAddr,
+    cancel_job: query::JobCanceller,
 ) -> Result<QueryEngine, SchedulerError> {
     let config = SessionConfig::new_with_ballista()
         .with_information_schema(true)
@@ -210,5 +239,5 @@ async fn query_engine(
     let local = SessionContext::new_with_config(ext.configure(config));
     ext.register_all(&local);
     local.register_catalog(CATALOG, catalog);
-    Ok(QueryEngine::new(distributed, local, lake))
+    Ok(QueryEngine::new(distributed, local, lake, cancel_job))
 }

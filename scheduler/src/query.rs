@@ -67,6 +67,10 @@ pub struct SettingChange {
     pub value: Option<String>,
 }
 
+/// Cancels the Ballista job named after a query id (the query engine names
+/// every job after its query).
+pub type JobCanceller = Arc<dyn Fn(String) + Send + Sync>;
+
 /// Plans and runs SQL for remote clients.
 pub struct QueryEngine {
     /// A Ballista planning session: its physical planner submits jobs to the
@@ -78,12 +82,19 @@ pub struct QueryEngine {
     local: SessionContext,
     lake: Arc<LakeSchema>,
     sessions: Mutex<HashMap<String, Session>>,
+    cancel_job: JobCanceller,
 }
 
 impl QueryEngine {
     /// An engine planning on `distributed` and answering catalog queries on `local`.
-    pub fn new(distributed: SessionContext, local: SessionContext, lake: Arc<LakeSchema>) -> Self {
-        Self { distributed, local, lake, sessions: Mutex::default() }
+    /// `cancel_job` stops the distributed job of a query whose client went away.
+    pub fn new(
+        distributed: SessionContext,
+        local: SessionContext,
+        lake: Arc<LakeSchema>,
+        cancel_job: JobCanceller,
+    ) -> Self {
+        Self { distributed, local, lake, sessions: Mutex::default(), cancel_job }
     }
 
     /// If `sql` is `SET`/`RESET` of a model setting, applies it to the
@@ -121,6 +132,14 @@ impl QueryEngine {
             }));
         }
         if let Some(value) = &value {
+            if (key == "model" || key == "embedding_model")
+                && (value.trim().starts_with('/') || value.split(['/', '\\']).any(|part| part == ".."))
+            {
+                return Err(DataFusionError::Plan(format!(
+                    "lakelink.llm.{key} = '{value}': a session may name a model inside the models folder \
+                     (or an endpoint's model name), not a path elsewhere"
+                )));
+            }
             // Check the value now, so a bad SET fails, not the next query.
             let mut probe = lakelink_udf::llm::config::process_defaults().clone();
             probe.set_key(key, value)?;
@@ -158,7 +177,9 @@ impl QueryEngine {
         for (key, value) in settings {
             options.set(key, value)?;
         }
-        options.set("lakelink.llm.query_id", &uuid::Uuid::new_v4().to_string())?;
+        let query_id = uuid::Uuid::new_v4().to_string();
+        options.set("lakelink.llm.query_id", &query_id)?;
+        options.set(ballista_core::config::BALLISTA_JOB_NAME, &query_id)?;
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -217,13 +238,46 @@ impl QueryEngine {
     }
 
     /// Runs a planned statement. The stream carries exactly `schema`.
+    /// A client that stops reading before the end (cancels, disconnects)
+    /// cancels the query: its distributed job and its model requests.
     pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<SendableRecordBatchStream> {
+        let options = lakelink_udf::LlmOptions::from_config(df.task_ctx().session_config().options());
+        let mut guard = CancelOnDrop {
+            query_id: options.query_id.clone(),
+            trail_dir: options.trail_dir.clone(),
+            cancel_job: self.cancel_job.clone(),
+            finished: false,
+        };
         let stream = df.execute_stream().await?;
         let conformed = {
             let schema = schema.clone();
-            stream.map(move |batch| conform(batch?, &schema))
+            stream.map(move |batch| conform(batch?, &schema)).chain(futures::stream::poll_fn(move |_| {
+                // Borrowing the whole guard moves it into the closure, so
+                // it lives (and can cancel) as long as the stream.
+                let guard = &mut guard;
+                guard.finished = true;
+                std::task::Poll::Ready(None)
+            }))
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, conformed)))
+    }
+}
+
+/// Cancels a query whose result stream is dropped before its end.
+struct CancelOnDrop {
+    query_id: String,
+    trail_dir: String,
+    cancel_job: JobCanceller,
+    finished: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.finished && !self.query_id.is_empty() {
+            tracing::info!("query {} abandoned by its client: cancelling it", self.query_id);
+            lakelink_udf::llm::engine::cancel_query(&self.trail_dir, &self.query_id);
+            (self.cancel_job)(self.query_id.clone());
+        }
     }
 }
 

@@ -51,6 +51,19 @@ impl TestCluster {
         Self { scheduler }
     }
 
+    /// One scheduler and two executors with LakeLink's functions, whose
+    /// model answer cache and trail live in folders under `dir` (so runs do
+    /// not share answers).
+    pub async fn start_isolated(lake: &Path, dir: &Path) -> Self {
+        let defaults = lakelink_udf::LlmOptions {
+            cache_dir: dir.join("cache").display().to_string(),
+            trail_dir: dir.join("trail").display().to_string(),
+            ..lakelink_udf::LlmOptions::default()
+        };
+        let ext = Extensions::lakelink_with(defaults);
+        Self::start_with(lake, ext.clone(), ext, 2).await
+    }
+
     /// One scheduler and two executors with LakeLink's functions.
     pub async fn start(lake: &Path) -> Self {
         Self::start_with(lake, Extensions::lakelink(), Extensions::lakelink(), 2).await

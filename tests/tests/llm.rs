@@ -13,7 +13,6 @@ use datafusion::parquet::arrow::ArrowWriter;
 use lakelink::Connection;
 use lakelink_tests::model_double::{Chat, Mode, ModelDouble, answer_rows};
 use lakelink_tests::{TestCluster, query, rows};
-use lakelink_udf::{Extensions, LlmOptions};
 
 /// Distinct reviews; review `i` is "good" when `i % 3 == 0`.
 const DISTINCT: usize = 20;
@@ -85,13 +84,7 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         lake(&root.join("lake"));
-        let defaults = LlmOptions {
-            cache_dir: root.join("cache").display().to_string(),
-            trail_dir: root.join("trail").display().to_string(),
-            ..LlmOptions::default()
-        };
-        let ext = Extensions::lakelink_with(defaults);
-        let cluster = TestCluster::start_with(&root.join("lake"), ext.clone(), ext, 2).await;
+        let cluster = TestCluster::start_isolated(&root.join("lake"), &root).await;
         let model = ModelDouble::start(script).await;
         Self { _dir: dir, root, cluster, model }
     }
@@ -320,6 +313,8 @@ async fn settings_are_checked_and_scoped_to_the_connection() {
     assert!(err.contains("'fail' or 'null'"), "{err}");
     let err = fails(&mut conn, "SET lakelink.llm.api_key_env = 'HOME'").await;
     assert!(err.contains("operator"), "{err}");
+    let err = fails(&mut conn, "SET lakelink.llm.model = '/etc/passwd'").await;
+    assert!(err.contains("not a path elsewhere"), "{err}");
     let err = fails(&mut conn, "SET datafusion.execution.batch_size = 1").await;
     assert!(err.contains("only model settings"), "{err}");
     let err = fails(&mut conn, "SELECT llm_classify(review, 'a', 'a') FROM reviews").await;
@@ -333,4 +328,33 @@ async fn settings_are_checked_and_scoped_to_the_connection() {
     assert_eq!(shown[0][1], "local");
     let shown = run(&mut conn, "SHOW lakelink.llm.backend").await;
     assert_eq!(shown[0][1], "openai");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_query_stops_its_model_calls() {
+    let s = Setup::new().await;
+    s.model.set_delay(Duration::from_millis(300));
+    let mut conn = s
+        .connect(&[
+            "SET lakelink.llm.batch_size = 1",
+            "SET lakelink.llm.cache = false",
+            "SET lakelink.llm.concurrency = 2",
+        ])
+        .await;
+    // 2,000 distinct texts, two at a time, 300 ms each: about five minutes of calls.
+    let running = tokio::spawn(async move {
+        let _ = query(&mut conn, "SELECT llm_filter(review, 'is about a note') FROM notes").await;
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.model.chats() > 0, "the query should be calling the model");
+    running.abort();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_cancel = s.model.chats();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.model.chats(), after_cancel, "model calls went on after the client left");
+    assert!(after_cancel < 100, "{after_cancel} calls");
+    let cancelled =
+        run(&mut s.cluster.connect().await, "SELECT count(*) FROM system.model_calls WHERE outcome = 'cancelled'")
+            .await;
+    assert_ne!(cancelled[0][0], "0");
 }

@@ -10,7 +10,6 @@ use arrow::array::{Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use lakelink_tests::{TestCluster, query, rows};
-use lakelink_udf::{Extensions, LlmOptions};
 
 const TICKETS: &[&str] = &[
     "The app crashes every time I open the settings page.",
@@ -38,17 +37,12 @@ async fn local_model_classifies_filters_and_embeds() {
         ],
     )
     .unwrap();
-    let mut writer = ArrowWriter::try_new(std::fs::File::create(lake.join("tickets.parquet")).unwrap(), schema, None).unwrap();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(lake.join("tickets.parquet")).unwrap(), schema, None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 
-    let defaults = LlmOptions {
-        cache_dir: dir.path().join("cache").display().to_string(),
-        trail_dir: dir.path().join("trail").display().to_string(),
-        ..LlmOptions::default()
-    };
-    let ext = Extensions::lakelink_with(defaults);
-    let cluster = TestCluster::start_with(&lake, ext.clone(), ext, 2).await;
+    let cluster = TestCluster::start_isolated(&lake, dir.path()).await;
     let mut conn = cluster.connect().await;
     let mut run = async |sql: &str| {
         let batches = tokio::time::timeout(Duration::from_secs(600), query(&mut conn, sql))
@@ -73,14 +67,16 @@ async fn local_model_classifies_filters_and_embeds() {
         assert!(row[1] == "true" || row[1] == "false", "{row:?} is not a boolean");
     }
 
-    let got = run(
-        "SELECT llm_similarity('The cat sat on the mat', 'A kitten is sitting on a rug') \
-              > llm_similarity('The cat sat on the mat', 'Quarterly revenue grew five percent')",
-    )
+    let got = run("SELECT llm_similarity('The cat sat on the mat', 'A kitten is sitting on a rug') \
+              > llm_similarity('The cat sat on the mat', 'Quarterly revenue grew five percent')")
     .await;
     assert_eq!(got, vec![vec!["true".to_string()]]);
 
-    eprintln!("trail: {:?}", run("SELECT function, rows, prompt_tokens, completion_tokens, latency_ms, outcome FROM system.model_calls").await);
+    eprintln!(
+        "trail: {:?}",
+        run("SELECT function, rows, prompt_tokens, completion_tokens, latency_ms, outcome FROM system.model_calls")
+            .await
+    );
     let trail = run("SELECT DISTINCT backend FROM system.model_calls").await;
     assert_eq!(trail, vec![vec!["local".to_string()]]);
 }

@@ -21,7 +21,6 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use lakelink_tests::model_double::{ModelDouble, answer_rows};
 use lakelink_tests::{TestCluster, query, rows};
-use lakelink_udf::{Extensions, LlmOptions};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -60,8 +59,11 @@ fn write_table(dir: &Path, rows: usize, distinct: usize) -> Result<(), Box<dyn s
     let props = WriterProperties::builder().set_compression(datafusion::parquet::basic::Compression::SNAPPY).build();
     let mut written = 0;
     for f in 0..files {
-        let mut writer =
-            ArrowWriter::try_new(std::fs::File::create(dir.join(format!("part-{f}.parquet")))?, schema.clone(), Some(props.clone()))?;
+        let mut writer = ArrowWriter::try_new(
+            std::fs::File::create(dir.join(format!("part-{f}.parquet")))?,
+            schema.clone(),
+            Some(props.clone()),
+        )?;
         let end = (written + per_file).min(rows);
         while written < end {
             let n = batch_rows.min(end - written);
@@ -81,15 +83,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lake = dir.path().join("lake");
     let t = Instant::now();
     write_table(&lake.join("tickets"), args.rows, args.distinct)?;
-    println!("table: {} rows, {} distinct texts, written in {:.1} s", args.rows, args.distinct, t.elapsed().as_secs_f64());
+    println!(
+        "table: {} rows, {} distinct texts, written in {:.1} s",
+        args.rows,
+        args.distinct,
+        t.elapsed().as_secs_f64()
+    );
 
-    let defaults = LlmOptions {
-        cache_dir: dir.path().join("cache").display().to_string(),
-        trail_dir: dir.path().join("trail").display().to_string(),
-        ..LlmOptions::default()
-    };
-    let ext = Extensions::lakelink_with(defaults);
-    let cluster = TestCluster::start_with(&lake, ext.clone(), ext, 2).await;
+    let cluster = TestCluster::start_isolated(&lake, dir.path()).await;
     let model = ModelDouble::start(|chat| {
         answer_rows(&chat.user, |row| LABELS.iter().find(|l| row.contains(*l)).unwrap_or(&"none").to_string())
     })
@@ -99,9 +100,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sql = "SELECT llm_classify(text, 'bug', 'feature', 'praise') AS label, count(*) AS n FROM tickets GROUP BY 1 ORDER BY 1";
     let mut results = Vec::new();
     println!();
-    println!("| configuration | model calls | rows per call | wall s | floor s (calls x {} ms / {}) | wall / floor |", args.latency_ms, args.concurrency);
+    println!(
+        "| configuration | model calls | rows per call | wall s | floor s (calls x {} ms / {}) | wall / floor |",
+        args.latency_ms, args.concurrency
+    );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (name, batch, cache) in [("one row per call", 1, false), ("8 rows per call", 8, false), ("answers cached", 8, true)] {
+    for (name, batch, cache) in
+        [("one row per call", 1, false), ("8 rows per call", 8, false), ("answers cached", 8, true)]
+    {
         let mut conn = cluster.connect().await;
         let mut settings = model.settings();
         settings.push(format!("SET lakelink.llm.batch_size = {batch}"));
@@ -131,7 +137,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.json {
         std::fs::write(
             path,
-            serde_json::to_string_pretty(&json!({"rows": args.rows, "distinct": args.distinct, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "runs": results}))?,
+            serde_json::to_string_pretty(
+                &json!({"rows": args.rows, "distinct": args.distinct, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "runs": results}),
+            )?,
         )?;
     }
     Ok(())

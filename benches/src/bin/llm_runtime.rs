@@ -47,7 +47,8 @@ struct Args {
 const FACTS_LLAMA_CPP: (f64, f64) = (214.0, 39.0);
 
 fn long_prompt() -> Prompt {
-    let facts = "The warehouse ships orders every weekday, and each order lists its items, prices, discounts and taxes. ";
+    let facts =
+        "The warehouse ships orders every weekday, and each order lists its items, prices, discounts and taxes. ";
     Prompt { system: "You are a careful assistant.".into(), user: facts.repeat(22), max_tokens: 1 }
 }
 
@@ -72,7 +73,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let started = Instant::now();
     let model = LocalGenerator::load(&options.model_path(), args.threads)?;
-    println!("model {} loaded in {:.2} s, {} threads", options.model_path().display(), started.elapsed().as_secs_f64(), args.threads);
+    println!(
+        "model {} loaded in {:.2} s, {} threads",
+        options.model_path().display(),
+        started.elapsed().as_secs_f64(),
+        args.threads
+    );
     model.generate(&decode_prompt(), true).await?;
 
     let mut prefill = Vec::new();
@@ -116,7 +122,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let embedder = LocalEmbedder::load(&options.embedder_path())?;
-    let sentences: Vec<String> = (0..256).map(|i| format!("Order {i} was shipped late because of a storm in the port.")).collect();
+    let sentences: Vec<String> =
+        (0..256).map(|i| format!("Order {i} was shipped late because of a storm in the port.")).collect();
     embedder.embed(&sentences[..8]).await?;
     let t = Instant::now();
     for chunk in sentences.chunks(32) {
@@ -132,7 +139,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reference.0,
         prefill_tps / reference.0
     );
-    println!("| decode tokens/s ({decoded} tokens) | {decode_tps:.1} | {:.1} | {:.2} |", reference.1, decode_tps / reference.1);
+    println!(
+        "| decode tokens/s ({decoded} tokens) | {decode_tps:.1} | {:.1} | {:.2} |",
+        reference.1,
+        decode_tps / reference.1
+    );
     println!();
     println!(
         "prompt cache: a classification call takes {cold_ms:.0} ms cold ({} prompt tokens computed) and {warm_ms:.0} ms when the \
@@ -163,8 +174,13 @@ async fn llama_server(url: &str) -> Result<(f64, f64), Box<dyn std::error::Error
                 "messages": [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}],
                 "max_tokens": prompt.max_tokens.max(1), "temperature": 0, "cache_prompt": false,
             });
-            let reply: serde_json::Value =
-                client.post(format!("{}/v1/chat/completions", url.trim_end_matches('/'))).json(&body).send().await?.json().await?;
+            let reply: serde_json::Value = client
+                .post(format!("{}/v1/chat/completions", url.trim_end_matches('/')))
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
             let timings = &reply["timings"];
             if prompt.max_tokens == 1 {
                 best.0 = best.0.max(timings["prompt_per_second"].as_f64().unwrap_or(0.0));

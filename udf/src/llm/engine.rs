@@ -9,13 +9,16 @@
 //! * several rows share a request where the function allows it, and
 //!   requests run concurrently up to `concurrency`;
 //! * a budget of requests and tokens stops a runaway query;
-//! * dropping the query's futures (cancellation, a failed sibling) drops the
-//!   requests in flight with them;
+//! * dropping the query's futures (a failed sibling task) drops the requests
+//!   in flight with them, and [`cancel_query`] (the scheduler calls it when a
+//!   client abandons a query) fails the query's requests in every process at
+//!   once;
 //! * every request lands in the trail.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -47,6 +50,62 @@ struct QueryState {
     calls: AtomicU64,
     tokens: AtomicU64,
     memo: Mutex<HashMap<String, Memo>>,
+    cancelled: AtomicBool,
+}
+
+/// Where cancellation markers live: processes on other machines see them
+/// through the trail folder, as they share it for `system.model_calls`.
+fn marker(trail_dir: &str, query_id: &str) -> PathBuf {
+    Path::new(trail_dir).join("cancelled").join(query_id)
+}
+
+/// How often a query with requests in flight looks for a cancellation marker.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
+/// Cancels a query's model requests: in this process at once, in other
+/// processes within [`CANCEL_POLL`] through a marker in the trail folder.
+pub fn cancel_query(trail_dir: &str, query_id: &str) {
+    if query_id.is_empty() {
+        return;
+    }
+    query_state(query_id).cancelled.store(true, Ordering::Relaxed);
+    let path = marker(trail_dir, query_id);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        // Markers older than a day are of no use to anyone.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if old.is_some_and(|age| age > Duration::from_secs(86_400)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    if let Err(e) = std::fs::write(&path, b"") {
+        tracing::warn!("cannot write the cancellation marker {}: {e}", path.display());
+    }
+}
+
+impl QueryState {
+    /// Whether the query was cancelled (here or, through its marker, elsewhere).
+    fn is_cancelled(&self, options: &LlmOptions) -> bool {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return true;
+        }
+        if !options.query_id.is_empty() && marker(&options.trail_dir, &options.query_id).exists() {
+            self.cancelled.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Resolves once the query is cancelled.
+    async fn cancellation(&self, options: &LlmOptions) {
+        while !self.is_cancelled(options) {
+            tokio::time::sleep(CANCEL_POLL).await;
+        }
+    }
 }
 
 /// Queries remembered per process; older ones are forgotten.
@@ -80,9 +139,24 @@ struct Scope {
     backend: &'static str,
 }
 
+/// Records a request that was dropped before it finished.
+struct Unfinished<'a> {
+    scope: &'a Scope,
+    rows: usize,
+    done: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.scope.trail(self.rows, Usage::default(), false, "cancelled");
+        }
+    }
+}
+
 /// Why a request produced no answer.
 enum Failure {
-    /// The query's budget is spent: always fails the query.
+    /// The query's budget is spent, or the query was cancelled: always fails the query.
     Budget(String),
     /// The model failed: the error policy decides.
     Model(String),
@@ -112,6 +186,10 @@ impl Scope {
         usage: fn(&T) -> Usage,
     ) -> std::result::Result<T, Failure> {
         let o = &self.options;
+        let cancelled = || Failure::Budget(format!("{}: the query was cancelled", self.function));
+        if self.state.is_cancelled(o) {
+            return Err(cancelled());
+        }
         let calls = self.state.calls.fetch_add(1, Ordering::Relaxed) + 1;
         if calls > o.max_calls {
             return Err(Failure::Budget(format!(
@@ -131,13 +209,21 @@ impl Scope {
         let width = if self.backend == "local" { 1 } else { o.concurrency };
         let _permit = hub::limiter(&self.model, width).acquire_owned().await.expect("limiters are never closed");
         let limit = Duration::from_millis(o.timeout_ms) + Duration::from_millis(500);
-        let result = match tokio::time::timeout(limit, call).await {
-            Ok(r) => r,
-            Err(_) => Err(ModelError::Timeout(format!(
-                "{} gave no answer within {} ms (lakelink.llm.timeout_ms)",
-                self.model, o.timeout_ms
-            ))),
+        // A request dropped before its answer (the query failed elsewhere or
+        // was cancelled) still lands in the trail.
+        let mut unfinished = Unfinished { scope: self, rows, done: false };
+        let result = tokio::select! {
+            r = tokio::time::timeout(limit, call) => match r {
+                Ok(r) => r,
+                Err(_) => Err(ModelError::Timeout(format!(
+                    "{} gave no answer within {} ms (lakelink.llm.timeout_ms)",
+                    self.model, o.timeout_ms
+                ))),
+            },
+            // Dropping `call` closes the request in flight.
+            _ = self.state.cancellation(o) => return Err(cancelled()),
         };
+        unfinished.done = true;
         match result {
             Ok(value) => {
                 let u = usage(&value);
@@ -197,15 +283,23 @@ impl Scope {
         let mut misses = Vec::new();
         match self.cache() {
             Some(cache) => {
+                let mut hits = Vec::new();
                 for i in unknown {
                     match cache.get(&keys[i]) {
-                        Some(answer) => results[i] = Some(Some(answer)),
+                        Some(answer) => {
+                            results[i] = Some(Some(answer));
+                            hits.push(i);
+                        }
                         None => misses.push(i),
                     }
                 }
-                let hits = results.iter().filter(|r| r.is_some()).count();
-                if hits > 0 {
-                    self.trail(hits, Usage::default(), true, "ok");
+                if !hits.is_empty() {
+                    self.trail(hits.len(), Usage::default(), true, "ok");
+                    // Later batches of this query find them in the memo.
+                    let mut memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
+                    for i in hits {
+                        memo.insert(keys[i].clone(), Memo::Done(Ok(results[i].clone().flatten())));
+                    }
                 }
             }
             None => misses = unknown,

@@ -44,7 +44,14 @@ impl OpenAi {
                 key.to_ascii_uppercase()
             )));
         }
-        let api_key = std::env::var(&options.api_key_env).ok().filter(|k| !k.is_empty());
+        // The key goes only to the endpoint this process is configured for: a
+        // session that points base_url elsewhere gets no key.
+        let configured = &super::config::process_defaults().base_url;
+        let api_key = if &options.base_url == configured {
+            std::env::var(&options.api_key_env).ok().filter(|k| !k.is_empty())
+        } else {
+            None
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(options.timeout_ms.min(10_000)))
             .pool_idle_timeout(Duration::from_secs(30))

@@ -1,0 +1,439 @@
+"""The `llm_*` SQL functions end to end: ADBC -> scheduler -> two executor
+processes -> an OpenAI-compatible HTTP endpoint.
+
+The only test double is the model itself: a scripted OpenAI-compatible chat
+server on a loopback port, written here with the standard library. It answers
+the way a model following LakeLink's prompts would, counts every request, and
+can be switched to answer HTTP 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import adbc_driver_manager
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lakelink_harness as h
+
+# Every query of this file is small; no call may hang for long.
+RPC_TIMEOUT = 120
+
+# --------------------------------------------------------------------------
+# The lake: reviews/ with two files, 100 rows and 10 distinct texts each, and
+# no text in both files.
+# --------------------------------------------------------------------------
+
+DISTINCT = 20
+ROWS_PER_FILE = 100
+
+
+def review_text(k: int) -> str:
+    return f"review {k}: a {'good' if k % 3 == 0 else 'poor'} product"
+
+
+def make_lake(root: Path) -> Path:
+    lake = root / "lake"
+    (lake / "reviews").mkdir(parents=True)
+    schema = pa.schema([("id", pa.int32()), ("review", pa.string()), ("stars", pa.int32())])
+    for part in range(2):
+        ids = [part * ROWS_PER_FILE + i for i in range(ROWS_PER_FILE)]
+        ks = [part * 10 + i % 10 for i in range(ROWS_PER_FILE)]
+        table = pa.table({
+            "id": pa.array(ids, pa.int32()),
+            "review": pa.array([review_text(k) for k in ks], pa.string()),
+            "stars": pa.array([5 if k % 3 == 0 else 1 for k in ks], pa.int32()),
+        }, schema=schema)
+        pq.write_table(table, lake / "reviews" / f"part-{part}.parquet")
+    texts = [set(pq.read_table(lake / "reviews" / f"part-{p}.parquet")["review"].to_pylist())
+             for p in range(2)]
+    assert len(texts[0]) == len(texts[1]) == 10 and not texts[0] & texts[1]
+    return lake
+
+
+# --------------------------------------------------------------------------
+# The scripted model
+# --------------------------------------------------------------------------
+
+_ITEM = re.compile(r"<item (\d+)>\n(.*?)\n</item \1>", re.DOTALL)
+
+
+def rows_of(user: str) -> list[str] | None:
+    """The row texts of a user message; None for a single `<data>` row."""
+    if user.startswith("<data>\n") and user.rstrip().endswith("</data>"):
+        return None
+    return [m.group(2) for m in sorted(_ITEM.finditer(user), key=lambda m: int(m.group(1)))]
+
+
+def answer_row(system: str, row: str) -> str:
+    if "Decide whether this condition holds for the row:" in system:
+        return "true" if "good" in row else "false"
+    m = re.search(r"Classify the row into exactly one of these labels: (.*?)\.\n", system)
+    if m:
+        labels = [label.strip() for label in m.group(1).split(",")]
+        return next((label for label in labels if label in row), "none")
+    return "unscripted request"
+
+
+class ScriptedModel:
+    """An OpenAI-compatible /v1/chat/completions server on 127.0.0.1:<port>."""
+
+    def __init__(self):
+        self.mode = "ok"  # or "500"
+        self.lock = threading.Lock()
+        self.chats: list[dict] = []  # every request: system, user, model, status
+        model = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (e.g. its task was cancelled)
+
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                status, body = model.answer(raw)
+                self._send(status, body)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client hanging up mid-request is not a test failure
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       name="scripted-model")
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "ScriptedModel":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def answer(self, raw: bytes) -> tuple[int, dict]:
+        req = json.loads(raw)
+        messages = {m["role"]: m["content"] for m in req.get("messages", [])}
+        system, user = messages.get("system", ""), messages.get("user", "")
+        with self.lock:
+            mode = self.mode
+            self.chats.append({"system": system, "user": user, "model": req.get("model"),
+                               "status": 500 if mode == "500" else 200})
+        if mode == "500":
+            return 500, {"error": {"message": "scripted failure", "type": "server_error"}}
+        rows = rows_of(user)
+        if rows is None:
+            row = user[len("<data>\n"):user.rstrip().rfind("\n</data>")]
+            text = answer_row(system, row)
+        else:
+            text = "\n".join(f"{i}: {answer_row(system, r)}" for i, r in enumerate(rows, 1))
+        return 200, {
+            "id": f"chatcmpl-{len(self.chats)}",
+            "object": "chat.completion",
+            "model": req.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len((system + user).split()),
+                      "completion_tokens": len(text.split())},
+        }
+
+    # What the tests look at -------------------------------------------------
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.chats)
+
+    def since(self, start: int) -> list[dict]:
+        with self.lock:
+            return list(self.chats[start:])
+
+
+@pytest.fixture
+def model():
+    m = ScriptedModel().start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+# --------------------------------------------------------------------------
+# Cluster and session helpers
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def llm_cluster(cluster_factory, tmp_path, monkeypatch):
+    """One scheduler and two executors over the reviews lake, with this test's
+    own model cache and call trail (the harness passes os.environ on)."""
+    lake = make_lake(tmp_path)
+    monkeypatch.setenv("LAKELINK_LLM_CACHE_DIR", str(tmp_path / "llm-cache"))
+    monkeypatch.setenv("LAKELINK_LLM_TRAIL_DIR", str(tmp_path / "llm-trail"))
+    cluster = cluster_factory("llm", lake, executors=2)
+    assert len(cluster.executors) == 2 and all(e.alive() for e in cluster.executors)
+    return cluster
+
+
+@contextlib.contextmanager
+def connection(cluster: h.Cluster):
+    conn = cluster.connect(rpc_timeout=RPC_TIMEOUT)
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def run_statement(conn, sql: str) -> pa.Table:
+    """Runs `sql` through the DB-API cursor (which prepares every statement,
+    SET included) and reads its result."""
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetch_arrow_table()
+
+
+def set_setting(conn, sql: str) -> None:
+    t = run_statement(conn, sql)
+    assert t.num_rows == 1, f"{sql!r} answered {t}"
+
+
+def point_at(conn, model: ScriptedModel, *extra: str) -> None:
+    """Points this connection's session at the scripted model."""
+    statements = [
+        "SET lakelink.llm.backend = 'openai'",
+        f"SET lakelink.llm.base_url = '{model.base_url}'",
+        "SET lakelink.llm.model = 'scripted'",
+        "SET lakelink.llm.batch_size = 1",
+        *extra,
+    ]
+    for sql in statements:
+        set_setting(conn, sql)
+
+
+def error_of(conn, sql: str, run=h.query) -> str:
+    with pytest.raises(adbc_driver_manager.Error) as info:
+        t = run(conn, sql)
+        pytest.fail(f"{sql!r} unexpectedly answered: {t}", pytrace=False)
+    return h.error_text(info.value)
+
+
+def show(conn, key: str) -> str:
+    t = h.query(conn, f"SHOW {key}")
+    rows = t.to_pylist()
+    assert t.num_rows == 1 and {"name", "value"} <= set(t.column_names), t
+    assert rows[0]["name"] == key, rows
+    return rows[0]["value"]
+
+
+def all_reviews(lake: Path) -> dict[int, str]:
+    t = h.parquet_dataset(lake, "reviews").to_table(columns=["id", "review"])
+    return dict(zip(t["id"].to_pylist(), t["review"].to_pylist()))
+
+
+# --------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------
+
+FILTER_SQL = ("SELECT id, review, llm_filter(review, 'the review is positive') AS ok "
+              "FROM reviews ORDER BY id")
+
+
+def test_llm_filter_dedupe_cache_trail_and_session_scope(llm_cluster, model):
+    expected = all_reviews(llm_cluster.lake)
+    assert len(expected) == 2 * ROWS_PER_FILE and len(set(expected.values())) == DISTINCT
+
+    with connection(llm_cluster) as conn, connection(llm_cluster) as other:
+        point_at(conn, model)
+
+        # First run: one chat request per distinct text, answers per row.
+        t = h.query(conn, FILTER_SQL)
+        assert t.num_rows == 200, t.num_rows
+        rows = t.to_pylist()
+        assert [r["id"] for r in rows] == sorted(expected)
+        for r in rows:
+            assert r["review"] == expected[r["id"]]
+            assert r["ok"] == ("good" in r["review"]), r
+        assert sum(r["ok"] for r in rows) == sum("good" in v for v in expected.values())
+
+        chats = model.since(0)
+        assert len(chats) == DISTINCT, (
+            f"expected exactly {DISTINCT} chat requests (one per distinct text), "
+            f"got {len(chats)}")
+        asked = sorted(c["user"] for c in chats)
+        assert asked == sorted(f"<data>\n{review_text(k)}\n</data>" for k in range(DISTINCT)), asked
+        assert all("the review is positive" in c["system"] for c in chats)
+        assert {c["model"] for c in chats} == {"scripted"}
+
+        # Second run: the same answers, all from the disk cache.
+        again = h.query(conn, FILTER_SQL)
+        assert again.to_pylist() == rows
+        assert model.count() == DISTINCT, (
+            f"the repeated query asked the model again: {model.count() - DISTINCT} new requests")
+
+        # The trail holds the 20 model calls (and the 20 cache hits).
+        misses = h.scalar(conn, "SELECT count(*) FROM system.model_calls "
+                                "WHERE function = 'llm_filter' AND NOT cache_hit")
+        assert misses == DISTINCT, misses
+        calls = h.query(conn, "SELECT function, rows, cache_hit, outcome, model, backend "
+                              "FROM system.model_calls WHERE NOT cache_hit").to_pylist()
+        assert len(calls) == DISTINCT, calls
+        for c in calls:
+            assert c["function"] == "llm_filter" and c["rows"] == 1, c
+            # The trail's model column is the model's id: backend:model@url.
+            assert c["backend"] == "openai" and c["outcome"] == "ok", c
+            assert c["model"] == f"openai:scripted@{model.base_url}", c
+        # The requests were made by the executor processes (host:pid), and the
+        # usage the endpoint reported was recorded (every answer is one word).
+        pids = {str(e.pid) for e in llm_cluster.executors}
+        procs = h.query(conn, "SELECT process, count(*) AS n, sum(completion_tokens) AS out, "
+                              "min(prompt_tokens) AS pin FROM system.model_calls "
+                              "WHERE NOT cache_hit GROUP BY process").to_pylist()
+        assert {p["process"].rsplit(":", 1)[-1] for p in procs} <= pids, (procs, pids)
+        assert sum(p["n"] for p in procs) == DISTINCT
+        assert sum(p["out"] for p in procs) == DISTINCT and min(p["pin"] for p in procs) > 0, procs
+        hits = h.scalar(conn, "SELECT count(*) FROM system.model_calls "
+                              "WHERE function = 'llm_filter' AND cache_hit")
+        assert hits >= 1, "the cached run left no cache-hit record in system.model_calls"
+
+        # Settings belong to the connection that made them.
+        assert show(conn, "lakelink.llm.backend") == "openai"
+        assert show(other, "lakelink.llm.backend") == "local"
+        assert show(conn, "lakelink.llm.backend") == "openai"
+    assert model.count() == DISTINCT
+
+
+def test_llm_classify_labels(llm_cluster, model):
+    expected = all_reviews(llm_cluster.lake)
+    with connection(llm_cluster) as conn:
+        point_at(conn, model)
+        t = h.query(conn, "SELECT id, review, llm_classify(review, 'good', 'poor') AS label "
+                          "FROM reviews ORDER BY id")
+        rows = t.to_pylist()
+        assert len(rows) == 200
+        for r in rows:
+            assert r["review"] == expected[r["id"]]
+            assert r["label"] == ("good" if "good" in r["review"] else "poor"), r
+        chats = model.since(0)
+        assert len(chats) == DISTINCT, len(chats)
+        assert all("Classify the row into exactly one of these labels: good, poor." in c["system"]
+                   for c in chats), chats[0]["system"]
+        assert h.scalar(conn, "SELECT count(*) FROM system.model_calls "
+                              "WHERE function = 'llm_classify' AND NOT cache_hit") == DISTINCT
+
+
+ERRORS_SQL = ("SELECT count(*) FROM system.model_calls "
+              "WHERE function = 'llm_filter' AND NOT cache_hit AND outcome LIKE 'error:%HTTP 500%'")
+
+
+def test_llm_endpoint_failure_and_on_error_null(llm_cluster, model):
+    sql = ("SELECT id, llm_filter(review, 'the reviewer would buy it again') AS ok "
+           "FROM reviews ORDER BY id")
+    with connection(llm_cluster) as conn:
+        point_at(conn, model, "SET lakelink.llm.retries = 0", "SET lakelink.llm.cache = false")
+        model.mode = "500"
+
+        text = error_of(conn, sql)
+        h.assert_informative(text)
+        assert "HTTP 500" in text, text
+        assert "on_error" in text, f"the error does not say how to get NULLs instead: {text}"
+        failed = model.count()
+        assert 1 <= failed <= DISTINCT, (
+            f"with retries = 0 each distinct text is asked at most once; got {failed} requests")
+        assert all(c["status"] == 500 for c in model.since(0))
+        # The trail records the failures. (Requests still in flight when the
+        # failed job is cancelled may be missing, so only bounds here.)
+        recorded = h.scalar(conn, ERRORS_SQL)
+        assert 1 <= recorded <= failed, (recorded, failed)
+
+        set_setting(conn, "SET lakelink.llm.on_error = 'null'")
+        t = h.query(conn, sql)
+        assert t.num_rows == 200
+        assert t["ok"].null_count == 200, t["ok"].to_pylist()[:10]
+        assert t["id"].to_pylist() == list(range(200))
+        assert model.count() - failed == DISTINCT, (
+            f"expected one request per distinct text (no cache, no retries), "
+            f"got {model.count() - failed}")
+
+        # Nothing else is affected: plain queries still answer on this connection.
+        assert h.scalar(conn, "SELECT count(*) FROM reviews") == 200
+        good_rows = sum("good" in v for v in all_reviews(llm_cluster.lake).values())
+        assert h.scalar(conn, "SELECT sum(stars) FROM reviews WHERE stars = 5") == 5 * good_rows
+
+        # Every request of the completed on_error = 'null' query is in the
+        # trail, under that query's own id.
+        per_query = h.query(conn, "SELECT query_id, count(*) AS n, min(time) AS t0 "
+                                  "FROM system.model_calls WHERE function = 'llm_filter' "
+                                  "AND NOT cache_hit AND outcome LIKE 'error:%HTTP 500%' "
+                                  "GROUP BY query_id ORDER BY t0").to_pylist()
+        assert len(per_query) == 2, per_query
+        assert per_query[-1]["n"] == DISTINCT, per_query
+
+        # The endpoint recovers: the same session gets answers again.
+        model.mode = "ok"
+        t = h.query(conn, sql)
+        assert t["ok"].null_count == 0
+        assert t["ok"].to_pylist() == ["good" in review_text(i // 100 * 10 + i % 10)
+                                       for i in range(200)]
+    assert all(e.alive() for e in llm_cluster.executors), llm_cluster.logs()
+
+
+def test_bad_llm_settings(llm_cluster, model):
+    with connection(llm_cluster) as conn:
+        text = error_of(conn, "SET lakelink.llm.nonsense = 1", run_statement)
+        h.assert_informative(text)
+        assert "unknown setting lakelink.llm.nonsense" in text, text
+        assert h.scalar(conn, "SELECT count(*) FROM reviews") == 200
+
+        text = error_of(conn, "SET lakelink.llm.api_key_env = 'X'", run_statement)
+        h.assert_informative(text)
+        assert "lakelink.llm.api_key_env" in text and "operator" in text, text
+        assert h.scalar(conn, "SELECT count(*) FROM reviews") == 200
+
+        # The failed SETs changed nothing; a good SET still works afterwards.
+        assert show(conn, "lakelink.llm.backend") == "local"
+        point_at(conn, model)
+        assert show(conn, "lakelink.llm.backend") == "openai"
+        ok = h.scalar(conn, "SELECT count(*) FROM reviews "
+                            "WHERE llm_filter(review, 'the review is positive')")
+        assert ok == sum("good" in v for v in all_reviews(llm_cluster.lake).values())
+        assert model.count() == DISTINCT
+
+
+def test_set_through_dbapi_execute(llm_cluster):
+    """The plain DB-API way, `cursor.execute("SET ...")`, should work too."""
+    with connection(llm_cluster) as conn:
+        h.query(conn, "SET lakelink.llm.batch_size = 4")
+        assert show(conn, "lakelink.llm.batch_size") == "4"
