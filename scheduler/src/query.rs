@@ -140,8 +140,16 @@ impl QueryEngine {
                      (or an endpoint's model name), not a path elsewhere"
                 )));
             }
+            let defaults = lakelink_udf::LlmOptions::from_config(self.distributed.state().config().options());
+            if key == "base_url" && !defaults.allow_session_endpoints {
+                return Err(DataFusionError::Plan(
+                    "lakelink.llm.base_url is fixed by the operator; sessions may choose an endpoint only when the \
+                     process configuration sets allow_session_endpoints = true"
+                        .into(),
+                ));
+            }
             // Check the value now, so a bad SET fails, not the next query.
-            let mut probe = lakelink_udf::llm::config::process_defaults().clone();
+            let mut probe = defaults;
             probe.set_key(key, value)?;
         }
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -394,23 +402,40 @@ fn small_batches_for_model_limits(df: DataFrame) -> DataFrame {
 
 /// Rewrites JDBC/ODBC-style `?` placeholders into DataFusion's positional
 /// `$1`, `$2`, ... using the SQL tokenizer, so `?` inside strings, quoted
-/// identifiers and comments is left alone.
+/// identifiers and comments is left alone. Only the placeholders' own
+/// characters change: the rest of the text stays byte for byte what the
+/// client sent (re-rendering tokens would lose the quoting of `''`).
 pub fn number_question_marks(sql: &str) -> Result<String> {
     if !sql.contains('?') {
         return Ok(sql.to_string());
     }
     let dialect = GenericDialect {};
-    let tokens =
-        Tokenizer::new(&dialect, sql).tokenize().map_err(|e| DataFusionError::SQL(Box::new(e.into()), None))?;
-    let mut n = 0;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| DataFusionError::SQL(Box::new(e.into()), None))?;
+    let mut placeholders = tokens
+        .iter()
+        .filter(|t| matches!(&t.token, Token::Placeholder(p) if p == "?"))
+        .map(|t| (t.span.start.line, t.span.start.column))
+        .peekable();
+    if placeholders.peek().is_none() {
+        return Ok(sql.to_string());
+    }
     let mut out = String::with_capacity(sql.len() + 8);
-    for token in tokens {
-        match token {
-            Token::Placeholder(p) if p == "?" => {
-                n += 1;
-                out.push_str(&format!("${n}"));
-            }
-            other => out.push_str(&other.to_string()),
+    let (mut line, mut column, mut n) = (1u64, 1u64, 0);
+    for ch in sql.chars() {
+        if placeholders.peek() == Some(&(line, column)) {
+            placeholders.next();
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+        if ch == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
         }
     }
     Ok(out)
@@ -437,6 +462,16 @@ fn explain_refusal(err: DataFusionError) -> DataFusionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_leave_quoted_quotes_alone() {
+        let sql = "SELECT 'it''s?' AS a,\n  ? AS b FROM t WHERE n = 'X'' OR ''1''=''1' AND c = ?";
+        assert_eq!(
+            number_question_marks(sql).unwrap(),
+            "SELECT 'it''s?' AS a,\n  $1 AS b FROM t WHERE n = 'X'' OR ''1''=''1' AND c = $2"
+        );
+        assert_eq!(number_question_marks("SELECT 'what?'").unwrap(), "SELECT 'what?'");
+    }
 
     #[test]
     fn question_marks_become_positional() {

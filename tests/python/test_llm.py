@@ -202,6 +202,8 @@ def llm_cluster(cluster_factory, tmp_path, monkeypatch):
     lake = make_lake(tmp_path)
     monkeypatch.setenv("LAKELINK_LLM_CACHE_DIR", str(tmp_path / "llm-cache"))
     monkeypatch.setenv("LAKELINK_LLM_TRAIL_DIR", str(tmp_path / "llm-trail"))
+    # The scheduler lets sessions point base_url at the scripted server.
+    monkeypatch.setenv("LAKELINK_LLM_ALLOW_SESSION_ENDPOINTS", "true")
     cluster = cluster_factory("llm", lake, executors=2)
     assert len(cluster.executors) == 2 and all(e.alive() for e in cluster.executors)
     return cluster

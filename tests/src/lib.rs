@@ -53,11 +53,13 @@ impl TestCluster {
 
     /// One scheduler and two executors with LakeLink's functions, whose
     /// model answer cache and trail live in folders under `dir` (so runs do
-    /// not share answers).
+    /// not share answers), and whose sessions may choose a model endpoint.
     pub async fn start_isolated(lake: &Path, dir: &Path) -> Self {
         let defaults = lakelink_udf::LlmOptions {
             cache_dir: dir.join("cache").display().to_string(),
             trail_dir: dir.join("trail").display().to_string(),
+            // Tests point sessions at their scripted model servers.
+            allow_session_endpoints: true,
             ..lakelink_udf::LlmOptions::default()
         };
         let ext = Extensions::lakelink_with(defaults);

@@ -358,3 +358,20 @@ async fn an_abandoned_query_stops_its_model_calls() {
             .await;
     assert_ne!(cancelled[0][0], "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_cannot_choose_an_endpoint_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    lake(&dir.path().join("lake"));
+    let ext = lakelink_udf::Extensions::lakelink_with(lakelink_udf::LlmOptions {
+        cache_dir: dir.path().join("cache").display().to_string(),
+        trail_dir: dir.path().join("trail").display().to_string(),
+        ..lakelink_udf::LlmOptions::default()
+    });
+    let cluster = TestCluster::start_with(&dir.path().join("lake"), ext.clone(), ext, 1).await;
+    let mut conn = cluster.connect().await;
+    let err = fails(&mut conn, "SET lakelink.llm.base_url = 'http://169.254.169.254/v1'").await;
+    assert!(err.contains("fixed by the operator") && err.contains("allow_session_endpoints"), "{err}");
+    // Other settings still work.
+    run(&mut conn, "SET lakelink.llm.on_error = 'null'").await;
+}

@@ -105,6 +105,10 @@ pub struct LlmOptions {
     pub threads: usize,
     /// Dimensions of `llm_embed`'s vectors (384 for the default embedder).
     pub embedding_dim: usize,
+    /// Whether client sessions may point `base_url` at another endpoint
+    /// (off by default: the scheduler's executors would send requests, with
+    /// row data, wherever a client says).
+    pub allow_session_endpoints: bool,
     /// Set by the scheduler for each query; names the query in the trail and
     /// scopes dedupe and budgets.
     pub query_id: String,
@@ -131,6 +135,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("trail_dir", "Folder of the model-call trail read by system.model_calls"),
     ("threads", "CPU threads of the local model"),
     ("embedding_dim", "Dimensions of llm_embed vectors"),
+    ("allow_session_endpoints", "Whether sessions may SET base_url: true or false"),
     ("query_id", "Set by the scheduler for each query"),
 ];
 
@@ -166,6 +171,7 @@ impl Default for LlmOptions {
             trail_dir: cache.join("trail").display().to_string(),
             threads,
             embedding_dim: 384,
+            allow_session_endpoints: false,
             query_id: String::new(),
         }
     }
@@ -227,6 +233,9 @@ impl LlmOptions {
             "trail_dir" => self.trail_dir = v.to_string(),
             "threads" => self.threads = positive(key, value)?.min(256) as usize,
             "embedding_dim" => self.embedding_dim = positive(key, value)?.min(65_536) as usize,
+            "allow_session_endpoints" => {
+                self.allow_session_endpoints = parse(key, &v.to_ascii_lowercase(), "true or false")?
+            }
             "query_id" => self.query_id = v.to_string(),
             _ => {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
@@ -261,6 +270,7 @@ impl LlmOptions {
             "trail_dir" => self.trail_dir.clone(),
             "threads" => self.threads.to_string(),
             "embedding_dim" => self.embedding_dim.to_string(),
+            "allow_session_endpoints" => self.allow_session_endpoints.to_string(),
             "query_id" => self.query_id.clone(),
             _ => return None,
         })
