@@ -8,12 +8,13 @@ source scripts/env.sh
 lake="$1"; port="$2"; shift 3
 B="$CARGO_TARGET_DIR/release"
 logs=$(mktemp -d)
-"$B/lakelink-scheduler" --lake "$lake" --port "$port" --bind 127.0.0.1 > "$logs/scheduler.log" 2>&1 &
+scheduling="${LAKELINK_SCHEDULING:-pull}"   # pull (default) or push
+"$B/lakelink-scheduler" --lake "$lake" --port "$port" --bind 127.0.0.1 --scheduling "$scheduling" > "$logs/scheduler.log" 2>&1 &
 pids=($!)
 sleep 1
 for i in 0 1; do
   "$B/lakelink-executor" --scheduler "127.0.0.1:$port" --bind 127.0.0.1 \
-    --port $((port + 1 + 2 * i)) --grpc-port $((port + 2 + 2 * i)) --concurrent-tasks 1 > "$logs/executor-$i.log" 2>&1 &
+    --port $((port + 1 + 2 * i)) --grpc-port $((port + 2 + 2 * i)) --concurrent-tasks 1 --scheduling "$scheduling" > "$logs/executor-$i.log" 2>&1 &
   pids+=($!)
 done
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT

@@ -58,6 +58,9 @@ pub struct ExecutorOptions {
     pub concurrent_tasks: usize,
     /// Folder for shuffle files; a temporary folder when not given.
     pub work_dir: Option<PathBuf>,
+    /// Receive tasks pushed by the scheduler (it must run in push mode too)
+    /// instead of polling for them.
+    pub push_scheduling: bool,
     /// The custom functions every node knows.
     pub extensions: Extensions,
 }
@@ -84,7 +87,11 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
         scheduler_port: port,
         scheduler_connect_timeout_seconds: 30,
         vcores: options.concurrent_tasks,
-        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        task_scheduling_policy: if options.push_scheduling {
+            TaskSchedulingPolicy::PushStaged
+        } else {
+            TaskSchedulingPolicy::PullStaged
+        },
         work_dir: Some(work_dir.to_string_lossy().into_owned()),
         job_data_clean_up_interval_seconds: 300,
         job_data_ttl_seconds: 3600,

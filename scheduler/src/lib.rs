@@ -64,6 +64,9 @@ pub struct SchedulerOptions {
     pub extensions: Extensions,
     /// An executor silent for this long is considered dead.
     pub executor_timeout_seconds: u64,
+    /// Push tasks to executors (which then serve Ballista's executor gRPC)
+    /// instead of letting them poll; every executor must use the same mode.
+    pub push_scheduling: bool,
 }
 
 impl SchedulerOptions {
@@ -76,6 +79,7 @@ impl SchedulerOptions {
             auth: AuthConfig::default(),
             extensions: Extensions::lakelink(),
             executor_timeout_seconds: 30,
+            push_scheduling: false,
         }
     }
 }
@@ -137,7 +141,11 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     let mut config = SchedulerConfig::default()
         .with_hostname("localhost")
         .with_port(addr.port())
-        .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
+        .with_scheduler_policy(if options.push_scheduling {
+            TaskSchedulingPolicy::PushStaged
+        } else {
+            TaskSchedulingPolicy::PullStaged
+        })
         .with_remove_executor_wait_secs(0)
         .with_grpc_server_max_decoding_message_size(MAX_MESSAGE_SIZE as u32)
         .with_grpc_server_max_encoding_message_size(MAX_MESSAGE_SIZE as u32)

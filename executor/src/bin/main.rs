@@ -29,6 +29,10 @@ struct Args {
     /// Folder for shuffle files (default: a temporary folder removed at exit).
     #[arg(long)]
     work_dir: Option<std::path::PathBuf>,
+    /// How to get tasks: `pull` (poll the scheduler) or `push` (the scheduler
+    /// sends them); the same mode as the scheduler's `--scheduling`.
+    #[arg(long, default_value = "pull", value_parser = ["pull", "push"])]
+    scheduling: String,
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> std::process::ExitCode {
         grpc_port: args.grpc_port,
         concurrent_tasks: args.concurrent_tasks,
         work_dir: args.work_dir,
+        push_scheduling: args.scheduling == "push",
         extensions: Extensions::lakelink(),
     };
     match run(options).await {

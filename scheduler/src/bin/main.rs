@@ -29,6 +29,10 @@ struct Args {
     /// Seconds after which a silent executor is considered dead.
     #[arg(long, default_value_t = 30)]
     executor_timeout: u64,
+    /// How executors get tasks: `pull` (they poll) or `push` (the scheduler
+    /// sends them); executors must be started with the same mode.
+    #[arg(long, default_value = "pull", value_parser = ["pull", "push"])]
+    scheduling: String,
 }
 
 #[tokio::main]
@@ -41,6 +45,7 @@ async fn main() -> std::process::ExitCode {
     options.bind_host = args.bind;
     options.port = args.port;
     options.executor_timeout_seconds = args.executor_timeout;
+    options.push_scheduling = args.scheduling == "push";
     options.auth = AuthConfig { token: args.auth_token, basic: args.user.zip(args.password) };
     let result = async {
         let running = start(options).await?;
