@@ -8,7 +8,7 @@ source scripts/env.sh
 lake="$1"; port="$2"; shift 3
 B="$CARGO_TARGET_DIR/release"
 logs=$(mktemp -d)
-scheduling="${LAKELINK_SCHEDULING:-pull}"   # pull (default) or push
+scheduling="${LAKELINK_SCHEDULING:-push}"   # push (default) or pull
 "$B/lakelink-scheduler" --lake "$lake" --port "$port" --bind 127.0.0.1 --scheduling "$scheduling" > "$logs/scheduler.log" 2>&1 &
 pids=($!)
 sleep 1

@@ -94,6 +94,10 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
         },
         work_dir: Some(work_dir.to_string_lossy().into_owned()),
         job_data_clean_up_interval_seconds: 300,
+        // Well inside the scheduler's executor timeout (30 s by default):
+        // with push scheduling, heartbeats are all that keeps an executor
+        // registered while it works.
+        executor_heartbeat_interval_seconds: 5,
         job_data_ttl_seconds: 3600,
         override_function_registry: Some(Arc::new(ext.function_registry())),
         override_logical_codec: Some(ext.logical_codec()),

@@ -31,7 +31,7 @@ struct Args {
     work_dir: Option<std::path::PathBuf>,
     /// How to get tasks: `pull` (poll the scheduler) or `push` (the scheduler
     /// sends them); the same mode as the scheduler's `--scheduling`.
-    #[arg(long, default_value = "pull", value_parser = ["pull", "push"])]
+    #[arg(long, default_value = "push", value_parser = ["pull", "push"])]
     scheduling: String,
 }
 

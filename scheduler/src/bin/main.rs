@@ -31,7 +31,7 @@ struct Args {
     executor_timeout: u64,
     /// How executors get tasks: `pull` (they poll) or `push` (the scheduler
     /// sends them); executors must be started with the same mode.
-    #[arg(long, default_value = "pull", value_parser = ["pull", "push"])]
+    #[arg(long, default_value = "push", value_parser = ["pull", "push"])]
     scheduling: String,
 }
 
