@@ -101,11 +101,8 @@ impl QueryEngine {
     /// client session `session` and says what changed; `None` for any other
     /// statement.
     pub async fn apply_setting(&self, session: &str, sql: &str) -> Result<Option<SettingChange>> {
-        let is_setting = {
-            let head = sql.trim_start().get(..5).unwrap_or("").to_ascii_uppercase();
-            head.starts_with("SET ") || head.starts_with("RESET")
-        };
-        if !is_setting {
+        let first = sql.split_whitespace().next().unwrap_or("");
+        if !(first.eq_ignore_ascii_case("SET") || first.eq_ignore_ascii_case("RESET")) {
             return Ok(None);
         }
         let plan = self.distributed.state().create_logical_plan(sql).await?;

@@ -55,13 +55,8 @@ impl TestCluster {
     /// model answer cache and trail live in folders under `dir` (so runs do
     /// not share answers), and whose sessions may choose a model endpoint.
     pub async fn start_isolated(lake: &Path, dir: &Path) -> Self {
-        let defaults = lakelink_udf::LlmOptions {
-            cache_dir: dir.join("cache").display().to_string(),
-            trail_dir: dir.join("trail").display().to_string(),
-            // Tests point sessions at their scripted model servers.
-            allow_session_endpoints: true,
-            ..lakelink_udf::LlmOptions::default()
-        };
+        // Tests point sessions at their scripted model servers.
+        let defaults = lakelink_udf::LlmOptions { allow_session_endpoints: true, ..isolated_llm_defaults(dir) };
         let ext = Extensions::lakelink_with(defaults);
         Self::start_with(lake, ext.clone(), ext, 2).await
     }
@@ -77,6 +72,15 @@ impl TestCluster {
 
     pub async fn connect(&self) -> Connection {
         Connection::connect(&self.url(), &Credentials::None).await.expect("connect")
+    }
+}
+
+/// Model settings whose answer cache and trail live in folders under `dir`.
+pub fn isolated_llm_defaults(dir: &Path) -> lakelink_udf::LlmOptions {
+    lakelink_udf::LlmOptions {
+        cache_dir: dir.join("cache").display().to_string(),
+        trail_dir: dir.join("trail").display().to_string(),
+        ..lakelink_udf::LlmOptions::default()
     }
 }
 

@@ -54,7 +54,6 @@ async fn local_model_classifies_filters_and_embeds() {
 
     let labels = ["bug", "feature", "praise"];
     let got = run("SELECT id, llm_classify(text, 'bug', 'feature', 'praise') FROM tickets ORDER BY id").await;
-    eprintln!("classified: {got:?}");
     assert_eq!(got.len(), TICKETS.len());
     for row in &got {
         assert!(labels.contains(&row[1].as_str()) || row[1] == "NULL", "label {row:?} is not one of {labels:?}");
@@ -63,7 +62,6 @@ async fn local_model_classifies_filters_and_embeds() {
 
     let got = run("SELECT id, llm_filter(text, 'the text reports a problem') FROM tickets ORDER BY id").await;
     for row in &got {
-        eprintln!("filtered: {row:?}");
         assert!(row[1] == "true" || row[1] == "false", "{row:?} is not a boolean");
     }
 
@@ -72,11 +70,6 @@ async fn local_model_classifies_filters_and_embeds() {
     .await;
     assert_eq!(got, vec![vec!["true".to_string()]]);
 
-    eprintln!(
-        "trail: {:?}",
-        run("SELECT function, rows, prompt_tokens, completion_tokens, latency_ms, outcome FROM system.model_calls")
-            .await
-    );
     let trail = run("SELECT DISTINCT backend FROM system.model_calls").await;
     assert_eq!(trail, vec![vec!["local".to_string()]]);
 }

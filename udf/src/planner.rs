@@ -25,14 +25,20 @@ use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use crate::functions::LlmSummarize;
 use crate::llm::config::LlmOptions;
 
-/// Whether an expression calls a model.
+/// Whether this node (not its children) is a scalar model call.
+fn is_model_scalar(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(f) if f.func.name().starts_with("llm_"))
+}
+
+/// Whether an expression contains a scalar model call.
+fn has_model_scalar(expr: &Expr) -> bool {
+    expr.exists(|e| Ok(is_model_scalar(e))).unwrap_or(false)
+}
+
+/// Whether an expression calls a model (scalar or aggregate).
 pub fn calls_model(expr: &Expr) -> bool {
     expr.exists(|e| {
-        Ok(match e {
-            Expr::ScalarFunction(f) => f.func.name().starts_with("llm_"),
-            Expr::AggregateFunction(f) => f.func.name().starts_with("llm_"),
-            _ => false,
-        })
+        Ok(is_model_scalar(e) || matches!(e, Expr::AggregateFunction(f) if f.func.name().starts_with("llm_")))
     })
     .unwrap_or(false)
 }
@@ -116,12 +122,11 @@ fn bind_options(aggregate: Aggregate, config: &dyn OptimizerConfig) -> Result<Tr
             .map(|t| t.data)
         })
         .collect::<Result<Vec<_>>>()?;
+    if !changed {
+        return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
+    }
     let rebuilt = Aggregate::try_new(aggregate.input, aggregate.group_expr, aggr_expr)?;
-    Ok(if changed {
-        Transformed::yes(LogicalPlan::Aggregate(rebuilt))
-    } else {
-        Transformed::no(LogicalPlan::Aggregate(rebuilt))
-    })
+    Ok(Transformed::yes(LogicalPlan::Aggregate(rebuilt)))
 }
 
 /// Replaces every model call in `exprs` with a column `__llm_N`, returning
@@ -134,19 +139,19 @@ fn extract_calls(exprs: Vec<Expr>) -> Result<(Vec<Expr>, Calls)> {
     let rewritten = exprs
         .into_iter()
         .map(|e| {
-            e.transform_down(|e| match &e {
-                Expr::ScalarFunction(f) if f.func.name().starts_with("llm_") => {
-                    let name = match calls.iter().find(|(c, _)| c == &e) {
-                        Some((_, n)) => n.clone(),
-                        None => {
-                            let n = format!("__llm_{}", calls.len());
-                            calls.push((e.clone(), n.clone()));
-                            n
-                        }
-                    };
-                    Ok(Transformed::new(Expr::Column(Column::from_name(name)), true, TreeNodeRecursion::Jump))
+            e.transform_down(|e| {
+                if !is_model_scalar(&e) {
+                    return Ok(Transformed::no(e));
                 }
-                _ => Ok(Transformed::no(e)),
+                let name = match calls.iter().find(|(c, _)| c == &e) {
+                    Some((_, n)) => n.clone(),
+                    None => {
+                        let n = format!("__llm_{}", calls.len());
+                        calls.push((e, n.clone()));
+                        n
+                    }
+                };
+                Ok(Transformed::new(Expr::Column(Column::from_name(name)), true, TreeNodeRecursion::Jump))
             })
             .map(|t| t.data)
         })
@@ -180,12 +185,7 @@ fn keep_names(rewritten: Vec<Expr>, original: &[Expr]) -> Result<Vec<Expr>> {
 }
 
 fn compute_below_aggregate(aggregate: Aggregate) -> Result<Transformed<LogicalPlan>> {
-    let has_calls = |exprs: &[Expr]| {
-        exprs.iter().any(|e| {
-            e.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if f.func.name().starts_with("llm_")))).unwrap_or(false)
-        })
-    };
-    if !has_calls(&aggregate.group_expr) && !has_calls(&aggregate.aggr_expr) {
+    if !aggregate.group_expr.iter().chain(&aggregate.aggr_expr).any(has_model_scalar) {
         return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
     }
     let group_len = aggregate.group_expr.len();
@@ -200,11 +200,7 @@ fn compute_below_aggregate(aggregate: Aggregate) -> Result<Transformed<LogicalPl
 }
 
 fn compute_below_sort(sort: Sort) -> Result<Transformed<LogicalPlan>> {
-    if !sort.expr.iter().any(|s| {
-        s.expr
-            .exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if f.func.name().starts_with("llm_"))))
-            .unwrap_or(false)
-    }) {
+    if !sort.expr.iter().any(|s| has_model_scalar(&s.expr)) {
         return Ok(Transformed::no(LogicalPlan::Sort(sort)));
     }
     let output: Vec<Expr> = sort.input.schema().columns().into_iter().map(Expr::Column).collect();

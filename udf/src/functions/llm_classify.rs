@@ -82,8 +82,8 @@ impl SemanticFunction for LlmClassify {
             }
             labels.push(label);
         }
-        let distinct = Distinct::of(&args[0], rows)?;
-        let answers = engine::answers(&options, Arc::new(ClassifyTask { labels }), distinct.values.clone()).await?;
+        let (values, distinct) = Distinct::of(&args[0], rows)?;
+        let answers = engine::answers(&options, Arc::new(ClassifyTask { labels }), values).await?;
         Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<StringArray>())))
     }
 }

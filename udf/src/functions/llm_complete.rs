@@ -63,8 +63,8 @@ impl SemanticFunction for LlmComplete {
         DataType::Utf8
     }
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
-        let distinct = Distinct::of(&args[0], rows)?;
-        let answers = engine::answers(&options, Arc::new(CompleteTask), distinct.values.clone()).await?;
+        let (values, distinct) = Distinct::of(&args[0], rows)?;
+        let answers = engine::answers(&options, Arc::new(CompleteTask), values).await?;
         Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<StringArray>())))
     }
 }

@@ -55,8 +55,8 @@ impl SemanticFunction for LlmEmbed {
                 options.embedding_dim
             );
         }
-        let distinct = Distinct::of(&args[0], rows)?;
-        let vectors = engine::embeddings(&options, "llm_embed", distinct.values.clone()).await?;
+        let (values, distinct) = Distinct::of(&args[0], rows)?;
+        let vectors = engine::embeddings(&options, "llm_embed", values).await?;
         let mut values = Vec::with_capacity(rows * self.dim);
         let mut valid = Vec::with_capacity(rows);
         for v in distinct.spread(&vectors) {

@@ -74,8 +74,8 @@ impl SemanticFunction for LlmExtract {
     }
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
         let task = Arc::new(ExtractTask { what: constant(args, 1, "llm_extract", "description of what to extract")? });
-        let distinct = Distinct::of(&args[0], rows)?;
-        let answers = engine::answers(&options, task, distinct.values.clone()).await?;
+        let (values, distinct) = Distinct::of(&args[0], rows)?;
+        let answers = engine::answers(&options, task, values).await?;
         Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<StringArray>())))
     }
 }

@@ -70,8 +70,8 @@ impl SemanticFunction for LlmFilter {
     }
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
         let task = Arc::new(FilterTask { condition: constant(args, 1, "llm_filter", "condition")? });
-        let distinct = Distinct::of(&args[0], rows)?;
-        let answers = engine::answers(&options, task, distinct.values.clone()).await?;
+        let (values, distinct) = Distinct::of(&args[0], rows)?;
+        let answers = engine::answers(&options, task, values).await?;
         let flags: Vec<Option<bool>> = answers.into_iter().map(|a| a.map(|v| v == "true")).collect();
         Ok(ColumnarValue::Array(Arc::new(distinct.spread(&flags).into_iter().collect::<BooleanArray>())))
     }

@@ -38,13 +38,12 @@ impl SemanticFunction for LlmSimilarity {
         DataType::Float64
     }
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
-        let a = Distinct::of(&args[0], rows)?;
-        let b = Distinct::of(&args[1], rows)?;
+        let (mut texts, a) = Distinct::of(&args[0], rows)?;
+        let (b_values, b) = Distinct::of(&args[1], rows)?;
         // One embedding per distinct text of either side.
-        let mut texts: Vec<String> = a.values.clone();
         let mut position: HashMap<String, usize> = texts.iter().cloned().enumerate().map(|(i, t)| (t, i)).collect();
-        let mut b_index = Vec::with_capacity(b.values.len());
-        for t in &b.values {
+        let mut b_index = Vec::with_capacity(b_values.len());
+        for t in &b_values {
             let i = *position.entry(t.clone()).or_insert_with(|| {
                 texts.push(t.clone());
                 texts.len() - 1
@@ -53,9 +52,9 @@ impl SemanticFunction for LlmSimilarity {
         }
         let vectors = engine::embeddings(&options, "llm_similarity", texts).await?;
         let scores: Float64Array = a
-            .rows
+            .rows()
             .iter()
-            .zip(&b.rows)
+            .zip(b.rows())
             .map(|(x, y)| {
                 let x = vectors[(*x)?].as_ref()?;
                 let y = vectors[b_index[(*y)?]].as_ref()?;

@@ -130,17 +130,16 @@ impl<F: SemanticFunction> AsyncScalarUDFImpl for Semantic<F> {
     }
 }
 
-/// A text argument's distinct non-null values, and each row's value.
+/// Each row's position among a text argument's distinct non-null values.
 pub(crate) struct Distinct {
-    /// The distinct values, in order of first appearance.
-    pub values: Vec<String>,
     /// For each row, the index of its value (`None` for NULL).
-    pub rows: Vec<Option<usize>>,
+    rows: Vec<Option<usize>>,
 }
 
 impl Distinct {
-    /// Collects the distinct values of `arg` over `rows` rows.
-    pub fn of(arg: &ColumnarValue, rows: usize) -> Result<Self> {
+    /// The distinct values of `arg` over `rows` rows, in order of first
+    /// appearance (what the model is asked), and where each row's value is.
+    pub fn of(arg: &ColumnarValue, rows: usize) -> Result<(Vec<String>, Self)> {
         let array = text_array(arg, rows)?;
         let strings = array.as_string::<i32>();
         let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -154,7 +153,12 @@ impl Distinct {
                 })
             }));
         }
-        Ok(Self { values, rows: out })
+        Ok((values, Self { rows: out }))
+    }
+
+    /// Each row's value index.
+    pub fn rows(&self) -> &[Option<usize>] {
+        &self.rows
     }
 
     /// Spreads per-value answers back to the rows.

@@ -379,16 +379,16 @@ pub fn load_process_defaults() -> Result<LlmOptions> {
     Ok(options)
 }
 
-static DEFAULTS: OnceLock<std::result::Result<LlmOptions, String>> = OnceLock::new();
+/// The process configuration, read once.
+fn loaded() -> &'static std::result::Result<LlmOptions, String> {
+    static DEFAULTS: OnceLock<std::result::Result<LlmOptions, String>> = OnceLock::new();
+    DEFAULTS.get_or_init(|| load_process_defaults().map_err(strip))
+}
 
 /// Checks the process configuration once; binaries call this at start so a
 /// bad config file or variable stops them with the reason.
 pub fn check_process_defaults() -> Result<()> {
-    DEFAULTS
-        .get_or_init(|| load_process_defaults().map_err(strip))
-        .as_ref()
-        .map(|_| ())
-        .map_err(|e| DataFusionError::Configuration(e.clone()))
+    loaded().as_ref().map(|_| ()).map_err(|e| DataFusionError::Configuration(e.clone()))
 }
 
 /// The process defaults; the built-in defaults if the configuration is
@@ -396,7 +396,7 @@ pub fn check_process_defaults() -> Result<()> {
 /// [`check_process_defaults`]).
 pub fn process_defaults() -> &'static LlmOptions {
     static FALLBACK: OnceLock<LlmOptions> = OnceLock::new();
-    match DEFAULTS.get_or_init(|| load_process_defaults().map_err(strip)) {
+    match loaded() {
         Ok(options) => options,
         Err(e) => FALLBACK.get_or_init(|| {
             tracing::error!("invalid model configuration, using built-in defaults: {e}");

@@ -87,7 +87,21 @@ pub fn cancel_query(trail_dir: &str, query_id: &str) {
     }
 }
 
+/// What the memo knows of one key.
+enum Lookup {
+    /// Answered (or failed) earlier in this query.
+    Known(Outcome),
+    /// Being asked right now by another batch.
+    Asked(Pending),
+    /// Nobody has asked yet (or everybody who asked gave up).
+    Unknown,
+}
+
 impl QueryState {
+    fn memo(&self) -> std::sync::MutexGuard<'_, HashMap<String, Memo>> {
+        self.memo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether the query was cancelled (here or, through its marker, elsewhere).
     fn is_cancelled(&self, options: &LlmOptions) -> bool {
         if self.cancelled.load(Ordering::Relaxed) {
@@ -105,6 +119,14 @@ impl QueryState {
         while !self.is_cancelled(options) {
             tokio::time::sleep(CANCEL_POLL).await;
         }
+    }
+}
+
+fn lookup(memo: &HashMap<String, Memo>, key: &str) -> Lookup {
+    match memo.get(key) {
+        Some(Memo::Done(outcome)) => Lookup::Known(outcome.clone()),
+        Some(Memo::Pending(weak)) => weak.upgrade().map_or(Lookup::Unknown, Lookup::Asked),
+        None => Lookup::Unknown,
     }
 }
 
@@ -157,7 +179,7 @@ impl Drop for Unfinished<'_> {
 /// Why a request produced no answer.
 enum Failure {
     /// The query's budget is spent, or the query was cancelled: always fails the query.
-    Budget(String),
+    Stop(String),
     /// The model failed: the error policy decides.
     Model(String),
 }
@@ -186,20 +208,20 @@ impl Scope {
         usage: fn(&T) -> Usage,
     ) -> std::result::Result<T, Failure> {
         let o = &self.options;
-        let cancelled = || Failure::Budget(format!("{}: the query was cancelled", self.function));
+        let cancelled = || Failure::Stop(format!("{}: the query was cancelled", self.function));
         if self.state.is_cancelled(o) {
             return Err(cancelled());
         }
         let calls = self.state.calls.fetch_add(1, Ordering::Relaxed) + 1;
         if calls > o.max_calls {
-            return Err(Failure::Budget(format!(
+            return Err(Failure::Stop(format!(
                 "{}: the query reached its budget of {} model calls (lakelink.llm.max_calls)",
                 self.function, o.max_calls
             )));
         }
         let spent = self.state.tokens.load(Ordering::Relaxed);
         if spent >= o.max_tokens {
-            return Err(Failure::Budget(format!(
+            return Err(Failure::Stop(format!(
                 "{}: the query reached its budget of {} model tokens (lakelink.llm.max_tokens); it spent {spent}",
                 self.function, o.max_tokens
             )));
@@ -240,7 +262,7 @@ impl Scope {
     /// Applies the error policy to `rows` rows that got no usable answer.
     fn policy(&self, failure: Failure, rows: usize) -> BatchOutcome {
         match failure {
-            Failure::Budget(m) => Err(m.into()),
+            Failure::Stop(m) => Err(m.into()),
             Failure::Model(m) => match self.options.on_error {
                 OnError::Fail => Err(format!("{m} (SET lakelink.llm.on_error = 'null' to return NULL instead)").into()),
                 OnError::Null => {
@@ -268,15 +290,12 @@ impl Scope {
         // Answers of this query first, then the disk cache.
         let mut unknown = Vec::new();
         {
-            let memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
-            for i in 0..n {
-                match memo.get(&keys[i]) {
-                    Some(Memo::Done(outcome)) => results[i] = Some(outcome.clone().map_err(execution)?),
-                    Some(Memo::Pending(weak)) => match weak.upgrade() {
-                        Some(p) => waiting.push((i, p)),
-                        None => unknown.push(i),
-                    },
-                    None => unknown.push(i),
+            let memo = self.state.memo();
+            for (i, key) in keys.iter().enumerate() {
+                match lookup(&memo, key) {
+                    Lookup::Known(outcome) => results[i] = Some(outcome.map_err(execution)?),
+                    Lookup::Asked(p) => waiting.push((i, p)),
+                    Lookup::Unknown => unknown.push(i),
                 }
             }
         }
@@ -296,7 +315,7 @@ impl Scope {
                 if !hits.is_empty() {
                     self.trail(hits.len(), Usage::default(), true, "ok");
                     // Later batches of this query find them in the memo.
-                    let mut memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut memo = self.state.memo();
                     for i in hits {
                         memo.insert(keys[i].clone(), Memo::Done(Ok(results[i].clone().flatten())));
                     }
@@ -307,13 +326,14 @@ impl Scope {
 
         // Claim what nobody is asking yet, batch it, and wait for everything.
         {
-            let mut memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
+            // Another batch may have claimed a key since the first look.
+            let mut memo = self.state.memo();
             let mut owned = Vec::new();
             for i in misses {
-                match memo.get(&keys[i]) {
-                    Some(Memo::Done(outcome)) => results[i] = Some(outcome.clone().map_err(execution)?),
-                    Some(Memo::Pending(weak)) if let Some(p) = weak.upgrade() => waiting.push((i, p)),
-                    _ => owned.push(i),
+                match lookup(&memo, &keys[i]) {
+                    Lookup::Known(outcome) => results[i] = Some(outcome.map_err(execution)?),
+                    Lookup::Asked(p) => waiting.push((i, p)),
+                    Lookup::Unknown => owned.push(i),
                 }
             }
             for chunk in owned.chunks(batch_size.max(1)) {
@@ -333,7 +353,7 @@ impl Scope {
         }
         let outcomes = join_all(waiting.iter().map(|(_, p)| p.clone())).await;
         {
-            let mut memo = self.state.memo.lock().unwrap_or_else(|e| e.into_inner());
+            let mut memo = self.state.memo();
             for ((i, _), outcome) in waiting.iter().zip(&outcomes) {
                 memo.insert(keys[*i].clone(), Memo::Done(outcome.clone()));
             }

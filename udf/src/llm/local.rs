@@ -109,7 +109,7 @@ struct Job {
 #[derive(Debug)]
 pub struct LocalGenerator {
     id: String,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 /// Sets the flag when the waiting side goes away (query cancelled, timed out).
@@ -150,7 +150,7 @@ impl LocalGenerator {
             .name(format!("lakelink-model-{name}"))
             .spawn(move || Worker { model, ctx, template, cached: Vec::new() }.run(rx))
             .map_err(|e| ModelError::Setup(format!("cannot start the model thread: {e}")))?;
-        Ok(Self { id: format!("local:{name}"), jobs: Mutex::new(tx) })
+        Ok(Self { id: format!("local:{name}"), jobs: tx })
     }
 
     /// Runs one prompt and reports the two phases' timings; `fresh` computes
@@ -160,12 +160,9 @@ impl LocalGenerator {
         let _guard = CancelOnDrop(cancel.clone());
         let (reply, answer) = oneshot::channel();
         let job = Job { prompt: prompt.clone(), fresh, cancel, reply };
-        self.jobs
-            .lock()
-            .map_err(|_| ModelError::Setup("the local model thread stopped".into()))?
-            .send(job)
-            .map_err(|_| ModelError::Setup("the local model thread stopped".into()))?;
-        answer.await.map_err(|_| ModelError::Setup("the local model thread stopped".into()))?
+        let stopped = || ModelError::Setup("the local model thread stopped".into());
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 

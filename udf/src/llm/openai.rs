@@ -94,24 +94,19 @@ impl OpenAi {
                         return Ok((value, start.elapsed()));
                     }
                     let text = response.text().await.unwrap_or_default();
-                    let detail = format!("{url} answered HTTP {status}: {}", truncate(&text, 300));
-                    if status.as_u16() == 429 || status.is_server_error() {
-                        ModelError::Endpoint(detail)
-                    } else {
-                        // 4xx other than 429: the request itself is wrong; retrying won't help.
-                        return Err(ModelError::Endpoint(detail));
+                    let error = ModelError::Endpoint(format!("{url} answered HTTP {status}: {}", truncate(&text, 300)));
+                    // Only 429 and 5xx are worth retrying; otherwise the request itself is wrong.
+                    if !(status.as_u16() == 429 || status.is_server_error()) {
+                        return Err(error);
                     }
+                    error
                 }
                 Err(e) if e.is_timeout() => return Err(self.timed_out(&url)),
                 Err(e) => self.transport(&url, e),
             };
             attempt += 1;
-            if attempt > self.retries {
-                return Err(failure);
-            }
             let backoff = Duration::from_millis(100u64 << (attempt - 1).min(6));
-            let left = deadline.saturating_duration_since(Instant::now());
-            if backoff >= left {
+            if attempt > self.retries || backoff >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(failure);
             }
             tracing::debug!("retrying {url} in {backoff:?} (attempt {attempt})");
