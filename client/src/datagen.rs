@@ -36,6 +36,10 @@ const TABLES: &[(&str, f64)] = &[
     ("region", 5.0),
 ];
 
+/// Descriptions and join keys of the TPC-H tables for the NL compiler,
+/// written to `<lake>/_lakelink/catalog.toml`.
+const CATALOG: &str = include_str!("tpch_catalog.toml");
+
 /// Generates TPC-H at `scale` into `out`; returns (table, files, rows) per table.
 pub fn tpch(scale: f64, out: &Path) -> Result<Vec<(String, usize, usize)>, ClientError> {
     if !(scale > 0.0 && scale.is_finite()) {
@@ -55,6 +59,10 @@ pub fn tpch(scale: f64, out: &Path) -> Result<Vec<(String, usize, usize)>, Clien
         let written = write_parts(table, scale, parts, &dir)?;
         summary.push((table.to_string(), parts as usize, written));
     }
+    let metadata = out.join("_lakelink");
+    std::fs::create_dir_all(&metadata).map_err(|e| ClientError::Io { path: metadata.clone(), source: e })?;
+    let catalog = metadata.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).map_err(|e| ClientError::Io { path: catalog, source: e })?;
     Ok(summary)
 }
 

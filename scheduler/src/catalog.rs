@@ -34,6 +34,10 @@ use crate::error::SchedulerError;
 /// wire for the 1 GB of SF1 `lineitem`.
 pub const FORCE_VIEW_TYPES: &str = "datafusion.execution.parquet.schema_force_view_types";
 
+/// The lake's metadata folder (descriptions, joins, accepted NL examples);
+/// its leading `_` keeps it out of the tables.
+pub const METADATA_DIR: &str = "_lakelink";
+
 /// The file extensions a table can be read from.
 const TABLE_EXTENSIONS: &[&str] = &["parquet", "csv", "json", "avro", "arrow"];
 

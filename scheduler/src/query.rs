@@ -24,6 +24,8 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::StreamExt;
 
+use lakelink_udf::nl::NlEnv;
+
 use crate::catalog::LakeSchema;
 
 /// The catalog name clients see.
@@ -47,6 +49,11 @@ pub const SESSION_KEYS: &[&str] = &[
     "max_calls",
     "max_tokens",
     "cache",
+    "nl_attempts",
+    "nl_strategy",
+    "nl_models",
+    "nl_vote",
+    "nl_max_tables",
 ];
 
 /// Sessions idle for longer are forgotten.
@@ -83,6 +90,8 @@ pub struct QueryEngine {
     lake: Arc<LakeSchema>,
     sessions: Mutex<HashMap<String, Session>>,
     cancel_job: JobCanceller,
+    /// What the NL compiler may use of the lake (its metadata folder).
+    nl: NlEnv,
 }
 
 impl QueryEngine {
@@ -94,7 +103,8 @@ impl QueryEngine {
         lake: Arc<LakeSchema>,
         cancel_job: JobCanceller,
     ) -> Self {
-        Self { distributed, local, lake, sessions: Mutex::default(), cancel_job }
+        let nl = NlEnv { metadata_dir: Some(lake.root().join(crate::catalog::METADATA_DIR)) };
+        Self { distributed, local, lake, sessions: Mutex::default(), cancel_job, nl }
     }
 
     /// If `sql` is `SET`/`RESET` of a model setting, applies it to the
@@ -129,8 +139,8 @@ impl QueryEngine {
             }));
         }
         if let Some(value) = &value {
-            if (key == "model" || key == "embedding_model")
-                && (value.trim().starts_with('/') || value.split(['/', '\\']).any(|part| part == ".."))
+            if matches!(key, "model" | "embedding_model" | "nl_models")
+                && value.split(',').any(|v| v.trim().starts_with('/') || v.split(['/', '\\']).any(|part| part == ".."))
             {
                 return Err(DataFusionError::Plan(format!(
                     "lakelink.llm.{key} = '{value}': a session may name a model inside the models folder \
@@ -204,7 +214,11 @@ impl QueryEngine {
         let sql = number_question_marks(sql)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let ctx = self.query_context(&self.distributed, settings)?;
-        let df = ctx.sql_with_options(&sql, options).await.map_err(explain_refusal)?;
+        let df = if lakelink_udf::nl::mentions_nl(&sql) {
+            self.plan_nl(&ctx, &sql, options, settings).await?
+        } else {
+            ctx.sql_with_options(&sql, options).await.map_err(explain_refusal)?
+        };
         let df = if reads_only_catalog(df.logical_plan()) {
             self.query_context(&self.local, settings)?.sql_with_options(&sql, options).await?
         } else {
@@ -224,6 +238,49 @@ impl QueryEngine {
                 }
             }
         }
+    }
+
+    /// Plans a statement that calls `nl_*` functions: they are compiled
+    /// into SQL first (see `lakelink_udf::nl`). EXPLAIN of such a statement
+    /// starts with one row per call showing the question and its SQL.
+    async fn plan_nl(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        options: SQLOptions,
+        settings: &[(String, String)],
+    ) -> Result<DataFrame> {
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut statement = state.sql_to_statement(sql, &dialect)?;
+        let compiled = lakelink_udf::nl::expand(&state, &self.nl, &mut statement).await?;
+        let plan = state.statement_to_plan(statement).await.map_err(explain_refusal)?;
+        options.verify_plan(&plan).map_err(explain_refusal)?;
+        let df = DataFrame::new(state, plan);
+        if !matches!(df.logical_plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) || compiled.is_empty() {
+            return Ok(df);
+        }
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let mut rows: Vec<(String, String)> = compiled
+            .iter()
+            .map(|c| {
+                let source = if c.cache_hit { "cache" } else { c.model.as_str() };
+                (c.function.clone(), format!("question: {}\nsql: {}\nfrom: {source}", c.question, c.sql))
+            })
+            .collect();
+        let mut batches = df.collect().await?;
+        if schema.fields().len() == 2 {
+            let (kinds, texts): (Vec<String>, Vec<String>) = rows.drain(..).unzip();
+            let nl = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(datafusion::arrow::array::StringArray::from(kinds)),
+                    Arc::new(datafusion::arrow::array::StringArray::from(texts)),
+                ],
+            )?;
+            batches.insert(0, nl);
+        }
+        self.query_context(&self.local, settings)?.read_batches(batches)
     }
 
     /// The parameters a statement takes, in order, as an Arrow schema

@@ -4,6 +4,8 @@
 //! * `system.model_calls`: every model request of every process (and every
 //!   batch of rows answered from the cache), read from the trail folder
 //!   (`lakelink.llm.trail_dir`) when the table is scanned.
+//! * `system.nl_tasks`: every compiled `nl_*` call: question, attempts with
+//!   their errors, retrieved tables, final SQL, outcome and timings.
 
 use std::sync::Arc;
 
@@ -28,29 +30,43 @@ pub struct SystemSchema;
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        vec!["model_calls".into()]
+        TABLES.iter().map(|t| t.name.to_string()).collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        Ok(match name {
-            "model_calls" => Some(Arc::new(ModelCalls)),
-            _ => None,
-        })
+        Ok(TABLES.iter().find(|t| t.name == name).map(|t| Arc::new(*t) as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == "model_calls"
+        TABLES.iter().any(|t| t.name == name)
     }
 }
 
-/// `system.model_calls`.
-#[derive(Debug)]
-struct ModelCalls;
+/// A table read from the trail folder when scanned.
+#[derive(Debug, Clone, Copy)]
+struct TrailTable {
+    name: &'static str,
+    schema: fn() -> SchemaRef,
+    read: fn(&str) -> Result<datafusion::arrow::array::RecordBatch>,
+}
+
+const TABLES: &[TrailTable] = &[
+    TrailTable {
+        name: "model_calls",
+        schema: trail::schema,
+        read: |dir| trail::to_batch(&trail::read_all(std::path::Path::new(dir))),
+    },
+    TrailTable {
+        name: "nl_tasks",
+        schema: lakelink_udf::nl::task::schema,
+        read: |dir| lakelink_udf::nl::task::to_batch(&lakelink_udf::nl::task::read_all(dir)),
+    },
+];
 
 #[async_trait]
-impl TableProvider for ModelCalls {
+impl TableProvider for TrailTable {
     fn schema(&self) -> SchemaRef {
-        trail::schema()
+        (self.schema)()
     }
 
     fn table_type(&self) -> TableType {
@@ -65,11 +81,10 @@ impl TableProvider for ModelCalls {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let options = LlmOptions::from_config(state.config_options());
-        let dir = std::path::PathBuf::from(&options.trail_dir);
-        let calls = tokio::task::spawn_blocking(move || trail::read_all(&dir))
+        let read = self.read;
+        let batch = tokio::task::spawn_blocking(move || read(&options.trail_dir))
             .await
-            .map_err(|e| DataFusionError::Execution(format!("reading the model-call trail failed: {e}")))?;
-        let batch = trail::to_batch(&calls)?;
+            .map_err(|e| DataFusionError::Execution(format!("reading the trail failed: {e}")))??;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)
     }
 }

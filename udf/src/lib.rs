@@ -15,6 +15,8 @@ pub mod extensions;
 pub mod functions;
 /// The model layer behind the `llm_*` functions.
 pub mod llm;
+/// The NL compiler behind `nl_query`, `nl_filter` and `nl_sql`.
+pub mod nl;
 /// Planning rules for the `llm_*` functions.
 pub mod planner;
 

@@ -49,14 +49,14 @@ const FACTS_LLAMA_CPP: (f64, f64) = (214.0, 39.0);
 fn long_prompt() -> Prompt {
     let facts =
         "The warehouse ships orders every weekday, and each order lists its items, prices, discounts and taxes. ";
-    Prompt { system: "You are a careful assistant.".into(), user: facts.repeat(22), max_tokens: 1 }
+    Prompt { system: "You are a careful assistant.".into(), user: facts.repeat(22), max_tokens: 1, sample: None }
 }
 
 fn decode_prompt() -> Prompt {
     Prompt {
         system: "You are a careful assistant.".into(),
         user: "Count from 1 to 300, separated by commas, without stopping.".into(),
-        max_tokens: 128,
+        max_tokens: 128, sample: None,
     }
 }
 
@@ -100,6 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         user: format!("<data>\n{row}\n</data>"),
         max_tokens: 4,
+        sample: None,
     };
     let cold_start = Instant::now();
     let (_, cold) = model.generate(&classify("The app crashes on start."), true).await?;

@@ -112,6 +112,22 @@ pub struct LlmOptions {
     /// Set by the scheduler for each query; names the query in the trail and
     /// scopes dedupe and budgets.
     pub query_id: String,
+    /// NL compiler: attempts per question (the first plus repairs).
+    pub nl_attempts: u32,
+    /// NL compiler: `pipeline` (retrieval, hints, repair; the default) or
+    /// `plain` (the whole schema, one attempt).
+    pub nl_strategy: String,
+    /// NL compiler ensemble: models tried in order until one succeeds
+    /// (comma-separated; empty: `model` alone).
+    pub nl_models: String,
+    /// NL compiler: candidates voted by their results (1: no vote).
+    pub nl_vote: u32,
+    /// NL compiler: most tables put in one prompt.
+    pub nl_max_tables: usize,
+    /// NL compiler: tables generated SQL may read (comma-separated; empty: every lake table).
+    pub nl_tables: String,
+    /// NL compiler: whether generated SQL may read `system` and `information_schema` tables.
+    pub nl_system_tables: bool,
 }
 
 /// The keys a user may set, with their descriptions.
@@ -137,6 +153,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("embedding_dim", "Dimensions of llm_embed vectors"),
     ("allow_session_endpoints", "Whether sessions may SET base_url: true or false"),
     ("query_id", "Set by the scheduler for each query"),
+    ("nl_attempts", "NL compiler: attempts per question, the first plus repairs"),
+    ("nl_strategy", "NL compiler: pipeline (retrieval, hints, repair) or plain (whole schema, one attempt)"),
+    ("nl_models", "NL compiler: models tried in order until one succeeds, comma-separated; empty: model"),
+    ("nl_vote", "NL compiler: candidates voted by their results; 1: no vote"),
+    ("nl_max_tables", "NL compiler: most tables in one prompt"),
+    ("nl_tables", "NL compiler: tables generated SQL may read, comma-separated; empty: every lake table"),
+    ("nl_system_tables", "NL compiler: whether generated SQL may read system and information_schema: true or false"),
 ];
 
 fn home_cache() -> PathBuf {
@@ -173,6 +196,13 @@ impl Default for LlmOptions {
             embedding_dim: 384,
             allow_session_endpoints: false,
             query_id: String::new(),
+            nl_attempts: 3,
+            nl_strategy: "pipeline".into(),
+            nl_models: String::new(),
+            nl_vote: 1,
+            nl_max_tables: 5,
+            nl_tables: String::new(),
+            nl_system_tables: false,
         }
     }
 }
@@ -237,6 +267,25 @@ impl LlmOptions {
                 self.allow_session_endpoints = parse(key, &v.to_ascii_lowercase(), "true or false")?
             }
             "query_id" => self.query_id = v.to_string(),
+            "nl_attempts" => self.nl_attempts = positive(key, value)?.min(10) as u32,
+            "nl_strategy" => {
+                self.nl_strategy = match v.to_ascii_lowercase().as_str() {
+                    s @ ("pipeline" | "plain") => s.to_string(),
+                    _ => return Err(invalid(key, value, "'pipeline' or 'plain'")),
+                }
+            }
+            "nl_models" => {
+                let models: Vec<&str> = v.split(',').map(str::trim).filter(|m| !m.is_empty()).collect();
+                self.nl_models = models.join(",")
+            }
+            "nl_vote" => self.nl_vote = positive(key, value)?.min(9) as u32,
+            "nl_max_tables" => self.nl_max_tables = positive(key, value)?.min(64) as usize,
+            "nl_tables" => {
+                let tables: Vec<String> =
+                    v.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
+                self.nl_tables = tables.join(",")
+            }
+            "nl_system_tables" => self.nl_system_tables = parse(key, &v.to_ascii_lowercase(), "true or false")?,
             _ => {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
                 return Err(DataFusionError::Configuration(format!(
@@ -272,6 +321,13 @@ impl LlmOptions {
             "embedding_dim" => self.embedding_dim.to_string(),
             "allow_session_endpoints" => self.allow_session_endpoints.to_string(),
             "query_id" => self.query_id.clone(),
+            "nl_attempts" => self.nl_attempts.to_string(),
+            "nl_strategy" => self.nl_strategy.clone(),
+            "nl_models" => self.nl_models.clone(),
+            "nl_vote" => self.nl_vote.to_string(),
+            "nl_max_tables" => self.nl_max_tables.to_string(),
+            "nl_tables" => self.nl_tables.clone(),
+            "nl_system_tables" => self.nl_system_tables.to_string(),
             _ => return None,
         })
     }

@@ -29,7 +29,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::config::{DEFAULT_EMBEDDER_DIR, DEFAULT_EMBEDDER_SHA256, DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256};
-use super::model::{Completion, Embedder, Embeddings, Generator, ModelError, Prompt, Usage, normalize};
+use super::model::{
+    Completion, Embedder, Embeddings, Generator, ModelError, Prompt, SAMPLE_TEMPERATURE, Usage, normalize,
+};
 
 const FETCH_HINT: &str = "run scripts/fetch-models.sh to fetch the default models";
 /// Tokens of context of the local model.
@@ -268,7 +270,14 @@ impl Worker {
         timing.prefill = start.elapsed();
 
         let decode_start = Instant::now();
-        let mut sampler = LlamaSampler::greedy();
+        let mut sampler = match prompt.sample {
+            None => LlamaSampler::greedy(),
+            Some(seed) => LlamaSampler::chain_simple([
+                LlamaSampler::top_k(40),
+                LlamaSampler::temp(SAMPLE_TEMPERATURE),
+                LlamaSampler::dist(seed),
+            ]),
+        };
         let mut answer = Vec::<u8>::new();
         let mut last_index = batch.n_tokens() - 1;
         for _ in 0..prompt.max_tokens {

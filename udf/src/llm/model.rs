@@ -16,6 +16,9 @@ pub struct Usage {
     pub latency: Duration,
 }
 
+/// The temperature of sampled answers (`Prompt::sample`).
+pub const SAMPLE_TEMPERATURE: f32 = 0.7;
+
 /// A chat prompt: fixed instructions (the same for every call of a
 /// function, so runtimes can keep them cached) and the call's own text.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +29,9 @@ pub struct Prompt {
     pub user: String,
     /// The largest answer, in tokens.
     pub max_tokens: u32,
+    /// `None`: greedy decoding (temperature 0, the default). `Some(seed)`:
+    /// sample at temperature 0.7 with this seed, for a different candidate.
+    pub sample: Option<u32>,
 }
 
 /// A model's answer.
@@ -70,7 +76,7 @@ pub trait Generator: Send + Sync + std::fmt::Debug {
     fn id(&self) -> &str;
     /// `local` or `openai`.
     fn backend(&self) -> &'static str;
-    /// Answers one prompt, greedily (temperature 0).
+    /// Answers one prompt: greedily (temperature 0) unless the prompt asks for a sample.
     async fn complete(&self, prompt: &Prompt) -> Result<Completion, ModelError>;
 }
 

@@ -155,7 +155,7 @@ impl Generator for OpenAi {
     }
 
     async fn complete(&self, prompt: &Prompt) -> Result<Completion, ModelError> {
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
             "messages": [
                 {"role": "system", "content": prompt.system},
@@ -164,6 +164,10 @@ impl Generator for OpenAi {
             "temperature": 0,
             "max_tokens": prompt.max_tokens,
         });
+        if let Some(seed) = prompt.sample {
+            body["temperature"] = json!(super::model::SAMPLE_TEMPERATURE);
+            body["seed"] = json!(seed);
+        }
         let (value, latency) = self.post("chat/completions", &body).await?;
         let text = value
             .pointer("/choices/0/message/content")

@@ -47,7 +47,7 @@ pub fn build(task: &dyn Task, items: &[String], max_output_tokens: u32) -> Promp
         return Prompt {
             system: "You are a helpful assistant. Answer briefly.".into(),
             user: items[0].clone(),
-            max_tokens: max_output_tokens,
+            max_tokens: max_output_tokens, sample: None,
         };
     }
     if items.len() == 1 {
@@ -57,7 +57,7 @@ pub fn build(task: &dyn Task, items: &[String], max_output_tokens: u32) -> Promp
                 task.instructions()
             ),
             user: format!("<data>\n{}\n</data>", defuse(&items[0])),
-            max_tokens: per_item,
+            max_tokens: per_item, sample: None,
         };
     }
     let mut user = String::new();
@@ -73,6 +73,7 @@ pub fn build(task: &dyn Task, items: &[String], max_output_tokens: u32) -> Promp
         ),
         user,
         max_tokens: (per_item + 6).saturating_mul(items.len() as u32).min(max_output_tokens.max(per_item)),
+        sample: None,
     }
 }
 

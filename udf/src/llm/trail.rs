@@ -64,7 +64,8 @@ impl ModelCall {
     }
 }
 
-fn process_name() -> &'static str {
+/// This process, as `host:pid`.
+pub fn process_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
@@ -77,8 +78,13 @@ type Writers = Mutex<Vec<(PathBuf, Arc<Mutex<std::fs::File>>)>>;
 /// Appends a record to this process's trail file in `dir`. Failures are
 /// logged: the trail never fails a query.
 pub fn record(dir: &str, call: &ModelCall) {
+    append(Path::new(dir), call)
+}
+
+/// Appends one JSON line to this process's file in `dir`. Failures are
+/// logged: the trail never fails a query.
+pub fn append<T: Serialize>(dir: &Path, value: &T) {
     static WRITERS: OnceLock<Writers> = OnceLock::new();
-    let dir = Path::new(dir);
     let file = {
         let mut writers = WRITERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
         match writers.iter().find(|(d, _)| d == dir) {
@@ -102,7 +108,7 @@ pub fn record(dir: &str, call: &ModelCall) {
             }
         }
     };
-    let mut line = match serde_json::to_vec(call) {
+    let mut line = match serde_json::to_vec(value) {
         Ok(l) => l,
         Err(_) => return,
     };
@@ -113,8 +119,15 @@ pub fn record(dir: &str, call: &ModelCall) {
     }
 }
 
-/// Every record in `dir`, oldest file first; unreadable lines are skipped.
+/// Every model call recorded in `dir`, oldest first.
 pub fn read_all(dir: &Path) -> Vec<ModelCall> {
+    let mut calls: Vec<ModelCall> = read_lines(dir);
+    calls.sort_by_key(|c| c.time_ms);
+    calls
+}
+
+/// Every record of type `T` in the files of `dir`; unreadable lines are skipped.
+pub fn read_lines<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -123,13 +136,11 @@ pub fn read_all(dir: &Path) -> Vec<ModelCall> {
         Err(_) => return Vec::new(),
     };
     files.sort();
-    let mut calls: Vec<ModelCall> = files
+    files
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .flat_map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<_>>())
-        .collect();
-    calls.sort_by_key(|c| c.time_ms);
-    calls
+        .collect()
 }
 
 /// The schema of `system.model_calls`.

@@ -1,0 +1,579 @@
+//! The NL compiler: natural language becomes checked, read-only SQL once,
+//! when a query is planned.
+//!
+//! * [`knowledge`]: tables, columns, descriptions, sample values, joins and
+//!   accepted examples of the lake;
+//! * [`retrieve`]: the tables, value hints and examples for one question;
+//! * [`strategy`]: how a question becomes a prompt (`pipeline` or `plain`);
+//! * [`check`]: extraction (DataFusion's parser) and checking (read-only
+//!   planning, table policy);
+//! * [`rewrite`]: `nl_query`, `nl_filter`, `nl_sql` and `nl_accept` in a
+//!   statement are replaced by what they compile to;
+//! * [`task`]: the trail of NL tasks (`system.nl_tasks`).
+//!
+//! [`compile`] ties them together: cache, retrieval, attempts with repair,
+//! ensembles (first success, or a vote by result), trail.
+
+pub mod check;
+pub mod knowledge;
+pub mod retrieve;
+pub mod rewrite;
+pub mod strategy;
+pub mod task;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use datafusion::common::{DataFusionError, Result};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionState;
+use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
+use sha2::{Digest, Sha256};
+
+use self::check::{Checked, Policy, Problem, Scope};
+use self::knowledge::Knowledge;
+use self::retrieve::Retrieved;
+use self::strategy::{Attempt, PromptInput, Target};
+use crate::llm::cache::{self, Answer, DiskCache};
+use crate::llm::config::LlmOptions;
+use crate::llm::hub;
+use crate::llm::trail::{self, ModelCall};
+
+pub use rewrite::{expand, mentions_nl};
+
+/// Where the compiler runs: supplied by the host that plans queries.
+#[derive(Debug, Clone, Default)]
+pub struct NlEnv {
+    /// The lake's metadata folder (`<lake>/_lakelink`): descriptions,
+    /// joins and accepted examples. `None`: no such knowledge.
+    pub metadata_dir: Option<PathBuf>,
+}
+
+/// Rows a candidate's result is read to when candidates are voted.
+const VOTE_ROWS: usize = 10_000;
+/// Compiled questions are remembered this long in the process (a Flight SQL
+/// query is planned twice: for its schema, then to run).
+const MEMO_TTL: Duration = Duration::from_secs(600);
+/// Version of the compiler's prompts and checks, part of every cache key.
+const COMPILER_VERSION: &str = "nl-1";
+
+/// What one `nl_*` call compiled to.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// `nl_query`, `nl_sql` or `nl_filter`.
+    pub function: String,
+    /// The user's words.
+    pub question: String,
+    /// The SQL: a query, or a condition for `nl_filter`.
+    pub sql: String,
+    /// Lake tables the SQL reads (for a query) or retrieval offered (for a condition).
+    pub tables: Vec<String>,
+    /// Failed attempts before the answer.
+    pub attempts: Vec<Attempt>,
+    /// Whether the answer came from the cache (no model call).
+    pub cache_hit: bool,
+    /// The model that answered.
+    pub model: String,
+}
+
+/// One `nl_*` call to compile.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `nl_query`, `nl_sql` or `nl_filter`.
+    pub function: String,
+    /// The user's words.
+    pub question: String,
+    /// What to produce.
+    pub target: Target,
+    /// For a condition: the clause it filters.
+    pub scope: Option<Scope>,
+}
+
+/// A successful answer of one candidate.
+enum Answered {
+    Query(Checked),
+    Condition(SqlExpr),
+}
+
+impl Answered {
+    fn sql(&self) -> String {
+        match self {
+            Answered::Query(c) => c.sql.clone(),
+            Answered::Condition(e) => match e {
+                SqlExpr::Nested(inner) => inner.to_string(),
+                other => other.to_string(),
+            },
+        }
+    }
+}
+
+/// Everything one question's candidates share.
+struct Job<'a> {
+    state: &'a SessionState,
+    request: &'a Request,
+    knowledge: &'a Knowledge,
+    policy: &'a Policy,
+    strategy: Box<dyn strategy::Strategy>,
+    started: Instant,
+}
+
+/// The outcome of one candidate: its answer or the last problem, with every failed attempt.
+struct Candidate {
+    model: String,
+    answer: std::result::Result<Answered, String>,
+    attempts: Vec<Attempt>,
+    retrieved: Retrieved,
+    model_ms: f64,
+    calls: u32,
+}
+
+fn memo() -> &'static Mutex<HashMap<String, (Instant, String, Vec<String>)>> {
+    static MEMO: OnceLock<Mutex<HashMap<String, (Instant, String, Vec<String>)>>> = OnceLock::new();
+    MEMO.get_or_init(Default::default)
+}
+
+/// The question as the cache sees it: lower case, single spaces.
+fn normalize(question: &str) -> String {
+    question.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+fn models(options: &LlmOptions) -> Vec<String> {
+    if options.nl_models.is_empty() {
+        vec![options.model.clone()]
+    } else {
+        options.nl_models.split(',').map(str::to_string).collect()
+    }
+}
+
+/// Compiles one `nl_*` call, with the session's model settings.
+pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Result<Compiled> {
+    let started = Instant::now();
+    let options = LlmOptions::from_config(state.config().options());
+    let allowed = knowledge::allowed_tables(state, &options.nl_tables).await?;
+    let knowledge = knowledge::load(&allowed, env.metadata_dir.as_deref()).await?;
+    let policy = Policy { tables: allowed, system: options.nl_system_tables };
+    let target_key = match &request.target {
+        Target::Query => "query".to_string(),
+        Target::Filter(cols) => format!("{}|{cols:?}", request.scope.as_ref().map(|s| s.select_all.as_str()).unwrap_or("")),
+    };
+    let key = cache::key(&[
+        COMPILER_VERSION,
+        &target_key,
+        &normalize(&request.question),
+        &knowledge.version,
+        &options.backend.to_string(),
+        &options.base_url,
+        &models(&options).join(","),
+        &options.nl_strategy,
+        &options.nl_vote.to_string(),
+        &options.nl_attempts.to_string(),
+        &options.nl_max_tables.to_string(),
+        &options.nl_tables,
+        &options.nl_system_tables.to_string(),
+    ]);
+    let job = Job { state, request: &request, knowledge: &knowledge, policy: &policy, strategy: strategy::named(&options.nl_strategy), started };
+
+    // The cache: the SQL is checked again, so a changed policy applies.
+    let remembered = {
+        let mut memo = memo().lock().unwrap_or_else(|e| e.into_inner());
+        memo.retain(|_, (at, _, _)| at.elapsed() < MEMO_TTL);
+        memo.get(&key).map(|(_, sql, _)| sql.clone())
+    };
+    let disk = DiskCache::new(&options.cache_dir);
+    let cached = remembered.or_else(|| match options.cache.then(|| disk.get(&key)).flatten() {
+        Some(Answer::Text(Some(sql))) => Some(sql),
+        _ => None,
+    });
+    if let Some(sql) = cached
+        && let Ok(answer) = job.check(&sql).await
+    {
+        let compiled = Compiled {
+            function: request.function.clone(),
+            question: request.question.clone(),
+            sql: answer.sql(),
+            tables: match &answer {
+                Answered::Query(c) => c.tables.clone(),
+                Answered::Condition(_) => vec![],
+            },
+            attempts: vec![],
+            cache_hit: true,
+            model: models(&options).join(","),
+        };
+        job.record(&options, &compiled, "ok", 0.0, 0, &[]);
+        return Ok(compiled);
+    }
+
+    let model_list = models(&options);
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let winner: Option<usize> = if options.nl_vote > 1 && matches!(request.target, Target::Query) {
+        for i in 0..options.nl_vote as usize {
+            let model = &model_list[i % model_list.len()];
+            // Beyond one candidate per model, candidates are sampled.
+            let sample = (i >= model_list.len()).then_some(i as u32);
+            candidates.push(job.candidate(&options, model, sample).await?);
+        }
+        job.vote(&candidates).await
+    } else {
+        let mut found = None;
+        for model in &model_list {
+            let c = job.candidate(&options, model, None).await?;
+            let ok = c.answer.is_ok();
+            candidates.push(c);
+            if ok {
+                found = Some(candidates.len() - 1);
+                break;
+            }
+        }
+        found
+    };
+    let model_ms: f64 = candidates.iter().map(|c| c.model_ms).sum();
+    let calls: u32 = candidates.iter().map(|c| c.calls).sum();
+    let all_attempts: Vec<Attempt> = candidates.iter().flat_map(|c| c.attempts.clone()).collect();
+    let retrieved_tables: Vec<String> = candidates.first().map(|c| c.retrieved.tables.clone()).unwrap_or_default();
+    match winner {
+        Some(i) => {
+            let c = &candidates[i];
+            let answer = c.answer.as_ref().map_err(|e| DataFusionError::Internal(e.clone()))?;
+            let sql = answer.sql();
+            let compiled = Compiled {
+                function: request.function.clone(),
+                question: request.question.clone(),
+                sql: sql.clone(),
+                tables: match answer {
+                    Answered::Query(q) => q.tables.clone(),
+                    Answered::Condition(_) => c.retrieved.tables.clone(),
+                },
+                attempts: all_attempts,
+                cache_hit: false,
+                model: c.model.clone(),
+            };
+            memo().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (Instant::now(), sql.clone(), compiled.tables.clone()));
+            if options.cache {
+                disk.put(&key, &Answer::Text(Some(sql)));
+            }
+            job.record(&options, &compiled, "ok", model_ms, calls, &retrieved_tables);
+            Ok(compiled)
+        }
+        None => {
+            let last = candidates.last();
+            let reason = last.and_then(|c| c.answer.as_ref().err().cloned()).unwrap_or_else(|| "no candidate".into());
+            let last_sql = all_attempts.last().map(|a| a.sql.clone()).unwrap_or_default();
+            let failed = Compiled {
+                function: request.function.clone(),
+                question: request.question.clone(),
+                sql: last_sql.clone(),
+                tables: vec![],
+                attempts: all_attempts.clone(),
+                cache_hit: false,
+                model: model_list.join(","),
+            };
+            job.record(&options, &failed, "failed", model_ms, calls, &retrieved_tables);
+            Err(DataFusionError::Plan(format!(
+                "{}('{}') found no valid SQL after {} attempt(s); last SQL: {}; reason: {}",
+                request.function,
+                request.question,
+                all_attempts.len(),
+                if last_sql.is_empty() { "(none)".to_string() } else { last_sql.replace('\n', " ") },
+                reason
+            )))
+        }
+    }
+}
+
+impl Job<'_> {
+    /// Checks an answer against the target.
+    async fn check(&self, text: &str) -> std::result::Result<Answered, Problem> {
+        match (&self.request.target, &self.request.scope) {
+            (Target::Filter(_), Some(scope)) => {
+                check::check_condition(self.state, scope, text, self.policy).await.map(Answered::Condition)
+            }
+            _ => check::check_query(self.state, text, self.policy).await.map(Answered::Query),
+        }
+    }
+
+    /// One candidate: retrieval, then attempts with repair until one passes.
+    async fn candidate(&self, options: &LlmOptions, model: &str, sample: Option<u32>) -> Result<Candidate> {
+        let mut options = options.clone();
+        options.model = model.to_string();
+        let mut retrieved = if self.strategy.retrieves() {
+            retrieve::retrieve(self.knowledge, &self.request.question, &options, options.nl_max_tables).await?
+        } else {
+            Retrieved {
+                tables: self.knowledge.tables.iter().map(|t| t.name.clone()).collect(),
+                ..Default::default()
+            }
+        };
+        let generator = hub::generator(&options).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let limiter = hub::limiter(generator.id(), options.concurrency);
+        let attempts_allowed = if self.strategy.repairs() { options.nl_attempts } else { 1 };
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut model_ms = 0.0;
+        let mut calls = 0;
+        let mut last = String::new();
+        for n in 0..attempts_allowed {
+            let input = PromptInput {
+                question: &self.request.question,
+                target: &self.request.target,
+                knowledge: self.knowledge,
+                retrieved: &retrieved,
+                attempts: &attempts,
+            };
+            let mut prompt = self.strategy.prompt(&input);
+            // A model that repeats a failed answer is sampled instead.
+            let repeated = attempts.len() >= 2 && attempts[attempts.len() - 1].sql == attempts[attempts.len() - 2].sql;
+            prompt.sample = sample.map(|s| s * 31 + n).or(repeated.then_some(n));
+            let completion = {
+                let _permit = limiter.acquire().await.map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                generator.complete(&prompt).await
+            };
+            let mut call = ModelCall::now(&options.query_id, &self.request.function, generator.id(), generator.backend());
+            call.rows = 1;
+            let completion = match completion {
+                Ok(c) => c,
+                Err(e) => {
+                    call.outcome = e.to_string();
+                    trail::record(&options.trail_dir, &call);
+                    return Err(DataFusionError::Execution(format!(
+                        "{}('{}'): the model {} failed: {e}",
+                        self.request.function,
+                        self.request.question,
+                        generator.id()
+                    )));
+                }
+            };
+            call.prompt_tokens = completion.usage.prompt_tokens;
+            call.completion_tokens = completion.usage.completion_tokens;
+            call.latency_ms = completion.usage.latency.as_secs_f64() * 1000.0;
+            model_ms += call.latency_ms;
+            calls += 1;
+            let text = check::extract(&completion.text);
+            match self.check(&text).await {
+                Ok(answer) => {
+                    trail::record(&options.trail_dir, &call);
+                    return Ok(Candidate {
+                        model: generator.id().to_string(),
+                        answer: Ok(answer),
+                        attempts,
+                        retrieved,
+                        model_ms,
+                        calls,
+                    });
+                }
+                Err(problem) => {
+                    call.outcome = "retried".into();
+                    trail::record(&options.trail_dir, &call);
+                    let (hint, more_tables) = repair::hint(&problem, self.knowledge, &retrieved);
+                    for t in more_tables {
+                        if !retrieved.tables.contains(&t) {
+                            retrieved.tables.push(t);
+                        }
+                    }
+                    last = format!("{problem}");
+                    let error = if hint.is_empty() { clip(&last, 400) } else { format!("{} {hint}", clip(&last, 300)) };
+                    attempts.push(Attempt { sql: if text.is_empty() { completion.text.trim().to_string() } else { text }, error });
+                }
+            }
+        }
+        Ok(Candidate { model: generator.id().to_string(), answer: Err(last), attempts, retrieved, model_ms, calls })
+    }
+
+    /// The candidate whose result most candidates share (the first on a tie).
+    async fn vote(&self, candidates: &[Candidate]) -> Option<usize> {
+        let mut prints: Vec<(usize, String)> = Vec::new();
+        for (i, c) in candidates.iter().enumerate() {
+            if let Ok(Answered::Query(q)) = &c.answer
+                && let Ok(print) = self.fingerprint(q).await
+            {
+                prints.push((i, print));
+            }
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for (i, p) in &prints {
+            let votes = prints.iter().filter(|(_, o)| o == p).count();
+            if best.is_none_or(|(_, v)| votes > v) {
+                best = Some((*i, votes));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// The result of a query, order-insensitive, as a hash.
+    async fn fingerprint(&self, q: &Checked) -> Result<String> {
+        let plan = self.state.statement_to_plan(check::parse_one(&q.sql).map_err(|p| DataFusionError::Plan(p.to_string()))?).await?;
+        let batches = DataFrame::new(self.state.clone(), plan).limit(0, Some(VOTE_ROWS))?.collect().await?;
+        let mut rows: Vec<String> = Vec::new();
+        for batch in &batches {
+            let columns: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| datafusion::arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()))
+                .collect::<std::result::Result<_, _>>()?;
+            for row in 0..batch.num_rows() {
+                rows.push(columns.iter().map(|f| f.value(row).to_string()).collect::<Vec<_>>().join("\u{1f}"));
+            }
+        }
+        rows.sort();
+        let mut hasher = Sha256::new();
+        for r in rows {
+            hasher.update(r.as_bytes());
+            hasher.update([0x1e]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    }
+
+    fn record(&self, options: &LlmOptions, c: &Compiled, outcome: &str, model_ms: f64, calls: u32, retrieved: &[String]) {
+        let record = task::NlTask {
+            time_ms: trail::ModelCall::now("", "", "", "").time_ms,
+            query_id: options.query_id.clone(),
+            function: c.function.clone(),
+            question: c.question.clone(),
+            model: c.model.clone(),
+            strategy: self.strategy.name().to_string(),
+            retrieved_tables: retrieved.join(","),
+            attempts: serde_json::to_string(
+                &c.attempts.iter().map(|a| serde_json::json!({"sql": a.sql, "error": a.error})).collect::<Vec<_>>(),
+            )
+            .unwrap_or_default(),
+            sql: c.sql.clone(),
+            outcome: outcome.to_string(),
+            cache_hit: c.cache_hit,
+            model_calls: calls as u64,
+            model_ms,
+            total_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            process: trail::process_name().to_string(),
+        };
+        task::record(&options.trail_dir, &record);
+    }
+}
+
+fn clip(text: &str, n: usize) -> String {
+    if text.chars().count() <= n { text.to_string() } else { format!("{}...", text.chars().take(n).collect::<String>()) }
+}
+
+/// Repair hints: an error naming a column or table that does not exist gets
+/// the real ones that look like it, with the join that reaches them.
+pub mod repair {
+    use super::check::Problem;
+    use super::knowledge::Knowledge;
+    use super::retrieve::Retrieved;
+
+    fn stem(name: &str) -> &str {
+        match name.split_once('_') {
+            Some((p, rest)) if p.len() <= 3 && !rest.is_empty() => rest,
+            _ => name,
+        }
+    }
+
+    /// Edit distance, for near misses such as `orderdate` / `o_orderdate`.
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for j in 0..b.len() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != b[j])).min(row[j] + 1).min(row[j + 1] + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+
+    /// The identifier an error says is missing.
+    fn missing(message: &str) -> Option<(bool, String)> {
+        for (marker, is_column) in
+            [("No field named ", true), ("column '", true), ("table '", false), ("Table '", false), ("table \"", false)]
+        {
+            if let Some(at) = message.find(marker) {
+                let rest = &message[at + marker.len()..];
+                let name: String = rest
+                    .trim_start_matches(['"', '\''])
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.' || *c == '"')
+                    .collect();
+                let name = name.trim_end_matches('.').replace('"', "");
+                let name = name.rsplit('.').next().unwrap_or(&name).to_ascii_lowercase();
+                if !name.is_empty() {
+                    return Some((is_column, name));
+                }
+            }
+        }
+        None
+    }
+
+    /// A hint for the model, and tables to add to its prompt.
+    pub fn hint(problem: &Problem, k: &Knowledge, retrieved: &Retrieved) -> (String, Vec<String>) {
+        let Problem::Plan(message) = problem else { return (String::new(), vec![]) };
+        let Some((is_column, name)) = missing(message) else { return (String::new(), vec![]) };
+        if is_column {
+            let mut near: Vec<(usize, String, String)> = Vec::new();
+            for t in &k.tables {
+                for c in &t.columns {
+                    let d = distance(stem(&name), stem(&c.name)).min(distance(&name, &c.name));
+                    if d <= 2 || stem(&c.name).contains(stem(&name)) && stem(&name).len() >= 4 {
+                        near.push((d, t.name.clone(), c.name.clone()));
+                    }
+                }
+            }
+            near.sort();
+            near.truncate(3);
+            if near.is_empty() {
+                return (format!("There is no column {name}; use only the columns listed."), vec![]);
+            }
+            let mut tables = Vec::new();
+            let mut parts = Vec::new();
+            for (_, t, c) in &near {
+                let join = retrieved
+                    .tables
+                    .iter()
+                    .filter(|r| *r != t)
+                    .find_map(|r| k.joins.iter().find(|j| j.other(r) == Some(t.as_str())))
+                    .map(|j| format!(" (join {t} ON {})", j.condition()))
+                    .unwrap_or_default();
+                parts.push(format!("{t}.{c}{join}"));
+                tables.push(t.clone());
+            }
+            (format!("There is no column {name}. Did you mean: {}?", parts.join(", ")), tables)
+        } else {
+            let mut near: Vec<(usize, String)> =
+                k.tables.iter().map(|t| (distance(&name, &t.name), t.name.clone())).filter(|(d, _)| *d <= 3).collect();
+            near.sort();
+            let names: Vec<String> = near.iter().map(|(_, n)| n.clone()).take(2).collect();
+            if names.is_empty() {
+                (format!("There is no table {name}; use only the tables listed."), vec![])
+            } else {
+                (format!("There is no table {name}. Did you mean: {}?", names.join(", ")), names)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::knowledge::tests::table;
+        use super::super::knowledge::{Join, Knowledge};
+        use super::*;
+
+        #[test]
+        fn a_missing_column_names_the_table_that_has_it() {
+            let k = Knowledge {
+                tables: vec![table("lineitem", &["l_orderkey", "l_shipdate"]), table("orders", &["o_orderkey", "o_orderdate"])],
+                joins: vec![Join {
+                    left: "lineitem".into(),
+                    left_columns: vec!["l_orderkey".into()],
+                    right: "orders".into(),
+                    right_columns: vec!["o_orderkey".into()],
+                }],
+                examples: vec![],
+                version: String::new(),
+            };
+            let retrieved = Retrieved { tables: vec!["lineitem".into()], ..Default::default() };
+            let problem = Problem::Plan("No field named l_orderdate. Valid fields are lineitem.l_orderkey.".into());
+            let (hint, tables) = hint(&problem, &k, &retrieved);
+            assert!(hint.contains("orders.o_orderdate (join orders ON lineitem.l_orderkey = orders.o_orderkey)"), "{hint}");
+            assert_eq!(tables, vec!["orders".to_string()]);
+        }
+    }
+}

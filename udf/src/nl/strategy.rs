@@ -1,0 +1,233 @@
+//! Prompting strategies: how a question (and earlier failed attempts) becomes
+//! a prompt. The serialized prompt is snapshot-tested
+//! (`udf/tests/snapshots/`), so a prompt change is a reviewable diff.
+
+use super::knowledge::{ColumnInfo, Knowledge, TableInfo};
+use super::retrieve::Retrieved;
+use crate::llm::model::Prompt;
+
+/// What the compiler is asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// A whole SELECT statement (`nl_query`, `nl_sql`).
+    Query,
+    /// A boolean condition over the columns in scope (`nl_filter`):
+    /// `(qualifier, column, sql type)`.
+    Filter(Vec<(String, String, String)>),
+}
+
+/// One earlier attempt and why it failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// What the model answered (the extracted SQL where there was one).
+    pub sql: String,
+    /// Why it was refused, with hints naming the right tables and columns.
+    pub error: String,
+}
+
+/// Everything a strategy may put into a prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptInput<'a> {
+    /// The user's words.
+    pub question: &'a str,
+    /// What to produce.
+    pub target: &'a Target,
+    /// The catalog.
+    pub knowledge: &'a Knowledge,
+    /// What retrieval found.
+    pub retrieved: &'a Retrieved,
+    /// Earlier attempts of this question, oldest first.
+    pub attempts: &'a [Attempt],
+}
+
+/// A way to prompt the model.
+pub trait Strategy: Send + Sync {
+    /// Its name (the `nl_strategy` setting and the trail).
+    fn name(&self) -> &'static str;
+    /// The prompt for one attempt.
+    fn prompt(&self, input: &PromptInput<'_>) -> Prompt;
+    /// Whether it retrieves tables (else it shows every table).
+    fn retrieves(&self) -> bool;
+    /// Whether failed attempts are sent back for repair.
+    fn repairs(&self) -> bool;
+}
+
+/// The strategy the setting names.
+pub fn named(name: &str) -> Box<dyn Strategy> {
+    match name {
+        "plain" => Box::new(Plain),
+        _ => Box::new(Pipeline),
+    }
+}
+
+const MAX_TOKENS: u32 = 320;
+
+/// The baseline: the whole schema as CREATE TABLE statements and the
+/// question, one attempt, no hints.
+pub struct Plain;
+
+impl Strategy for Plain {
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+
+    fn prompt(&self, input: &PromptInput<'_>) -> Prompt {
+        let mut system = String::from("You write SQL. Answer with one SQL query in a ```sql block.\n\n");
+        for t in &input.knowledge.tables {
+            system.push_str(&format!("CREATE TABLE {} (\n", t.name));
+            let cols: Vec<String> = t.columns.iter().map(|c| format!("  {} {}", c.name, c.sql_type)).collect();
+            system.push_str(&cols.join(",\n"));
+            system.push_str("\n);\n");
+        }
+        let user = match input.target {
+            Target::Query => format!("Question: {}", input.question),
+            Target::Filter(cols) => format!("{}\nWrite only the WHERE condition for: {}", columns_line(cols), input.question),
+        };
+        Prompt { system, user, max_tokens: MAX_TOKENS, sample: None }
+    }
+
+    fn retrieves(&self) -> bool {
+        false
+    }
+
+    fn repairs(&self) -> bool {
+        false
+    }
+}
+
+fn columns_line(cols: &[(String, String, String)]) -> String {
+    let list: Vec<String> = cols.iter().map(|(q, c, t)| if q.is_empty() { format!("{c} {t}") } else { format!("{q}.{c} {t}") }).collect();
+    format!("Columns: {}", list.join(", "))
+}
+
+/// The full pipeline: rules, the retrieved tables with descriptions and
+/// values, join keys, accepted examples, value hints, and earlier attempts
+/// with their errors.
+pub struct Pipeline;
+
+const QUERY_HEAD: &str = "\
+You translate a question about a database into one SQL query (Apache DataFusion dialect).
+Rules:
+- Reply with one SELECT statement in a ```sql block and nothing else.
+";
+
+const FILTER_HEAD: &str = "\
+You translate a condition into one SQL boolean expression for a WHERE clause (Apache DataFusion dialect).
+Rules:
+- Reply with the expression alone (no SELECT, no WHERE) in a ```sql block and nothing else.
+";
+
+const RULES: &str = "\
+- Use only the tables and columns below. Each column belongs to the table it is listed under: join that table to use it.
+- Join tables with the join keys listed.
+- Dates are DATE values. A year is `d >= DATE '1995-01-01' AND d < DATE '1996-01-01'`; never compare dates with LIKE or strings.
+- Text values are case-sensitive: use the listed values exactly.
+- Give computed columns a name with AS. Add ORDER BY and LIMIT when the question asks for top or bottom rows.
+";
+
+fn column_line(c: &ColumnInfo) -> String {
+    let mut line = format!("  {} {}", c.name, c.sql_type);
+    let mut notes = Vec::new();
+    if !c.description.is_empty() {
+        notes.push(c.description.clone());
+    }
+    if !c.values.is_empty() {
+        let shown: Vec<String> = c.values.iter().take(25).map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+        let more = if c.values.len() > 25 { ", ..." } else { "" };
+        notes.push(format!("values: {}{more}", shown.join(", ")));
+    }
+    if !notes.is_empty() {
+        line.push_str(" -- ");
+        line.push_str(&notes.join("; "));
+    }
+    line
+}
+
+fn table_block(t: &TableInfo) -> String {
+    let mut block = String::new();
+    if !t.description.is_empty() {
+        block.push_str(&format!("-- {}\n", t.description));
+    }
+    block.push_str(&format!("CREATE TABLE {} (\n", t.name));
+    let cols: Vec<String> = t.columns.iter().map(column_line).collect();
+    block.push_str(&cols.join(",\n"));
+    block.push_str("\n);\n");
+    block
+}
+
+impl Strategy for Pipeline {
+    fn name(&self) -> &'static str {
+        "pipeline"
+    }
+
+    fn prompt(&self, input: &PromptInput<'_>) -> Prompt {
+        let k = input.knowledge;
+        let r = input.retrieved;
+        let mut system = String::from(match input.target {
+            Target::Query => QUERY_HEAD,
+            Target::Filter(_) => FILTER_HEAD,
+        });
+        system.push_str(RULES);
+        match input.target {
+            Target::Query => {
+                // Tables in catalog order, so questions over the same tables
+                // share a prompt prefix the runtime keeps cached.
+                system.push_str("\nTables:\n");
+                for t in k.tables.iter().filter(|t| r.tables.contains(&t.name)) {
+                    system.push_str(&table_block(t));
+                }
+                let joins: Vec<String> = k
+                    .joins
+                    .iter()
+                    .filter(|j| r.tables.contains(&j.left) && r.tables.contains(&j.right))
+                    .map(|j| format!("- {}", j.condition()))
+                    .collect();
+                if !joins.is_empty() {
+                    system.push_str(&format!("\nJoin keys:\n{}\n", joins.join("\n")));
+                }
+            }
+            Target::Filter(cols) => {
+                system.push_str("\nColumns:\n");
+                for (q, c, t) in cols {
+                    let info = k.tables.iter().filter(|ti| q.is_empty() || &ti.name == q).flat_map(|ti| &ti.columns).find(|ci| &ci.name == c);
+                    let name = if q.is_empty() { c.clone() } else { format!("{q}.{c}") };
+                    let line = match info {
+                        Some(ci) => column_line(&ColumnInfo { name, sql_type: t.clone(), ..ci.clone() }),
+                        None => format!("  {name} {t}"),
+                    };
+                    system.push_str(&line);
+                    system.push('\n');
+                }
+            }
+        }
+        if !r.examples.is_empty() {
+            system.push_str("\nExamples:\n");
+            for &i in &r.examples {
+                if let Some(e) = k.examples.get(i) {
+                    system.push_str(&format!("Question: {}\n```sql\n{}\n```\n", e.question, e.sql));
+                }
+            }
+        }
+        let mut user = format!("Question: {}\n", input.question);
+        if !r.hints.is_empty() {
+            let hints: Vec<String> =
+                r.hints.iter().map(|h| format!("{}.{} = '{}'", h.table, h.column, h.value.replace('\'', "''"))).collect();
+            user.push_str(&format!("Values named in the question: {}\n", hints.join(", ")));
+        }
+        for a in input.attempts {
+            user.push_str(&format!("\nThis answer was wrong:\n```sql\n{}\n```\nError: {}\n", a.sql, a.error));
+        }
+        if !input.attempts.is_empty() {
+            user.push_str("Write a corrected answer.\n");
+        }
+        Prompt { system, user, max_tokens: MAX_TOKENS, sample: None }
+    }
+
+    fn retrieves(&self) -> bool {
+        true
+    }
+
+    fn repairs(&self) -> bool {
+        true
+    }
+}
