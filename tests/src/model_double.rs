@@ -37,6 +37,8 @@ pub enum Mode {
 pub struct Chat {
     pub system: String,
     pub user: String,
+    /// The model the request named.
+    pub model: String,
 }
 
 type Script = dyn Fn(&Chat) -> String + Send + Sync;
@@ -158,7 +160,11 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
             .unwrap_or_default()
             .to_string()
     };
-    let request = Chat { system: message("system"), user: message("user") };
+    let request = Chat {
+        system: message("system"),
+        user: message("user"),
+        model: body["model"].as_str().unwrap_or_default().to_string(),
+    };
     shared.log.lock().unwrap().push(request.clone());
     let delay = shared.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {

@@ -20,7 +20,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{LogicalPlan, TableScan};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, ObjectName, Query, Statement, TableFactor, Visit, Visitor,
+    Expr as SqlExpr, ObjectName, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -44,7 +44,7 @@ pub enum Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::Parse(m) => write!(f, "not a valid statement: {m}"),
+            Problem::Parse(m) => write!(f, "syntax error: {m}"),
             Problem::Plan(m) => write!(f, "cannot be planned: {m}"),
             Problem::Policy(m) => write!(f, "refused: {m}"),
         }
@@ -112,7 +112,9 @@ pub fn parse_one(text: &str) -> Result<DFStatement, Problem> {
     if parser.parser.peek_token().token != Token::EOF {
         let rest = parser.parser.peek_token().span.start;
         if parser.parse_statement().is_ok() {
-            return Err(Problem::Policy("the answer holds more than one statement; exactly one SELECT is allowed".into()));
+            return Err(Problem::Policy(
+                "the answer holds more than one statement; exactly one statement (a SELECT) is allowed".into(),
+            ));
         }
         return Err(Problem::Parse(format!(
             "unexpected text after the statement at line {}, column {}",
@@ -152,11 +154,25 @@ fn ast_refusal<V: Visit>(node: &V, system: bool) -> Option<String> {
         }
         fn pre_visit_expr(&mut self, expr: &SqlExpr) -> ControlFlow<()> {
             if let SqlExpr::Function(f) = expr {
-                let name = f.name.to_string().to_ascii_lowercase();
-                if name.starts_with("nl_") || name.ends_with(".nl_query") {
-                    self.why = Some(format!("{name} may not be used inside generated SQL"));
+                let name =
+                    f.name.0.last().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).unwrap_or_default();
+                if name.starts_with("nl_") {
+                    self.why = Some(format!("nested {name} calls are not allowed in generated SQL"));
                     return ControlFlow::Break(());
                 }
+                if name.starts_with("llm_") {
+                    self.why = Some(format!(
+                        "model functions ({name}) are not allowed in generated SQL: one question must not become a model request per row"
+                    ));
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if writes(&query.body) {
+                self.why = Some("only read-only SELECT queries are allowed; the query hides a write".into());
+                return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
         }
@@ -169,12 +185,43 @@ fn ast_refusal<V: Visit>(node: &V, system: bool) -> Option<String> {
 fn refused_name(name: &ObjectName, system: bool) -> Option<String> {
     let parts: Vec<String> = name.0.iter().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).collect();
     if parts.last().is_some_and(|t| t.starts_with("nl_")) {
-        return Some(format!("{name} may not be used inside generated SQL"));
+        return Some(format!("nested {name} calls are not allowed in generated SQL"));
     }
     if !system && parts.iter().rev().skip(1).any(|p| CATALOG_SCHEMAS.contains(&p.as_str())) {
-        return Some(format!("{name} is a catalog table; generated SQL reads only lake tables"));
+        return Some(format!("{name} is a system catalog table; generated SQL reads only lake tables"));
     }
     None
+}
+
+/// Whether a query body writes (a data-modifying CTE or set operand).
+fn writes(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => true,
+        SetExpr::SetOperation { left, right, .. } => writes(left) || writes(right),
+        _ => false,
+    }
+}
+
+/// Why a statement that is not a query is refused.
+fn statement_refusal(statement: &Statement) -> String {
+    let kind = statement.to_string().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    let why = match statement {
+        Statement::Set(_) => "it changes session settings",
+        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => {
+            "it controls a transaction"
+        }
+        Statement::Prepare { .. } | Statement::Execute { .. } | Statement::Deallocate { .. } => {
+            "prepared statements are not allowed"
+        }
+        Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ExplainTable { .. } => "it reads system metadata",
+        Statement::Explain { .. } => "EXPLAIN is not a query",
+        _ => "it creates, changes or deletes data",
+    };
+    format!("only a read-only SELECT query is allowed, not {kind}: {why}")
 }
 
 fn read_only() -> SQLOptions {
@@ -183,10 +230,22 @@ fn read_only() -> SQLOptions {
 
 fn plan_error(e: datafusion::error::DataFusionError) -> Problem {
     let text = e.strip_backtrace();
-    if text.contains("DDL not supported") || text.contains("DML not supported") || text.contains("Statement not supported") {
-        Problem::Policy("only read-only SELECT queries are allowed; the statement creates, changes or deletes data".into())
+    if text.contains("DDL not supported")
+        || text.contains("DML not supported")
+        || text.contains("Statement not supported")
+    {
+        Problem::Policy(
+            "only read-only SELECT queries are allowed; the statement creates, changes or deletes data".into(),
+        )
     } else {
-        Problem::Plan(text.replace("Error during planning: ", "").replace("Schema error: ", ""))
+        // The planner's own suggestions list every field of the scope; the
+        // repair hint names the right ones instead.
+        let text = text.replace("Error during planning: ", "").replace("Schema error: ", "");
+        let cut = [" Did you mean", "\nValid fields", " Valid fields"].iter().filter_map(|m| text.find(m)).min();
+        Problem::Plan(match cut {
+            Some(at) => text[..at].trim_end().to_string(),
+            None => text,
+        })
     }
 }
 
@@ -199,12 +258,16 @@ fn plan_tables(plan: &LogicalPlan, policy: &Policy) -> Result<Vec<String>, Probl
             LogicalPlan::TableScan(TableScan { table_name, source, .. }) => {
                 let schema = table_name.schema().map(str::to_ascii_lowercase);
                 if schema.as_deref().is_some_and(|s| CATALOG_SCHEMAS.contains(&s)) {
-                    (!policy.system).then(|| format!("{table_name} is a catalog table; generated SQL reads only lake tables"))
+                    (!policy.system).then(|| {
+                        format!("{table_name} is a system catalog table; generated SQL reads only lake tables")
+                    })
                 } else {
                     let provider = source_as_provider(source).ok();
                     let allowed = policy.tables.iter().find(|(name, p)| {
                         name == table_name.table()
-                            && provider.as_ref().is_some_and(|q| Arc::as_ptr(q) as *const () == Arc::as_ptr(p) as *const ())
+                            && provider
+                                .as_ref()
+                                .is_some_and(|q| Arc::as_ptr(q) as *const () == Arc::as_ptr(p) as *const ())
                     });
                     match allowed {
                         Some((name, _)) => {
@@ -245,16 +308,24 @@ pub async fn check_query(state: &SessionState, text: &str, policy: &Policy) -> R
     let query = match &statement {
         DFStatement::Statement(s) => match s.as_ref() {
             Statement::Query(q) => q.clone(),
-            other => {
-                let kind = other.to_string().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-                return Err(Problem::Policy(format!("only a SELECT query is allowed, not {kind}")));
-            }
+            other => return Err(Problem::Policy(statement_refusal(other))),
         },
-        DFStatement::CopyTo(_) => return Err(Problem::Policy("COPY is not allowed: generated SQL only reads".into())),
-        DFStatement::CreateExternalTable(_) => {
-            return Err(Problem::Policy("CREATE EXTERNAL TABLE is not allowed: generated SQL only reads".into()));
+        DFStatement::CopyTo(_) => {
+            return Err(Problem::Policy("only a read-only SELECT query is allowed, not COPY: it writes files".into()));
         }
-        _ => return Err(Problem::Policy("only a SELECT query is allowed".into())),
+        DFStatement::CreateExternalTable(_) => {
+            return Err(Problem::Policy(
+                "only a read-only SELECT query is allowed, not CREATE EXTERNAL TABLE: it changes the catalog".into(),
+            ));
+        }
+        DFStatement::Reset(_) => {
+            return Err(Problem::Policy(
+                "only a read-only SELECT query is allowed, not RESET: it changes session settings".into(),
+            ));
+        }
+        DFStatement::Explain(_) => {
+            return Err(Problem::Policy("only a read-only SELECT query is allowed, not EXPLAIN".into()));
+        }
     };
     if let Some(why) = ast_refusal(&*query, policy.system) {
         return Err(Problem::Policy(why));
@@ -273,7 +344,8 @@ pub struct Scope {
     pub select_all: String,
 }
 
-/// Parses a condition: one expression, an optional leading `WHERE`.
+/// Parses a condition: one expression (an optional leading `WHERE`), or
+/// the WHERE condition of a query `SELECT * FROM ... WHERE <condition>`.
 pub fn parse_condition(text: &str) -> Result<SqlExpr, Problem> {
     let dialect = GenericDialect {};
     let mut parser = DFParserBuilder::new(text).with_dialect(&dialect).build().map_err(parse_error)?;
@@ -282,7 +354,7 @@ pub fn parse_condition(text: &str) -> Result<SqlExpr, Problem> {
         if w.keyword == Keyword::WHERE {
             parser.parser.next_token();
         } else if matches!(w.keyword, Keyword::SELECT | Keyword::WITH) {
-            return Err(Problem::Parse("expected a condition, not a query".into()));
+            return condition_of_query(text);
         }
     }
     if first == Token::EOF {
@@ -291,7 +363,7 @@ pub fn parse_condition(text: &str) -> Result<SqlExpr, Problem> {
     let expr = parser.parse_expr().map_err(parse_error)?.expr;
     while parser.parser.consume_token(&Token::SemiColon) {}
     if parser.parser.peek_token().token != Token::EOF {
-        return Err(Problem::Policy(format!(
+        return Err(Problem::Parse(format!(
             "the condition must be one expression; unexpected {} after it",
             parser.parser.peek_token().token
         )));
@@ -299,8 +371,29 @@ pub fn parse_condition(text: &str) -> Result<SqlExpr, Problem> {
     Ok(expr)
 }
 
+/// The WHERE condition of a one-SELECT query.
+fn condition_of_query(text: &str) -> Result<SqlExpr, Problem> {
+    let DFStatement::Statement(statement) = parse_one(text)? else {
+        return Err(Problem::Parse("expected a condition".into()));
+    };
+    let Statement::Query(query) = *statement else {
+        return Err(Problem::Policy("expected a condition".into()));
+    };
+    match *query.body {
+        SetExpr::Select(select) => select.selection.ok_or_else(|| {
+            Problem::Parse("the query has no WHERE clause: write `SELECT * FROM ... WHERE <condition>`".into())
+        }),
+        _ => Err(Problem::Parse("expected `SELECT * FROM ... WHERE <condition>`".into())),
+    }
+}
+
 /// Checks a condition for `nl_filter` over `scope`; returns it parsed, in parentheses.
-pub async fn check_condition(state: &SessionState, scope: &Scope, text: &str, policy: &Policy) -> Result<SqlExpr, Problem> {
+pub async fn check_condition(
+    state: &SessionState,
+    scope: &Scope,
+    text: &str,
+    policy: &Policy,
+) -> Result<SqlExpr, Problem> {
     let expr = parse_condition(text)?;
     let mut subquery = false;
     let _ = datafusion::sql::sqlparser::ast::visit_expressions(&expr, |e| {

@@ -348,7 +348,11 @@ async fn describe(name: &str, table: &Arc<dyn TableProvider>, doc: Option<&Table
             }
         })
         .collect();
-    Ok(TableInfo { name: name.to_string(), description: doc.map(|d| d.description.clone()).unwrap_or_default(), columns })
+    Ok(TableInfo {
+        name: name.to_string(),
+        description: doc.map(|d| d.description.clone()).unwrap_or_default(),
+        columns,
+    })
 }
 
 /// `"orders.o_custkey = customer.c_custkey AND ..."` against the known tables.
@@ -398,29 +402,33 @@ fn is_key(stem: &str) -> bool {
 /// name (`part` owns `partkey`, `customer` owns `custkey`).
 fn owns(table: &TableInfo, key_stem: &str) -> bool {
     let base = key_stem.trim_end_matches("key").trim_end_matches("_id").trim_end_matches('_');
-    table.columns.first().is_some_and(|c| stem(&c.name) == key_stem) || (!base.is_empty() && table.name.starts_with(base))
+    table.columns.first().is_some_and(|c| stem(&c.name) == key_stem)
+        || (!base.is_empty() && table.name.starts_with(base))
 }
 
-/// Joins found from column names: two tables sharing a key name (after the
-/// table prefix) where one of them owns the key.
+/// Joins found from column names: two tables sharing key names (after the
+/// table prefix) where one of them owns one of the keys.
 fn infer_joins(tables: &[TableInfo]) -> Vec<Join> {
     let mut joins = Vec::new();
     for (i, a) in tables.iter().enumerate() {
         for b in &tables[i + 1..] {
-            let mut join = Join { left: a.name.clone(), left_columns: vec![], right: b.name.clone(), right_columns: vec![] };
+            let mut join =
+                Join { left: a.name.clone(), left_columns: vec![], right: b.name.clone(), right_columns: vec![] };
+            let mut owned = false;
             for ca in &a.columns {
                 let s = stem(&ca.name);
                 if !is_key(s) {
                     continue;
                 }
-                if let Some(cb) = b.columns.iter().find(|c| stem(&c.name) == s)
-                    && (owns(a, s) || owns(b, s))
-                {
+                if let Some(cb) = b.columns.iter().find(|c| stem(&c.name) == s) {
+                    owned |= owns(a, s) || owns(b, s);
                     join.left_columns.push(ca.name.clone());
                     join.right_columns.push(cb.name.clone());
                 }
             }
-            if !join.left_columns.is_empty() {
+            // Shared keys join when one side owns one of them; the others
+            // complete a composite key (`partsupp` by part and supplier).
+            if owned {
                 joins.push(join);
             }
         }
@@ -452,7 +460,11 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn table(name: &str, columns: &[&str]) -> TableInfo {
-        TableInfo { name: name.into(), description: String::new(), columns: columns.iter().map(|c| column(c)).collect() }
+        TableInfo {
+            name: name.into(),
+            description: String::new(),
+            columns: columns.iter().map(|c| column(c)).collect(),
+        }
     }
 
     #[test]
@@ -469,9 +481,9 @@ pub(crate) mod tests {
         assert!(joins.contains(&"customer.c_custkey = orders.o_custkey".to_string()));
         assert!(joins.contains(&"customer.c_nationkey = nation.n_nationkey".to_string()));
         assert!(joins.contains(&"lineitem.l_orderkey = orders.o_orderkey".to_string()));
-        assert!(
-            joins.contains(&"lineitem.l_partkey = partsupp.ps_partkey AND lineitem.l_suppkey = partsupp.ps_suppkey".to_string())
-        );
+        assert!(joins.contains(
+            &"lineitem.l_partkey = partsupp.ps_partkey AND lineitem.l_suppkey = partsupp.ps_suppkey".to_string()
+        ));
         // Both only refer to a nation: no join of their own.
         assert!(!joins.iter().any(|j| j.starts_with("customer.c_nationkey = supplier")));
         let k = Knowledge { tables, joins: infer_joins(&[]), examples: vec![], version: String::new() };

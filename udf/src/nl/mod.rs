@@ -87,8 +87,6 @@ pub struct Request {
     pub question: String,
     /// What to produce.
     pub target: Target,
-    /// For a condition: the clause it filters.
-    pub scope: Option<Scope>,
 }
 
 /// A successful answer of one candidate.
@@ -156,7 +154,7 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
     let policy = Policy { tables: allowed, system: options.nl_system_tables };
     let target_key = match &request.target {
         Target::Query => "query".to_string(),
-        Target::Filter(cols) => format!("{}|{cols:?}", request.scope.as_ref().map(|s| s.select_all.as_str()).unwrap_or("")),
+        Target::Filter { select_all, columns } => format!("{select_all}|{columns:?}"),
     };
     let key = cache::key(&[
         COMPILER_VERSION,
@@ -173,7 +171,14 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
         &options.nl_tables,
         &options.nl_system_tables.to_string(),
     ]);
-    let job = Job { state, request: &request, knowledge: &knowledge, policy: &policy, strategy: strategy::named(&options.nl_strategy), started };
+    let job = Job {
+        state,
+        request: &request,
+        knowledge: &knowledge,
+        policy: &policy,
+        strategy: strategy::named(&options.nl_strategy),
+        started,
+    };
 
     // The cache: the SQL is checked again, so a changed policy applies.
     let remembered = {
@@ -249,7 +254,10 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
                 cache_hit: false,
                 model: c.model.clone(),
             };
-            memo().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (Instant::now(), sql.clone(), compiled.tables.clone()));
+            memo()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), (Instant::now(), sql.clone(), compiled.tables.clone()));
             if options.cache {
                 disk.put(&key, &Answer::Text(Some(sql)));
             }
@@ -285,11 +293,13 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
 impl Job<'_> {
     /// Checks an answer against the target.
     async fn check(&self, text: &str) -> std::result::Result<Answered, Problem> {
-        match (&self.request.target, &self.request.scope) {
-            (Target::Filter(_), Some(scope)) => {
-                check::check_condition(self.state, scope, text, self.policy).await.map(Answered::Condition)
+        match &self.request.target {
+            Target::Filter { select_all, .. } => {
+                check::check_condition(self.state, &Scope { select_all: select_all.clone() }, text, self.policy)
+                    .await
+                    .map(Answered::Condition)
             }
-            _ => check::check_query(self.state, text, self.policy).await.map(Answered::Query),
+            Target::Query => check::check_query(self.state, text, self.policy).await.map(Answered::Query),
         }
     }
 
@@ -300,10 +310,7 @@ impl Job<'_> {
         let mut retrieved = if self.strategy.retrieves() {
             retrieve::retrieve(self.knowledge, &self.request.question, &options, options.nl_max_tables).await?
         } else {
-            Retrieved {
-                tables: self.knowledge.tables.iter().map(|t| t.name.clone()).collect(),
-                ..Default::default()
-            }
+            Retrieved { tables: self.knowledge.tables.iter().map(|t| t.name.clone()).collect(), ..Default::default() }
         };
         let generator = hub::generator(&options).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
         let limiter = hub::limiter(generator.id(), options.concurrency);
@@ -328,7 +335,8 @@ impl Job<'_> {
                 let _permit = limiter.acquire().await.map_err(|e| DataFusionError::Execution(e.to_string()))?;
                 generator.complete(&prompt).await
             };
-            let mut call = ModelCall::now(&options.query_id, &self.request.function, generator.id(), generator.backend());
+            let mut call =
+                ModelCall::now(&options.query_id, &self.request.function, generator.id(), generator.backend());
             call.rows = 1;
             let completion = match completion {
                 Ok(c) => c,
@@ -364,7 +372,7 @@ impl Job<'_> {
                 Err(problem) => {
                     call.outcome = "retried".into();
                     trail::record(&options.trail_dir, &call);
-                    let (hint, more_tables) = repair::hint(&problem, self.knowledge, &retrieved);
+                    let (hint, more_tables) = repair::hint(&problem, self.knowledge, &text);
                     for t in more_tables {
                         if !retrieved.tables.contains(&t) {
                             retrieved.tables.push(t);
@@ -372,7 +380,10 @@ impl Job<'_> {
                     }
                     last = format!("{problem}");
                     let error = if hint.is_empty() { clip(&last, 400) } else { format!("{} {hint}", clip(&last, 300)) };
-                    attempts.push(Attempt { sql: if text.is_empty() { completion.text.trim().to_string() } else { text }, error });
+                    attempts.push(Attempt {
+                        sql: if text.is_empty() { completion.text.trim().to_string() } else { text },
+                        error,
+                    });
                 }
             }
         }
@@ -401,7 +412,10 @@ impl Job<'_> {
 
     /// The result of a query, order-insensitive, as a hash.
     async fn fingerprint(&self, q: &Checked) -> Result<String> {
-        let plan = self.state.statement_to_plan(check::parse_one(&q.sql).map_err(|p| DataFusionError::Plan(p.to_string()))?).await?;
+        let plan = self
+            .state
+            .statement_to_plan(check::parse_one(&q.sql).map_err(|p| DataFusionError::Plan(p.to_string()))?)
+            .await?;
         let batches = DataFrame::new(self.state.clone(), plan).limit(0, Some(VOTE_ROWS))?.collect().await?;
         let mut rows: Vec<String> = Vec::new();
         for batch in &batches {
@@ -423,7 +437,15 @@ impl Job<'_> {
         Ok(hex::encode(hasher.finalize()))
     }
 
-    fn record(&self, options: &LlmOptions, c: &Compiled, outcome: &str, model_ms: f64, calls: u32, retrieved: &[String]) {
+    fn record(
+        &self,
+        options: &LlmOptions,
+        c: &Compiled,
+        outcome: &str,
+        model_ms: f64,
+        calls: u32,
+        retrieved: &[String],
+    ) {
         let record = task::NlTask {
             time_ms: trail::ModelCall::now("", "", "", "").time_ms,
             query_id: options.query_id.clone(),
@@ -449,7 +471,11 @@ impl Job<'_> {
 }
 
 fn clip(text: &str, n: usize) -> String {
-    if text.chars().count() <= n { text.to_string() } else { format!("{}...", text.chars().take(n).collect::<String>()) }
+    if text.chars().count() <= n {
+        text.to_string()
+    } else {
+        format!("{}...", text.chars().take(n).collect::<String>())
+    }
 }
 
 /// Repair hints: an error naming a column or table that does not exist gets
@@ -457,7 +483,6 @@ fn clip(text: &str, n: usize) -> String {
 pub mod repair {
     use super::check::Problem;
     use super::knowledge::Knowledge;
-    use super::retrieve::Retrieved;
 
     fn stem(name: &str) -> &str {
         match name.split_once('_') {
@@ -504,8 +529,12 @@ pub mod repair {
         None
     }
 
-    /// A hint for the model, and tables to add to its prompt.
-    pub fn hint(problem: &Problem, k: &Knowledge, retrieved: &Retrieved) -> (String, Vec<String>) {
+    /// A hint for the model about its failed `sql`, and tables to add to its prompt.
+    pub fn hint(problem: &Problem, k: &Knowledge, sql: &str) -> (String, Vec<String>) {
+        let words: Vec<String> =
+            sql.split(|c: char| !(c.is_alphanumeric() || c == '_')).map(str::to_ascii_lowercase).collect();
+        let used: Vec<&str> =
+            k.tables.iter().map(|t| t.name.as_str()).filter(|t| words.iter().any(|w| w == t)).collect();
         let Problem::Plan(message) = problem else { return (String::new(), vec![]) };
         let Some((is_column, name)) = missing(message) else { return (String::new(), vec![]) };
         if is_column {
@@ -526,10 +555,9 @@ pub mod repair {
             let mut tables = Vec::new();
             let mut parts = Vec::new();
             for (_, t, c) in &near {
-                let join = retrieved
-                    .tables
+                let join = used
                     .iter()
-                    .filter(|r| *r != t)
+                    .filter(|r| **r != t.as_str())
                     .find_map(|r| k.joins.iter().find(|j| j.other(r) == Some(t.as_str())))
                     .map(|j| format!(" (join {t} ON {})", j.condition()))
                     .unwrap_or_default();
@@ -559,7 +587,10 @@ pub mod repair {
         #[test]
         fn a_missing_column_names_the_table_that_has_it() {
             let k = Knowledge {
-                tables: vec![table("lineitem", &["l_orderkey", "l_shipdate"]), table("orders", &["o_orderkey", "o_orderdate"])],
+                tables: vec![
+                    table("lineitem", &["l_orderkey", "l_shipdate"]),
+                    table("orders", &["o_orderkey", "o_orderdate"]),
+                ],
                 joins: vec![Join {
                     left: "lineitem".into(),
                     left_columns: vec!["l_orderkey".into()],
@@ -569,10 +600,13 @@ pub mod repair {
                 examples: vec![],
                 version: String::new(),
             };
-            let retrieved = Retrieved { tables: vec!["lineitem".into()], ..Default::default() };
-            let problem = Problem::Plan("No field named l_orderdate. Valid fields are lineitem.l_orderkey.".into());
-            let (hint, tables) = hint(&problem, &k, &retrieved);
-            assert!(hint.contains("orders.o_orderdate (join orders ON lineitem.l_orderkey = orders.o_orderkey)"), "{hint}");
+            let problem = Problem::Plan("No field named l_orderdate.".into());
+            let (hint, tables) =
+                hint(&problem, &k, "SELECT count(*) FROM lineitem WHERE l_orderdate > DATE '1995-01-01'");
+            assert!(
+                hint.contains("orders.o_orderdate (join orders ON lineitem.l_orderkey = orders.o_orderkey)"),
+                "{hint}"
+            );
             assert_eq!(tables, vec!["orders".to_string()]);
         }
     }

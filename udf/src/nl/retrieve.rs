@@ -74,11 +74,14 @@ async fn embed(options: &LlmOptions, texts: Vec<String>) -> Result<Vec<Vec<f32>>
     let embedder = hub::embedder(options).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
     let disk = DiskCache::new(&options.cache_dir);
     let keys: Vec<String> = texts.iter().map(|t| cache::key(&[embedder.id(), "nl-doc", t])).collect();
-    let mut out: Vec<Option<Vec<f32>>> =
-        keys.iter().map(|k| if options.cache { disk.get(k) } else { None }).map(|a| match a {
+    let mut out: Vec<Option<Vec<f32>>> = keys
+        .iter()
+        .map(|k| if options.cache { disk.get(k) } else { None })
+        .map(|a| match a {
             Some(Answer::Vector(v)) => Some(v),
             _ => None,
-        }).collect();
+        })
+        .collect();
     let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
     for chunk in missing.chunks(64) {
         let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
@@ -115,7 +118,8 @@ async fn docs(k: &Knowledge, options: &LlmOptions) -> Result<Arc<Docs>> {
     }
     let mut vectors = embed(options, texts).await?.into_iter();
     let tables: Vec<Vec<f32>> = k.tables.iter().map(|_| vectors.next().unwrap_or_default()).collect();
-    let columns = k.tables.iter().map(|t| t.columns.iter().map(|_| vectors.next().unwrap_or_default()).collect()).collect();
+    let columns =
+        k.tables.iter().map(|t| t.columns.iter().map(|_| vectors.next().unwrap_or_default()).collect()).collect();
     let examples = vectors.collect();
     let d = Arc::new(Docs { tables, columns, examples });
     let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,7 +138,8 @@ pub fn value_hints(k: &Knowledge, question: &str) -> Vec<ValueHint> {
     for t in &k.tables {
         for c in &t.columns {
             for v in &c.values {
-                let value_words: Vec<String> = words(v).into_iter().filter(|w| w.len() >= 3 && w.chars().any(char::is_alphabetic)).collect();
+                let value_words: Vec<String> =
+                    words(v).into_iter().filter(|w| w.len() >= 3 && w.chars().any(char::is_alphabetic)).collect();
                 if !value_words.is_empty() && value_words.iter().all(|w| asked.contains(w)) {
                     hints.push(ValueHint { table: t.name.clone(), column: c.name.clone(), value: v.clone() });
                 }
@@ -198,7 +203,8 @@ mod tests {
     #[test]
     fn values_named_in_the_question_become_hints() {
         let mut nation = table("nation", &["n_nationkey", "n_name"]);
-        nation.columns[1].values = vec!["FRANCE".into(), "GERMANY".into(), "UNITED KINGDOM".into(), "UNITED STATES".into()];
+        nation.columns[1].values =
+            vec!["FRANCE".into(), "GERMANY".into(), "UNITED KINGDOM".into(), "UNITED STATES".into()];
         let mut orders = table("orders", &["o_orderkey", "o_orderpriority"]);
         orders.columns[1].values = vec!["1-URGENT".into(), "2-HIGH".into()];
         let k = Knowledge { tables: vec![nation, orders], joins: vec![], examples: vec![], version: String::new() };

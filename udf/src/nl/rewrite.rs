@@ -21,7 +21,7 @@ use datafusion::sql::sqlparser::ast::{
     TableAlias, TableFactor, Value, ValueWithSpan, Visit, VisitMut, Visitor, VisitorMut,
 };
 
-use super::check::{Policy, Scope};
+use super::check::Policy;
 use super::knowledge::{self, Example, sql_type};
 use super::strategy::Target;
 use super::{Compiled, NlEnv, Request, compile};
@@ -202,9 +202,14 @@ fn collect(statement: &Statement) -> Result<Vec<Call>> {
         fn post_visit_expr(&mut self, e: &SqlExpr) -> ControlFlow<()> {
             if let SqlExpr::Function(f) = e {
                 match function_name(&f.name).as_str() {
-                    "nl_sql" => return self.push(literal_args("nl_sql", call_args(f), 1).map(|mut a| Call::Sql(a.remove(0)))),
+                    "nl_sql" => {
+                        return self.push(literal_args("nl_sql", call_args(f), 1).map(|mut a| Call::Sql(a.remove(0))));
+                    }
                     "nl_accept" => {
-                        return self.push(literal_args("nl_accept", call_args(f), 2).map(|a| Call::Accept(a[0].clone(), a[1].clone())));
+                        return self.push(
+                            literal_args("nl_accept", call_args(f), 2)
+                                .map(|a| Call::Accept(a[0].clone(), a[1].clone())),
+                        );
                     }
                     _ => {}
                 }
@@ -265,9 +270,9 @@ fn replace(statement: &mut Statement, replacements: Replacements) {
                 && function_name(name) == "nl_query"
                 && let Some(q) = self.0.queries.pop_front()
             {
-                let alias = alias
-                    .take()
-                    .or_else(|| Some(TableAlias { explicit: true, at: None, name: Ident::new("nl_query"), columns: vec![] }));
+                let alias = alias.take().or_else(|| {
+                    Some(TableAlias { explicit: true, at: None, name: Ident::new("nl_query"), columns: vec![] })
+                });
                 *factor = TableFactor::Derived { lateral: false, subquery: q, alias, sample: None };
             }
             ControlFlow::Continue(())
@@ -287,7 +292,8 @@ fn replace(statement: &mut Statement, replacements: Replacements) {
 
 /// Columns a scope puts in reach: `(qualifier, column, sql type)`.
 async fn scope_columns(state: &SessionState, scope: &str) -> Result<Vec<(String, String, String)>> {
-    let statement = super::check::parse_one(scope).map_err(|p| DataFusionError::Plan(format!("nl_filter: the FROM clause {p}")))?;
+    let statement =
+        super::check::parse_one(scope).map_err(|p| DataFusionError::Plan(format!("nl_filter: the FROM clause {p}")))?;
     let plan = state.statement_to_plan(statement).await?;
     Ok(plan
         .schema()
@@ -339,8 +345,7 @@ pub async fn expand(state: &SessionState, env: &NlEnv, statement: &mut DFStateme
                 let request = Request {
                     function: "nl_filter".into(),
                     question,
-                    target: Target::Filter(columns),
-                    scope: Some(Scope { select_all: scope }),
+                    target: Target::Filter { select_all: scope, columns },
                 };
                 let c = compile(state, env, request).await?;
                 let condition = super::check::parse_condition(&c.sql)
@@ -359,7 +364,7 @@ pub async fn expand(state: &SessionState, env: &NlEnv, statement: &mut DFStateme
 }
 
 fn query_request(function: &str, question: String) -> Request {
-    Request { function: function.into(), question, target: Target::Query, scope: None }
+    Request { function: function.into(), question, target: Target::Query }
 }
 
 /// An `nl_*` call left after replacing is in a place it cannot be.
@@ -380,9 +385,9 @@ fn leftover(statement: &Statement) -> Result<()> {
         Some("nl_filter") => Err(DataFusionError::Plan(
             "nl_filter belongs in a WHERE clause (it compiles into a condition over that SELECT's tables)".into(),
         )),
-        Some("nl_query") => Err(DataFusionError::Plan(
-            "nl_query is a table function: SELECT * FROM nl_query('question')".into(),
-        )),
+        Some("nl_query") => {
+            Err(DataFusionError::Plan("nl_query is a table function: SELECT * FROM nl_query('question')".into()))
+        }
         Some(name) => Err(DataFusionError::Plan(format!("{name} cannot be used here"))),
     }
 }

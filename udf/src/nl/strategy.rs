@@ -11,9 +11,13 @@ use crate::llm::model::Prompt;
 pub enum Target {
     /// A whole SELECT statement (`nl_query`, `nl_sql`).
     Query,
-    /// A boolean condition over the columns in scope (`nl_filter`):
-    /// `(qualifier, column, sql type)`.
-    Filter(Vec<(String, String, String)>),
+    /// A boolean condition over the columns in scope (`nl_filter`).
+    Filter {
+        /// The query the condition completes: `[WITH ...] SELECT * FROM ...`.
+        select_all: String,
+        /// The columns in scope: `(qualifier, column, sql type)`.
+        columns: Vec<(String, String, String)>,
+    },
 }
 
 /// One earlier attempt and why it failed.
@@ -81,7 +85,9 @@ impl Strategy for Plain {
         }
         let user = match input.target {
             Target::Query => format!("Question: {}", input.question),
-            Target::Filter(cols) => format!("{}\nWrite only the WHERE condition for: {}", columns_line(cols), input.question),
+            Target::Filter { select_all, columns } => {
+                format!("{}\nComplete `{select_all} WHERE ...` to keep only: {}", columns_line(columns), input.question)
+            }
         };
         Prompt { system, user, max_tokens: MAX_TOKENS, sample: None }
     }
@@ -96,7 +102,8 @@ impl Strategy for Plain {
 }
 
 fn columns_line(cols: &[(String, String, String)]) -> String {
-    let list: Vec<String> = cols.iter().map(|(q, c, t)| if q.is_empty() { format!("{c} {t}") } else { format!("{q}.{c} {t}") }).collect();
+    let list: Vec<String> =
+        cols.iter().map(|(q, c, t)| if q.is_empty() { format!("{c} {t}") } else { format!("{q}.{c} {t}") }).collect();
     format!("Columns: {}", list.join(", "))
 }
 
@@ -112,9 +119,10 @@ Rules:
 ";
 
 const FILTER_HEAD: &str = "\
-You translate a condition into one SQL boolean expression for a WHERE clause (Apache DataFusion dialect).
+You complete a SQL query (Apache DataFusion dialect) with the WHERE condition the user describes.
 Rules:
-- Reply with the expression alone (no SELECT, no WHERE) in a ```sql block and nothing else.
+- Reply with the whole query, `SELECT * FROM ... WHERE <condition>`, in a ```sql block and nothing else.
+- Put every part of the description into the condition; no GROUP BY, ORDER BY or LIMIT.
 ";
 
 const RULES: &str = "\
@@ -125,8 +133,10 @@ const RULES: &str = "\
 - Give computed columns a name with AS. Add ORDER BY and LIMIT when the question asks for top or bottom rows.
 ";
 
-fn column_line(c: &ColumnInfo) -> String {
-    let mut line = format!("  {} {}", c.name, c.sql_type);
+/// One column of a CREATE TABLE: `  name TYPE,` and a comment with its
+/// description and values (`last`: no comma).
+fn column_line(c: &ColumnInfo, last: bool) -> String {
+    let mut line = format!("  {} {}{}", c.name, c.sql_type, if last { "" } else { "," });
     let mut notes = Vec::new();
     if !c.description.is_empty() {
         notes.push(c.description.clone());
@@ -149,8 +159,9 @@ fn table_block(t: &TableInfo) -> String {
         block.push_str(&format!("-- {}\n", t.description));
     }
     block.push_str(&format!("CREATE TABLE {} (\n", t.name));
-    let cols: Vec<String> = t.columns.iter().map(column_line).collect();
-    block.push_str(&cols.join(",\n"));
+    let n = t.columns.len();
+    let cols: Vec<String> = t.columns.iter().enumerate().map(|(i, c)| column_line(c, i + 1 == n)).collect();
+    block.push_str(&cols.join("\n"));
     block.push_str("\n);\n");
     block
 }
@@ -165,7 +176,7 @@ impl Strategy for Pipeline {
         let r = input.retrieved;
         let mut system = String::from(match input.target {
             Target::Query => QUERY_HEAD,
-            Target::Filter(_) => FILTER_HEAD,
+            Target::Filter { .. } => FILTER_HEAD,
         });
         system.push_str(RULES);
         match input.target {
@@ -186,13 +197,20 @@ impl Strategy for Pipeline {
                     system.push_str(&format!("\nJoin keys:\n{}\n", joins.join("\n")));
                 }
             }
-            Target::Filter(cols) => {
+            Target::Filter { columns: cols, .. } => {
                 system.push_str("\nColumns:\n");
                 for (q, c, t) in cols {
-                    let info = k.tables.iter().filter(|ti| q.is_empty() || &ti.name == q).flat_map(|ti| &ti.columns).find(|ci| &ci.name == c);
+                    // The qualifier's table first; an alias finds the column by name.
+                    let info = k
+                        .tables
+                        .iter()
+                        .filter(|ti| &ti.name == q)
+                        .chain(&k.tables)
+                        .flat_map(|ti| &ti.columns)
+                        .find(|ci| &ci.name == c);
                     let name = if q.is_empty() { c.clone() } else { format!("{q}.{c}") };
                     let line = match info {
-                        Some(ci) => column_line(&ColumnInfo { name, sql_type: t.clone(), ..ci.clone() }),
+                        Some(ci) => column_line(&ColumnInfo { name, sql_type: t.clone(), ..ci.clone() }, true),
                         None => format!("  {name} {t}"),
                     };
                     system.push_str(&line);
@@ -208,10 +226,18 @@ impl Strategy for Pipeline {
                 }
             }
         }
-        let mut user = format!("Question: {}\n", input.question);
+        let mut user = match input.target {
+            Target::Query => format!("Question: {}\n", input.question),
+            Target::Filter { select_all, .. } => {
+                format!("Complete `{select_all} WHERE ...` to keep only: {}\n", input.question)
+            }
+        };
         if !r.hints.is_empty() {
-            let hints: Vec<String> =
-                r.hints.iter().map(|h| format!("{}.{} = '{}'", h.table, h.column, h.value.replace('\'', "''"))).collect();
+            let hints: Vec<String> = r
+                .hints
+                .iter()
+                .map(|h| format!("{}.{} = '{}'", h.table, h.column, h.value.replace('\'', "''")))
+                .collect();
             user.push_str(&format!("Values named in the question: {}\n", hints.join(", ")));
         }
         for a in input.attempts {
@@ -229,5 +255,94 @@ impl Strategy for Pipeline {
 
     fn repairs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::knowledge::{Example, Join, Knowledge};
+    use super::super::retrieve::ValueHint;
+    use super::*;
+
+    fn knowledge() -> Knowledge {
+        let column = |name: &str, sql_type: &str, description: &str, values: &[&str]| ColumnInfo {
+            name: name.into(),
+            sql_type: sql_type.into(),
+            description: description.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        Knowledge {
+            tables: vec![
+                TableInfo {
+                    name: "customer".into(),
+                    description: "customers who place orders".into(),
+                    columns: vec![
+                        column("c_custkey", "BIGINT", "customer id", &[]),
+                        column("c_mktsegment", "VARCHAR", "market segment", &["AUTOMOBILE", "BUILDING"]),
+                    ],
+                },
+                TableInfo {
+                    name: "orders".into(),
+                    description: String::new(),
+                    columns: vec![
+                        column("o_custkey", "BIGINT", "", &[]),
+                        column("o_orderdate", "DATE", "date the order was placed", &[]),
+                    ],
+                },
+            ],
+            joins: vec![Join {
+                left: "orders".into(),
+                left_columns: vec!["o_custkey".into()],
+                right: "customer".into(),
+                right_columns: vec!["c_custkey".into()],
+            }],
+            examples: vec![Example {
+                question: "How many customers are there?".into(),
+                sql: "SELECT count(*) FROM customer".into(),
+            }],
+            version: "v".into(),
+        }
+    }
+
+    /// Compares with `udf/tests/snapshots/<name>`; `UPDATE_SNAPSHOTS=1` rewrites it.
+    fn snapshot(name: &str, prompt: &Prompt) {
+        let text = format!("=== system\n{}\n=== user\n{}\n=== max_tokens {}\n", prompt.system, prompt.user, prompt.max_tokens);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing: UPDATE_SNAPSHOTS=1", path.display()));
+        assert_eq!(text, expected, "the prompt changed: review the diff, then UPDATE_SNAPSHOTS=1");
+    }
+
+    #[test]
+    fn pipeline_prompt_snapshot() {
+        let k = knowledge();
+        let retrieved = Retrieved {
+            tables: vec!["orders".into(), "customer".into()],
+            hints: vec![ValueHint { table: "customer".into(), column: "c_mktsegment".into(), value: "BUILDING".into() }],
+            examples: vec![0],
+            scores: vec![],
+        };
+        let attempts = vec![Attempt {
+            sql: "SELECT count(*) FROM orders WHERE c_mktsegment = 'BUILDING'".into(),
+            error: "cannot be planned: No field named c_mktsegment.".into(),
+        }];
+        let input = PromptInput {
+            question: "How many orders did building customers place in 1995?",
+            target: &Target::Query,
+            knowledge: &k,
+            retrieved: &retrieved,
+            attempts: &attempts,
+        };
+        snapshot("nl_pipeline_query.txt", &Pipeline.prompt(&input));
+        let filter = Target::Filter {
+            select_all: "SELECT * FROM orders".into(),
+            columns: vec![("orders".into(), "o_orderdate".into(), "DATE".into())],
+        };
+        let input = PromptInput { target: &filter, attempts: &[], question: "orders from 1995", ..input };
+        snapshot("nl_pipeline_filter.txt", &Pipeline.prompt(&input));
+        snapshot("nl_plain_query.txt", &Plain.prompt(&PromptInput { target: &Target::Query, ..input }));
     }
 }
