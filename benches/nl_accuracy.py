@@ -471,6 +471,17 @@ def run_question(server: Server, q: dict, args) -> dict:
         except Exception as exc:  # noqa: BLE001
             server.model_calls_ok = False
             server.model_calls_error = error_text(exc)
+    if not args.gold_as_generated:
+        try:
+            t = server.run(
+                "SELECT attempts, model_calls, model_ms, total_ms, outcome, retrieved_tables FROM system.nl_tasks "
+                f"WHERE question = {sql_string(q['question'])} AND NOT cache_hit ORDER BY time DESC LIMIT 1")["table"]
+            if t.num_rows:
+                task = t.to_pylist()[0]
+                task["compiler_ms"] = round(float(task["total_ms"]) - float(task["model_ms"]), 1)
+                rec["nl_task"] = task
+        except Exception as exc:  # noqa: BLE001 - an older server has no system.nl_tasks
+            rec["nl_task_error"] = short(error_text(exc), 200)
     if not args.no_nl_sql and not args.gold_as_generated:
         try:
             t = server.run(f"SELECT nl_sql({sql_string(q['question'])})")["table"]
@@ -497,7 +508,12 @@ def summarize(results: list[dict]) -> dict:
     # Questions whose generated query ran or that spent model calls at all.
     model = [r["model"]["model_ms"] for r in results
              if r.get("model") and (r["model"]["calls"] or r["status"] in ("ok", "wrong"))]
+    # The compiler's own time: compile time less model time (retrieval,
+    # prompting, checking), per question that was compiled (not cached).
+    compiler = [r["nl_task"]["compiler_ms"] for r in results if r.get("nl_task")]
     return {
+        "compiler_ms": {"median": round(statistics.median(compiler), 1) if compiler else None,
+                        "p90": round(percentile(compiler, 90), 1) if compiler else None, "n": len(compiler)},
         "overall": block(results),
         "by_difficulty": {d: block([r for r in results if r["difficulty"] == d])
                           for d in DIFFICULTIES if any(r["difficulty"] == d for r in results)},
@@ -535,6 +551,9 @@ def print_summary(s: dict) -> None:
     m = s["model_ms"]
     if m["n"]:
         print(f"model time per question: median {m['median']} ms, p90 {m['p90']} ms (n={m['n']})")
+    c = s.get("compiler_ms", {})
+    if c.get("n"):
+        print(f"compiler time beyond the model: median {c['median']} ms, p90 {c['p90']} ms (n={c['n']})")
 
 
 def run_server(args, items: list[dict]) -> int:

@@ -338,14 +338,14 @@ impl FlightSqlService for LakeLinkFlightSql {
         let session = session_key(&request);
         // DB-API drivers prepare every statement, SET included.
         let change = self.engine.apply_setting(&session, &query.query).await.map_err(query_status)?;
+        let settings = self.engine.session_settings(&session);
         let parameter_schema = match change {
             Some(_) => Schema::empty(),
-            None => self.engine.parameter_schema(&query.query).await.map_err(query_status)?,
+            None => self.engine.parameter_schema(&query.query, &settings).await.map_err(query_status)?,
         };
         let dataset_schema = if let Some(change) = &change {
             change_batch(change)?.schema()
         } else if parameter_schema.fields().is_empty() {
-            let settings = self.engine.session_settings(&session);
             let df = self.engine.plan(&query.query, None, &settings).await.map_err(query_status)?;
             result_schema(&df)
         } else {

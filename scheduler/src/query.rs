@@ -285,9 +285,19 @@ impl QueryEngine {
 
     /// The parameters a statement takes, in order, as an Arrow schema
     /// (`$1`, `$2`, ...); the type is `Null` where the planner could not infer it.
-    pub async fn parameter_schema(&self, sql: &str) -> Result<Schema> {
+    /// `nl_*` calls are compiled first, under the client's `settings` (the
+    /// compiled SQL is remembered, so planning the statement again reuses it).
+    pub async fn parameter_schema(&self, sql: &str, settings: &[(String, String)]) -> Result<Schema> {
         let sql = number_question_marks(sql)?;
-        let plan = self.distributed.state().create_logical_plan(&sql).await?;
+        let plan = if lakelink_udf::nl::mentions_nl(&sql) {
+            let state = self.query_context(&self.distributed, settings)?.state();
+            let dialect = state.config().options().sql_parser.dialect;
+            let mut statement = state.sql_to_statement(&sql, &dialect)?;
+            lakelink_udf::nl::expand(&state, &self.nl, &mut statement).await?;
+            state.statement_to_plan(statement).await?
+        } else {
+            self.distributed.state().create_logical_plan(&sql).await?
+        };
         let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
         let mut names: Vec<&String> = types.keys().collect();
         names.sort_by_key(|n| n.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));

@@ -36,6 +36,9 @@ TPCH_TABLES = (
     "supplier",
 )
 
+# What `lakelink datagen tpch` writes for the NL compiler: descriptions and joins.
+NL_CATALOG = Path("_lakelink") / "catalog.toml"
+
 # Deadlines (seconds). The brief's readiness contract: port up "within a few
 # seconds", queries working within 60 s of start, polled every 0.3 s.
 PORT_DEADLINE = float(os.environ.get("LAKELINK_PORT_DEADLINE", "30"))
@@ -188,13 +191,16 @@ class Proc:
 def generate_tpch_lake(scale: float, out: Path, log: Path) -> Path:
     """`lakelink datagen tpch --scale SF --out DIR`; returns DIR.
 
-    If LAKELINK_TEST_LAKE_CACHE is set, lakes are kept there and reused.
+    If LAKELINK_TEST_LAKE_CACHE is set, lakes are kept there and reused; a
+    cached lake written before datagen wrote the NL catalog
+    (`_lakelink/catalog.toml`) is generated again.
     """
     cache = os.environ.get("LAKELINK_TEST_LAKE_CACHE")
     if cache:
         out = Path(cache) / f"tpch-sf{scale:g}"
-        if (out / ".complete").exists():
+        if (out / ".complete").exists() and (out / NL_CATALOG).exists():
             return out
+        (out / ".complete").unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     cmd = [binary("lakelink"), "datagen", "tpch", "--scale", f"{scale:g}", "--out", str(out)]
     started = time.monotonic()
@@ -220,6 +226,8 @@ def generate_tpch_lake(scale: float, out: Path, log: Path) -> Path:
             f"datagen wrote no Parquet files for {missing} under {out} "
             f"(expected {out}/<table>/part-N.parquet); log tail:\n{tail(log)}",
             pytrace=False)
+    if not (out / NL_CATALOG).exists():
+        pytest.fail(f"datagen wrote no {out / NL_CATALOG}; log tail:\n{tail(log)}", pytrace=False)
     if cache:
         (out / ".complete").write_text("ok\n")
     print(f"[lakelink-tests] datagen SF {scale:g} -> {out} in {time.monotonic() - started:.1f} s")
@@ -241,9 +249,11 @@ def parquet_dataset(lake: Path, table: str):
 
 
 def lake_tables(lake: Path) -> dict[str, Path]:
+    """The lake's tables; like the scheduler, names starting with `.` or `_`
+    (such as the `_lakelink` metadata folder) are not tables."""
     out = {}
     for entry in sorted(lake.iterdir()):
-        if entry.name.startswith("."):
+        if entry.name.startswith((".", "_")):
             continue
         if entry.is_dir():
             out[entry.name] = entry

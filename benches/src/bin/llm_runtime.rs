@@ -56,7 +56,8 @@ fn decode_prompt() -> Prompt {
     Prompt {
         system: "You are a careful assistant.".into(),
         user: "Count from 1 to 300, separated by commas, without stopping.".into(),
-        max_tokens: 128, sample: None,
+        max_tokens: 128,
+        sample: None,
     }
 }
 

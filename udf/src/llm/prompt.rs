@@ -47,7 +47,8 @@ pub fn build(task: &dyn Task, items: &[String], max_output_tokens: u32) -> Promp
         return Prompt {
             system: "You are a helpful assistant. Answer briefly.".into(),
             user: items[0].clone(),
-            max_tokens: max_output_tokens, sample: None,
+            max_tokens: max_output_tokens,
+            sample: None,
         };
     }
     if items.len() == 1 {
@@ -57,7 +58,8 @@ pub fn build(task: &dyn Task, items: &[String], max_output_tokens: u32) -> Promp
                 task.instructions()
             ),
             user: format!("<data>\n{}\n</data>", defuse(&items[0])),
-            max_tokens: per_item, sample: None,
+            max_tokens: per_item,
+            sample: None,
         };
     }
     let mut user = String::new();
