@@ -37,6 +37,9 @@ fn script(chat: &Chat) -> String {
         } else {
             fenced("SELECT count(*) AS n FROM lineitem WHERE l_orderdate >= DATE '1995-01-01'")
         }
+    } else if q.contains("urgent household orders") {
+        // A column of a table the query does not join.
+        fenced("SELECT count(*) AS n FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'")
     } else if q.contains("never works") {
         fenced("SELECT no_such_column FROM customer")
     } else if q.contains("suppliers in germany") {
@@ -175,6 +178,21 @@ async fn a_wrong_column_is_repaired_and_a_hopeless_question_fails_clearly() {
     assert!(repair.contains("orders.o_orderdate (join orders ON lineitem.l_orderkey = orders.o_orderkey)"), "{repair}");
     let attempts = run(&mut conn, "SELECT attempts FROM system.nl_tasks WHERE question LIKE '%placed in 1995%'").await;
     assert!(attempts[0][0].contains("l_orderdate"), "{attempts:?}");
+
+    // A missing join is fixed without asking the model again.
+    let before = s.model.chats();
+    let got = run(&mut conn, "SELECT * FROM nl_query('How many urgent household orders are there?')").await;
+    let gold = run(
+        &mut conn,
+        "SELECT count(*) FROM orders JOIN customer ON o_custkey = c_custkey \
+         WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'",
+    )
+    .await;
+    assert_eq!(got, gold);
+    assert_eq!(s.model.chats() - before, 1, "fixed without a second model call");
+    let task = run(&mut conn, "SELECT sql, attempts FROM system.nl_tasks WHERE question LIKE '%household%'").await;
+    assert!(task[0][0].contains("JOIN customer ON orders.o_custkey = customer.c_custkey"), "{task:?}");
+    assert!(task[0][1].contains("fixed without the model"), "{task:?}");
 
     let before = s.model.chats();
     let error = fails(&mut conn, "SELECT * FROM nl_query('A question that never works')").await;

@@ -8,6 +8,7 @@
 //! nested `nl_*`. A condition for `nl_filter` must be one expression over
 //! the columns in scope, without subqueries.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{LogicalPlan, TableScan};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, ObjectName, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
+    Expr as SqlExpr, Ident, ObjectName, ObjectNamePart, Query, Select, SelectItem, SelectItemQualifiedWildcardKind,
+    SetExpr, Statement, TableAlias, TableFactor, Visit, VisitMut, Visitor, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -71,22 +73,37 @@ pub struct Checked {
     pub tables: Vec<String>,
 }
 
-/// The SQL part of a model's answer: the first fenced block if there is
-/// one, else the text from the first line that starts a query.
+/// The SQL part of a model's answer: the fenced block if there is one,
+/// else the text from the first line that starts a query. Several
+/// fenced blocks are all of the answer, one statement each: they come back
+/// separated by `;`, so that more than one statement is refused as such
+/// rather than the first one run alone.
 pub fn extract(answer: &str) -> String {
-    if let Some(start) = answer.find("```") {
-        let after = &answer[start + 3..];
-        let body = after.split_once('\n').map(|(_, rest)| rest).unwrap_or("");
+    let fenced = answer.contains("```");
+    let mut blocks: Vec<&str> = Vec::new();
+    let mut rest = answer;
+    while let Some(start) = rest.find("```") {
+        let after = &rest[start + 3..];
         let body = match after.split_once('\n') {
-            Some((tag, _)) if tag.trim().chars().all(|c| c.is_ascii_alphanumeric()) => body,
+            Some((tag, body)) if tag.trim().chars().all(|c| c.is_ascii_alphanumeric()) => body,
             _ => after,
         };
-        let end = body.find("```").unwrap_or(body.len());
-        return body[..end].trim().to_string();
+        let end = body.find("```");
+        let block = body[..end.unwrap_or(body.len())].trim();
+        if !block.is_empty() {
+            blocks.push(block);
+        }
+        match end {
+            Some(end) => rest = &body[end + 3..],
+            None => break,
+        }
+    }
+    if fenced {
+        return blocks.join(";\n");
     }
     let lines: Vec<&str> = answer.lines().collect();
     let first = lines.iter().position(|l| {
-        let w = l.trim_start().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let w = l.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
         w == "SELECT" || w == "WITH"
     });
     match first {
@@ -134,13 +151,12 @@ fn ast_refusal<V: Visit>(node: &V, system: bool) -> Option<String> {
         type Break = ();
         fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
             let why = match factor {
-                TableFactor::Table { name, args: Some(_), .. } => {
-                    Some(format!("table function {name} is not allowed: generated SQL reads only lake tables"))
+                TableFactor::Table { name, args: Some(_), .. } | TableFactor::Function { name, .. } => {
+                    Some(called_refusal(name).unwrap_or_else(|| {
+                        format!("table function {name} is not allowed: generated SQL reads only lake tables")
+                    }))
                 }
                 TableFactor::Table { name, .. } => refused_name(name, self.system),
-                TableFactor::Function { name, .. } => {
-                    Some(format!("table function {name} is not allowed: generated SQL reads only lake tables"))
-                }
                 TableFactor::TableFunction { .. } => Some("TABLE(...) functions are not allowed".into()),
                 _ => None,
             };
@@ -153,19 +169,11 @@ fn ast_refusal<V: Visit>(node: &V, system: bool) -> Option<String> {
             }
         }
         fn pre_visit_expr(&mut self, expr: &SqlExpr) -> ControlFlow<()> {
-            if let SqlExpr::Function(f) = expr {
-                let name =
-                    f.name.0.last().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).unwrap_or_default();
-                if name.starts_with("nl_") {
-                    self.why = Some(format!("nested {name} calls are not allowed in generated SQL"));
-                    return ControlFlow::Break(());
-                }
-                if name.starts_with("llm_") {
-                    self.why = Some(format!(
-                        "model functions ({name}) are not allowed in generated SQL: one question must not become a model request per row"
-                    ));
-                    return ControlFlow::Break(());
-                }
+            if let SqlExpr::Function(f) = expr
+                && let Some(why) = called_refusal(&f.name)
+            {
+                self.why = Some(why);
+                return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
         }
@@ -182,6 +190,22 @@ fn ast_refusal<V: Visit>(node: &V, system: bool) -> Option<String> {
     v.why
 }
 
+/// Why a call of the function (scalar, aggregate or table function)
+/// `name` is refused whatever its arguments: `nl_*` would call the compiler
+/// again, `llm_*` the model once per row.
+fn called_refusal(name: &ObjectName) -> Option<String> {
+    let name = name.0.last().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).unwrap_or_default();
+    if name.starts_with("nl_") {
+        Some(format!("nested {name} calls are not allowed in generated SQL"))
+    } else if name.starts_with("llm_") {
+        Some(format!(
+            "model functions ({name}) are not allowed in generated SQL: one question must not become a model request per row"
+        ))
+    } else {
+        None
+    }
+}
+
 fn refused_name(name: &ObjectName, system: bool) -> Option<String> {
     let parts: Vec<String> = name.0.iter().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).collect();
     if parts.last().is_some_and(|t| t.starts_with("nl_")) {
@@ -191,6 +215,136 @@ fn refused_name(name: &ObjectName, system: bool) -> Option<String> {
         return Some(format!("{name} is a system catalog table; generated SQL reads only lake tables"));
     }
     None
+}
+
+/// Renames the relations of a query whose names hold a dot: table aliases
+/// and CTEs such as `"system.model_calls"`, wherever the query uses them
+/// (`a_b`, or `a_b_2`, ... if that is taken). Plans travel to the executors
+/// encoded, and DataFusion's encoding writes a column's relation as one
+/// unquoted string that it splits at dots when reading it back
+/// (apache/datafusion#24776), so such a query plans but cannot run. The new
+/// names change no result. Returns whether anything was renamed.
+fn undot_relation_names(query: &mut Query) -> bool {
+    fn alias_of(factor: &mut TableFactor) -> Option<&mut TableAlias> {
+        match factor {
+            TableFactor::Table { alias, .. }
+            | TableFactor::Derived { alias, .. }
+            | TableFactor::TableFunction { alias, .. }
+            | TableFactor::Function { alias, .. }
+            | TableFactor::UNNEST { alias, .. }
+            | TableFactor::NestedJoin { alias, .. }
+            | TableFactor::Pivot { alias, .. }
+            | TableFactor::Unpivot { alias, .. } => alias.as_mut(),
+            _ => None,
+        }
+    }
+    /// The dotted names a query gives its relations; `ctes` also names
+    /// tables. (A mutable visit only to share `alias_of`.)
+    #[derive(Default)]
+    struct Names {
+        ctes: BTreeSet<String>,
+        aliases: BTreeSet<String>,
+    }
+    impl VisitorMut for Names {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+            for cte in q.with.iter().flat_map(|w| &w.cte_tables) {
+                if cte.alias.name.value.contains('.') {
+                    self.ctes.insert(cte.alias.name.value.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            if let Some(alias) = alias_of(factor)
+                && alias.name.value.contains('.')
+            {
+                self.aliases.insert(alias.name.value.clone());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    /// Puts the new names in.
+    struct Rename {
+        ctes: BTreeSet<String>,
+        new: HashMap<String, String>,
+    }
+    impl Rename {
+        fn ident(&self, ident: &mut Ident) {
+            if ident.quote_style.is_some()
+                && let Some(new) = self.new.get(&ident.value)
+            {
+                ident.value = new.clone();
+            }
+        }
+        fn qualifier(&self, name: &mut ObjectName) {
+            for part in &mut name.0 {
+                if let ObjectNamePart::Identifier(ident) = part {
+                    self.ident(ident);
+                }
+            }
+        }
+    }
+    impl VisitorMut for Rename {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+            for cte in q.with.iter_mut().flat_map(|w| &mut w.cte_tables) {
+                self.ident(&mut cte.alias.name);
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table { name, .. } = factor
+                && let [ObjectNamePart::Identifier(ident)] = name.0.as_mut_slice()
+                && self.ctes.contains(&ident.value)
+            {
+                self.ident(ident);
+            }
+            if let Some(alias) = alias_of(factor) {
+                self.ident(&mut alias.name);
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_select(&mut self, select: &mut Select) -> ControlFlow<()> {
+            for item in &mut select.projection {
+                if let SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) = item {
+                    self.qualifier(name);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+            match expr {
+                SqlExpr::CompoundIdentifier(parts) => {
+                    let qualifiers = parts.len().saturating_sub(1);
+                    parts[..qualifiers].iter_mut().for_each(|p| self.ident(p));
+                }
+                SqlExpr::QualifiedWildcard(name, _) => self.qualifier(name),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+
+    let mut names = Names::default();
+    let _ = VisitMut::visit(query, &mut names);
+    if names.ctes.is_empty() && names.aliases.is_empty() {
+        return false;
+    }
+    let text = query.to_string().to_lowercase();
+    let mut new: HashMap<String, String> = HashMap::new();
+    for old in names.ctes.iter().chain(&names.aliases) {
+        let base = old.replace('.', "_");
+        let mut name = base.clone();
+        let mut n = 2;
+        while text.contains(&name.to_lowercase()) || new.values().any(|v| v.eq_ignore_ascii_case(&name)) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        new.entry(old.clone()).or_insert(name);
+    }
+    let _ = VisitMut::visit(query, &mut Rename { ctes: names.ctes, new });
+    true
 }
 
 /// Whether a query body writes (a data-modifying CTE or set operand).
@@ -304,8 +458,35 @@ fn plan_tables(plan: &LogicalPlan, policy: &Policy) -> Result<Vec<String>, Probl
 
 /// Checks a whole query (for `nl_query` and `nl_sql`).
 pub async fn check_query(state: &SessionState, text: &str, policy: &Policy) -> Result<Checked, Problem> {
-    let statement = parse_one(text)?;
-    let query = match &statement {
+    let mut statement = parse_one(text)?;
+    // EXPLAIN returns a plan, not the data asked for, and EXPLAIN ANALYZE runs
+    // what it explains: refused, saying why what it explains is refused too.
+    let mut explain = false;
+    loop {
+        statement = match statement {
+            DFStatement::Explain(e) => *e.statement,
+            DFStatement::Statement(s) if matches!(*s, Statement::Explain { .. }) => match *s {
+                Statement::Explain { statement, .. } => DFStatement::Statement(statement),
+                _ => unreachable!("matched as EXPLAIN"),
+            },
+            other => break statement = other,
+        };
+        explain = true;
+    }
+    if !explain {
+        return check_statement(state, statement, policy).await;
+    }
+    Err(Problem::Policy(match check_statement(state, statement, policy).await {
+        Err(Problem::Policy(why)) => {
+            format!("only a read-only SELECT query is allowed, not EXPLAIN; what it explains is refused too: {why}")
+        }
+        _ => "only a read-only SELECT query is allowed, not EXPLAIN: it returns a plan, not data".into(),
+    }))
+}
+
+/// Checks one parsed statement, which must be a read-only query.
+async fn check_statement(state: &SessionState, statement: DFStatement, policy: &Policy) -> Result<Checked, Problem> {
+    let mut query = match &statement {
         DFStatement::Statement(s) => match s.as_ref() {
             Statement::Query(q) => q.clone(),
             other => return Err(Problem::Policy(statement_refusal(other))),
@@ -330,10 +511,26 @@ pub async fn check_query(state: &SessionState, text: &str, policy: &Policy) -> R
     if let Some(why) = ast_refusal(&*query, policy.system) {
         return Err(Problem::Policy(why));
     }
+    let statement = match undot_relation_names(&mut query) {
+        true => DFStatement::Statement(Box::new(Statement::Query(query.clone()))),
+        false => statement,
+    };
     let plan = state.statement_to_plan(statement).await.map_err(plan_error)?;
     read_only().verify_plan(&plan).map_err(plan_error)?;
     let tables = plan_tables(&plan, policy)?;
+    physical_check(state, &plan).await?;
     Ok(Checked { sql: query.to_string(), query, tables })
+}
+
+/// Optimizes the plan and plans it physically in this process, without
+/// running it: type errors that the logical planner lets through (a
+/// comparison of incompatible types, say) surface here, where the model can
+/// still repair them, instead of failing the distributed job.
+async fn physical_check(state: &SessionState, plan: &LogicalPlan) -> Result<(), Problem> {
+    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+    let optimized = state.optimize(plan).map_err(plan_error)?;
+    DefaultPhysicalPlanner::default().create_physical_plan(&optimized, state).await.map_err(plan_error)?;
+    Ok(())
 }
 
 /// The columns a `FROM` clause puts in scope, and the query text to plan
@@ -395,6 +592,10 @@ pub async fn check_condition(
     policy: &Policy,
 ) -> Result<SqlExpr, Problem> {
     let expr = parse_condition(text)?;
+    // The specific reasons first: a subquery reading a system table is refused as such.
+    if let Some(why) = ast_refusal(&expr, policy.system) {
+        return Err(Problem::Policy(why));
+    }
     let mut subquery = false;
     let _ = datafusion::sql::sqlparser::ast::visit_expressions(&expr, |e| {
         if matches!(e, SqlExpr::Subquery(_) | SqlExpr::Exists { .. } | SqlExpr::InSubquery { .. }) {
@@ -406,13 +607,11 @@ pub async fn check_condition(
     if subquery {
         return Err(Problem::Policy("a condition may not contain subqueries".into()));
     }
-    if let Some(why) = ast_refusal(&expr, policy.system) {
-        return Err(Problem::Policy(why));
-    }
     let planned = format!("{} WHERE ({expr})", scope.select_all);
     let statement = parse_one(&planned)?;
     let plan = state.statement_to_plan(statement).await.map_err(plan_error)?;
     read_only().verify_plan(&plan).map_err(plan_error)?;
+    physical_check(state, &plan).await?;
     Ok(SqlExpr::Nested(Box::new(expr)))
 }
 
@@ -435,5 +634,35 @@ mod tests {
         assert!(matches!(parse_one("SELECT 1; SELECT 2"), Err(Problem::Policy(_))));
         assert!(matches!(parse_one("SELECT 1\nThis returns one."), Err(Problem::Parse(_))));
         assert!(matches!(parse_one(""), Err(Problem::Parse(_))));
+    }
+
+    #[test]
+    fn several_fenced_blocks_are_several_statements() {
+        let text = extract("Here:\n```sql\nSELECT 1\n```\n```sql\nDROP TABLE t\n```");
+        assert_eq!(text, "SELECT 1;\nDROP TABLE t");
+        assert!(matches!(parse_one(&text), Err(Problem::Policy(_))));
+    }
+
+    fn renamed(sql: &str) -> String {
+        let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { panic!("{sql}") };
+        let Statement::Query(mut query) = *statement else { panic!("{sql}") };
+        undot_relation_names(&mut query);
+        query.to_string()
+    }
+
+    #[test]
+    fn dotted_relation_names_are_renamed_everywhere() {
+        assert_eq!(
+            renamed(
+                r#"WITH "a.b" AS (SELECT 1 AS x) SELECT "a.b".x, "t.u".* FROM "a.b" JOIN t AS "t.u" ON "t.u".y = "a.b".x"#
+            ),
+            r#"WITH "a_b" AS (SELECT 1 AS x) SELECT "a_b".x, "t_u".* FROM "a_b" JOIN t AS "t_u" ON "t_u".y = "a_b".x"#
+        );
+        // A name already used is not taken; literals and other names stay.
+        assert_eq!(
+            renamed(r#"SELECT a_b, 'a.b' FROM t AS "a.b" WHERE "a.b".c IN (SELECT c FROM "a.b")"#),
+            r#"SELECT a_b, 'a.b' FROM t AS "a_b_2" WHERE "a_b_2".c IN (SELECT c FROM "a.b")"#
+        );
+        assert_eq!(renamed("SELECT t.a FROM s.t"), "SELECT t.a FROM s.t");
     }
 }

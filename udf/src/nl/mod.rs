@@ -5,6 +5,7 @@
 //!   accepted examples of the lake;
 //! * [`retrieve`]: the tables, value hints and examples for one question;
 //! * [`strategy`]: how a question becomes a prompt (`pipeline` or `plain`);
+//! * [`fix`]: repairs of missing joins and misspelt tables without the model;
 //! * [`check`]: extraction (DataFusion's parser) and checking (read-only
 //!   planning, table policy);
 //! * [`rewrite`]: `nl_query`, `nl_filter`, `nl_sql` and `nl_accept` in a
@@ -15,6 +16,7 @@
 //! ensembles (first success, or a vote by result), trail.
 
 pub mod check;
+pub mod fix;
 pub mod knowledge;
 pub mod retrieve;
 pub mod rewrite;
@@ -56,6 +58,11 @@ const VOTE_ROWS: usize = 10_000;
 /// Compiled questions are remembered this long in the process (a Flight SQL
 /// query is planned twice: for its schema, then to run).
 const MEMO_TTL: Duration = Duration::from_secs(600);
+/// A question that found no SQL is answered with the same error this long,
+/// so a client planning a statement several times does not ask again each time.
+const FAILURE_TTL: Duration = Duration::from_secs(60);
+/// Fixes without the model tried on one answer (one per missing join or name).
+const MAX_FIXES: usize = 3;
 /// Version of the compiler's prompts and checks, part of every cache key.
 const COMPILER_VERSION: &str = "nl-1";
 
@@ -92,14 +99,14 @@ pub struct Request {
 /// A successful answer of one candidate.
 enum Answered {
     Query(Checked),
-    Condition(SqlExpr),
+    Condition(Box<SqlExpr>),
 }
 
 impl Answered {
     fn sql(&self) -> String {
         match self {
             Answered::Query(c) => c.sql.clone(),
-            Answered::Condition(e) => match e {
+            Answered::Condition(e) => match e.as_ref() {
                 SqlExpr::Nested(inner) => inner.to_string(),
                 other => other.to_string(),
             },
@@ -127,8 +134,17 @@ struct Candidate {
     calls: u32,
 }
 
-fn memo() -> &'static Mutex<HashMap<String, (Instant, String, Vec<String>)>> {
-    static MEMO: OnceLock<Mutex<HashMap<String, (Instant, String, Vec<String>)>>> = OnceLock::new();
+/// Compiled SQL remembered in this process: key -> (when, SQL, model).
+type Memo = Mutex<HashMap<String, (Instant, String, String)>>;
+
+/// Questions that found no SQL recently: key -> (when, error).
+fn failures() -> &'static Mutex<HashMap<String, (Instant, String)>> {
+    static FAILURES: OnceLock<Mutex<HashMap<String, (Instant, String)>>> = OnceLock::new();
+    FAILURES.get_or_init(Default::default)
+}
+
+fn memo() -> &'static Memo {
+    static MEMO: OnceLock<Memo> = OnceLock::new();
     MEMO.get_or_init(Default::default)
 }
 
@@ -184,14 +200,18 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
     let remembered = {
         let mut memo = memo().lock().unwrap_or_else(|e| e.into_inner());
         memo.retain(|_, (at, _, _)| at.elapsed() < MEMO_TTL);
-        memo.get(&key).map(|(_, sql, _)| sql.clone())
+        memo.get(&key).map(|(_, sql, model)| (sql.clone(), model.clone()))
     };
     let disk = DiskCache::new(&options.cache_dir);
+    // On disk: `{"sql": ..., "model": ...}`.
     let cached = remembered.or_else(|| match options.cache.then(|| disk.get(&key)).flatten() {
-        Some(Answer::Text(Some(sql))) => Some(sql),
+        Some(Answer::Text(Some(entry))) => {
+            let v: serde_json::Value = serde_json::from_str(&entry).ok()?;
+            Some((v["sql"].as_str()?.to_string(), v["model"].as_str().unwrap_or_default().to_string()))
+        }
         _ => None,
     });
-    if let Some(sql) = cached
+    if let Some((sql, model)) = cached
         && let Ok(answer) = job.check(&sql).await
     {
         let compiled = Compiled {
@@ -204,10 +224,18 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
             },
             attempts: vec![],
             cache_hit: true,
-            model: models(&options).join(","),
+            model,
         };
         job.record(&options, &compiled, "ok", 0.0, 0, &[]);
         return Ok(compiled);
+    }
+
+    {
+        let mut failed = failures().lock().unwrap_or_else(|e| e.into_inner());
+        failed.retain(|_, (at, _)| at.elapsed() < FAILURE_TTL);
+        if let Some((_, error)) = failed.get(&key) {
+            return Err(DataFusionError::Plan(error.clone()));
+        }
     }
 
     let model_list = models(&options);
@@ -257,9 +285,10 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
             memo()
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone(), (Instant::now(), sql.clone(), compiled.tables.clone()));
+                .insert(key.clone(), (Instant::now(), sql.clone(), compiled.model.clone()));
             if options.cache {
-                disk.put(&key, &Answer::Text(Some(sql)));
+                let entry = serde_json::json!({"sql": sql, "model": compiled.model});
+                disk.put(&key, &Answer::Text(Some(entry.to_string())));
             }
             job.record(&options, &compiled, "ok", model_ms, calls, &retrieved_tables);
             Ok(compiled)
@@ -278,14 +307,16 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
                 model: model_list.join(","),
             };
             job.record(&options, &failed, "failed", model_ms, calls, &retrieved_tables);
-            Err(DataFusionError::Plan(format!(
+            let error = format!(
                 "{}('{}') found no valid SQL after {} attempt(s); last SQL: {}; reason: {}",
                 request.function,
                 request.question,
                 all_attempts.len(),
                 if last_sql.is_empty() { "(none)".to_string() } else { last_sql.replace('\n', " ") },
                 reason
-            )))
+            );
+            failures().lock().unwrap_or_else(|e| e.into_inner()).insert(key, (Instant::now(), error.clone()));
+            Err(DataFusionError::Plan(error))
         }
     }
 }
@@ -297,10 +328,37 @@ impl Job<'_> {
             Target::Filter { select_all, .. } => {
                 check::check_condition(self.state, &Scope { select_all: select_all.clone() }, text, self.policy)
                     .await
-                    .map(Answered::Condition)
+                    .map(|e| Answered::Condition(Box::new(e)))
             }
             Target::Query => check::check_query(self.state, text, self.policy).await.map(Answered::Query),
         }
+    }
+
+    /// Checks an answer; a query that fails to plan for a missing join or a
+    /// misspelt table is fixed without the model where [`fix`] can (each
+    /// fix is recorded as an attempt), and the fixed query checked again.
+    async fn check_or_fix(&self, text: &str, attempts: &mut Vec<Attempt>) -> std::result::Result<Answered, Problem> {
+        let first = match self.check(text).await {
+            Ok(answer) => return Ok(answer),
+            Err(problem) => problem,
+        };
+        if !matches!(self.request.target, Target::Query) {
+            return Err(first);
+        }
+        let (mut sql, mut problem) = (text.to_string(), first.clone());
+        let mut fixed = Vec::new();
+        for _ in 0..MAX_FIXES {
+            let Some(next) = fix::fix(&sql, &problem, self.knowledge) else { break };
+            fixed.push(Attempt { sql: sql.clone(), error: format!("{problem} (fixed without the model)") });
+            match self.check(&next).await {
+                Ok(answer) => {
+                    attempts.extend(fixed);
+                    return Ok(answer);
+                }
+                Err(p) => (sql, problem) = (next, p),
+            }
+        }
+        Err(first)
     }
 
     /// One candidate: retrieval, then attempts with repair until one passes.
@@ -357,7 +415,7 @@ impl Job<'_> {
             model_ms += call.latency_ms;
             calls += 1;
             let text = check::extract(&completion.text);
-            match self.check(&text).await {
+            match self.check_or_fix(&text, &mut attempts).await {
                 Ok(answer) => {
                     trail::record(&options.trail_dir, &call);
                     return Ok(Candidate {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::common::{DataFusionError, Result};
 
-use super::knowledge::Knowledge;
+use super::knowledge::{Knowledge, TableInfo};
 use crate::llm::cache::{self, Answer, DiskCache};
 use crate::llm::config::LlmOptions;
 use crate::llm::hub;
@@ -156,6 +156,35 @@ pub fn value_hints(k: &Knowledge, question: &str) -> Vec<ValueHint> {
     hints
 }
 
+/// Words too common in questions to tell tables apart.
+const COMMON: &[&str] = &[
+    "what", "which", "many", "much", "were", "each", "show", "their", "there", "with", "from", "that", "this",
+    "than", "over", "total", "number", "average", "list", "give", "name", "have", "does", "most", "largest",
+    "smallest", "highest", "lowest", "every", "into", "they", "them", "whose", "where", "when", "between",
+];
+
+/// Whether two words are the same word in another form (`shipped`,
+/// `shipping`; `supply`, `supplier`): equal, or sharing five letters.
+fn same_word(a: &str, b: &str) -> bool {
+    a == b || (a.len() >= 5 && b.len() >= 5 && a.as_bytes()[..5] == b.as_bytes()[..5])
+}
+
+/// How many content words of the question the table's descriptions and
+/// column names use ("discount", "shipped", "segment").
+fn described_words(t: &TableInfo, asked: &[String]) -> usize {
+    let mut vocabulary: Vec<String> = words(&t.description);
+    for c in &t.columns {
+        vocabulary.extend(words(&c.description));
+        vocabulary.extend(words(&readable(&c.name)));
+    }
+    asked
+        .iter()
+        .filter(|w| w.len() >= 4 && !COMMON.contains(&w.as_str()))
+        .filter(|w| vocabulary.iter().any(|v| same_word(w, v)))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 /// Finds the tables, values and examples for `question`.
 pub async fn retrieve(k: &Knowledge, question: &str, options: &LlmOptions, max_tables: usize) -> Result<Retrieved> {
     let hints = value_hints(k, question);
@@ -174,7 +203,11 @@ pub async fn retrieve(k: &Knowledge, question: &str, options: &LlmOptions, max_t
             let column_sim = d.columns[i].iter().map(|v| dot(&q, v)).fold(f32::MIN, f32::max);
             let named = words(&t.name).iter().all(|w| asked.contains(w));
             let hinted = hints.iter().any(|h| h.table == t.name);
-            let score = table_sim.max(column_sim) + if named { 0.3 } else { 0.0 } + if hinted { 0.4 } else { 0.0 };
+            let described = described_words(t, &asked).min(3) as f32;
+            let score = table_sim.max(column_sim)
+                + if named { 0.3 } else { 0.0 }
+                + if hinted { 0.4 } else { 0.0 }
+                + 0.12 * described;
             (t.name.clone(), score)
         })
         .collect();

@@ -17,7 +17,8 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::SessionState;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Query, Select, SetExpr, Statement,
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Query, Select, SelectItem, SetExpr,
+    Statement,
     TableAlias, TableFactor, Value, ValueWithSpan, Visit, VisitMut, Visitor, VisitorMut,
 };
 
@@ -259,6 +260,16 @@ fn replace(statement: &mut Statement, replacements: Replacements) {
         fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
             let next = &mut self.0.conditions;
             for_each_select_mut(&mut q.body, &mut |select: &mut Select| {
+                // `SELECT nl_sql('...')` keeps a column named after the function.
+                for item in &mut select.projection {
+                    if let SelectItem::UnnamedExpr(SqlExpr::Function(f)) = item {
+                        let name = function_name(&f.name);
+                        if matches!(name.as_str(), "nl_sql" | "nl_accept") {
+                            let expr = SqlExpr::Function(f.clone());
+                            *item = SelectItem::ExprWithAlias { expr, alias: Ident::new(name) };
+                        }
+                    }
+                }
                 if let Some(selection) = &mut select.selection {
                     let _ = selection.visit(&mut Filters { depth: 0, next: &mut *next });
                 }

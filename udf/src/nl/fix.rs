@@ -1,0 +1,328 @@
+//! Repairs that need no model: a small model asked to fix a missing join
+//! usually answers with the same SQL again, so the compiler fixes the two
+//! most common mistakes itself, on the parsed query, and checks the result
+//! like any answer:
+//!
+//! * a column of a table the query does not read (`c_mktsegment` in a
+//!   query over `orders`): the table is joined on the catalog's join keys,
+//!   along the shortest join path;
+//! * a column given the wrong table (`orders.c_custkey`): the qualifier
+//!   becomes the table that has the column (and a join condition that
+//!   referred to it is replaced by the catalog's join keys);
+//! * a table name off by a letter or two (`order`): the catalog's table.
+
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr as SqlExpr, Ident, Join, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
+    Select, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut, visit_expressions_mut,
+};
+
+use super::check::{Problem, parse_one};
+use super::knowledge::Knowledge;
+
+/// The identifier a planning error says does not exist: `(qualifier, name)`.
+fn missing_column(message: &str) -> Option<(Option<String>, String)> {
+    let at = message.find("No field named ")?;
+    let name: String = message[at + "No field named ".len()..]
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"'))
+        .collect();
+    let name = name.trim_end_matches('.').replace('"', "").to_ascii_lowercase();
+    match name.rsplit_once('.') {
+        Some((q, c)) => Some((Some(q.rsplit('.').next().unwrap_or(q).to_string()), c.to_string())),
+        None => Some((None, name)),
+    }
+}
+
+fn missing_table(message: &str) -> Option<String> {
+    let at = message.find("table '")?;
+    let rest = &message[at + "table '".len()..];
+    let name = rest.split('\'').next()?;
+    Some(name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase())
+}
+
+/// The tables of a FROM clause: `(table, name to refer to it by)`.
+fn from_tables(select: &Select) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut add = |f: &TableFactor| {
+        if let TableFactor::Table { name, alias, .. } = f {
+            let table = name.0.last().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).unwrap_or_default();
+            let refer = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| table.clone());
+            out.push((table, refer));
+        }
+    };
+    for t in &select.from {
+        add(&t.relation);
+        for j in &t.joins {
+            add(&j.relation);
+        }
+    }
+    out
+}
+
+fn ident_expr(parts: &[&str]) -> SqlExpr {
+    SqlExpr::CompoundIdentifier(parts.iter().map(|p| Ident::new(*p)).collect())
+}
+
+/// `a.x = b.y AND ...` for a catalog join, with the names the query uses.
+fn join_condition(k: &Knowledge, left: (&str, &str), right: (&str, &str)) -> Option<SqlExpr> {
+    let join = k.joins.iter().find(|j| {
+        (j.left == left.0 && j.right == right.0) || (j.left == right.0 && j.right == left.0)
+    })?;
+    let (l_cols, r_cols) =
+        if join.left == left.0 { (&join.left_columns, &join.right_columns) } else { (&join.right_columns, &join.left_columns) };
+    l_cols
+        .iter()
+        .zip(r_cols)
+        .map(|(l, r)| SqlExpr::BinaryOp {
+            left: Box::new(ident_expr(&[left.1, l])),
+            op: BinaryOperator::Eq,
+            right: Box::new(ident_expr(&[right.1, r])),
+        })
+        .reduce(|a, b| SqlExpr::BinaryOp { left: Box::new(a), op: BinaryOperator::And, right: Box::new(b) })
+}
+
+fn mentions(expr: &SqlExpr, column: &str) -> bool {
+    let mut found = false;
+    let mut e = expr.clone();
+    let _ = visit_expressions_mut(&mut e, |x: &mut SqlExpr| {
+        match x {
+            SqlExpr::Identifier(i) if i.value.eq_ignore_ascii_case(column) => found = true,
+            SqlExpr::CompoundIdentifier(p) if p.last().is_some_and(|i| i.value.eq_ignore_ascii_case(column)) => {
+                found = true
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// Joins `owner` into the FROM clause along the catalog's shortest join path.
+fn add_join(select: &mut Select, k: &Knowledge, owner: &str) -> bool {
+    let present = from_tables(select);
+    let Some(first) = select.from.first_mut() else { return false };
+    let mut names: Vec<String> = present.iter().map(|(t, _)| t.clone()).collect();
+    names.push(owner.to_string());
+    let path = k.connect(&names);
+    let mut known: Vec<(String, String)> = present.clone();
+    for table in path.iter().filter(|t| !present.iter().any(|(p, _)| p == *t)) {
+        let Some(on) = known.iter().find_map(|(t, r)| join_condition(k, (t, r), (table, table))) else {
+            return false;
+        };
+        first.joins.push(Join {
+            relation: TableFactor::Table {
+                name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(table.clone()))]),
+                alias: None,
+                args: None,
+                with_hints: vec![],
+                version: None,
+                with_ordinality: false,
+                partitions: vec![],
+                json_path: None,
+                sample: None,
+                index_hints: vec![],
+            },
+            global: false,
+            join_operator: JoinOperator::Join(JoinConstraint::On(on)),
+        });
+        known.push((table.clone(), table.clone()));
+    }
+    true
+}
+
+/// Points `qualifier.column` at `refer.column`.
+fn requalify(select: &mut Select, qualifier: &str, column: &str, refer: &str) {
+    let _ = select.visit(&mut Requalify { qualifier, column, refer });
+}
+
+struct Requalify<'a> {
+    qualifier: &'a str,
+    column: &'a str,
+    refer: &'a str,
+}
+
+impl datafusion::sql::sqlparser::ast::VisitorMut for Requalify<'_> {
+    type Break = ();
+    fn pre_visit_expr(&mut self, e: &mut SqlExpr) -> std::ops::ControlFlow<()> {
+        if let SqlExpr::CompoundIdentifier(parts) = e
+            && parts.len() >= 2
+            && parts[parts.len() - 1].value.eq_ignore_ascii_case(self.column)
+            && parts[parts.len() - 2].value.eq_ignore_ascii_case(self.qualifier)
+        {
+            *e = ident_expr(&[self.refer, self.column]);
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// The query of a SQL text, when it is one plain SELECT.
+fn select_of(query: &mut Query) -> Option<&mut Select> {
+    match query.body.as_mut() {
+        SetExpr::Select(s) => Some(s.as_mut()),
+        _ => None,
+    }
+}
+
+/// A fixed query for `sql`, failed with `problem`, if one of the fixes applies.
+pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
+    let Problem::Plan(message) = problem else { return None };
+    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
+    let Statement::Query(mut query) = *statement else { return None };
+    let select = select_of(&mut query)?;
+    if let Some((qualifier, column)) = missing_column(message) {
+        let owners: Vec<&str> =
+            k.tables.iter().filter(|t| t.columns.iter().any(|c| c.name == column)).map(|t| t.name.as_str()).collect();
+        let [owner] = owners.as_slice() else { return None };
+        let present = from_tables(select);
+        // A join condition naming the column on the wrong table: the
+        // catalog's join keys replace it.
+        for twj in &mut select.from {
+            let mut before: Vec<(String, String)> = Vec::new();
+            if let TableFactor::Table { .. } = &twj.relation {
+                before.extend(from_tables(&Select { from: vec![TableWithJoins { relation: twj.relation.clone(), joins: vec![] }], ..select_template() }));
+            }
+            for join in &mut twj.joins {
+                let this = from_tables(&Select {
+                    from: vec![TableWithJoins { relation: join.relation.clone(), joins: vec![] }],
+                    ..select_template()
+                });
+                if let JoinOperator::Join(JoinConstraint::On(on)) | JoinOperator::Inner(JoinConstraint::On(on)) =
+                    &mut join.join_operator
+                    && mentions(on, &column)
+                {
+                    // Without catalog join keys to put there, a requalified
+                    // condition could join a table to itself: no fix.
+                    let (t, r) = this.first()?;
+                    *on = before.iter().find_map(|(bt, br)| join_condition(k, (bt, br), (t, r)))?;
+                }
+                before.extend(this);
+            }
+        }
+        match present.iter().find(|(t, _)| t == owner) {
+            Some((_, refer)) => {
+                if let Some(q) = &qualifier {
+                    requalify(select, q, &column, &refer.clone());
+                }
+            }
+            None => {
+                if !add_join(select, k, owner) {
+                    return None;
+                }
+                if let Some(q) = &qualifier {
+                    requalify(select, q, &column, owner);
+                }
+            }
+        }
+    } else if let Some(table) = missing_table(message) {
+        let near: Vec<&str> = k
+            .tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|t| t.starts_with(&table) || table.starts_with(*t))
+            .collect();
+        let [right] = near.as_slice() else { return None };
+        let _ = query.visit(&mut Rename { from: &table, to: right });
+    } else {
+        return None;
+    }
+    let fixed = query.to_string();
+    (fixed != sql).then_some(fixed)
+}
+
+struct Rename<'a> {
+    from: &'a str,
+    to: &'a str,
+}
+
+impl datafusion::sql::sqlparser::ast::VisitorMut for Rename<'_> {
+    type Break = ();
+    fn pre_visit_relation(&mut self, name: &mut ObjectName) -> std::ops::ControlFlow<()> {
+        if name.0.last().is_some_and(|p| p.to_string().trim_matches('"').eq_ignore_ascii_case(self.from)) {
+            *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(self.to))]);
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+fn select_template() -> Select {
+    match parse_one("SELECT 1") {
+        Ok(DFStatement::Statement(s)) => match *s {
+            Statement::Query(q) => match *q.body {
+                SetExpr::Select(s) => *s,
+                _ => unreachable!("SELECT 1 is a select"),
+            },
+            _ => unreachable!("SELECT 1 is a query"),
+        },
+        _ => unreachable!("SELECT 1 parses"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::knowledge::Join as KeyJoin;
+    use super::super::knowledge::tests::table;
+    use super::*;
+
+    fn tpch() -> Knowledge {
+        let join = |l: &str, lc: &str, r: &str, rc: &str| KeyJoin {
+            left: l.into(),
+            left_columns: vec![lc.into()],
+            right: r.into(),
+            right_columns: vec![rc.into()],
+        };
+        Knowledge {
+            tables: vec![
+                table("customer", &["c_custkey", "c_name", "c_mktsegment"]),
+                table("orders", &["o_orderkey", "o_custkey", "o_orderpriority"]),
+                table("part", &["p_partkey", "p_size"]),
+                table("partsupp", &["ps_partkey", "ps_suppkey"]),
+                table("supplier", &["s_suppkey", "s_acctbal"]),
+            ],
+            joins: vec![
+                join("orders", "o_custkey", "customer", "c_custkey"),
+                join("partsupp", "ps_partkey", "part", "p_partkey"),
+                join("partsupp", "ps_suppkey", "supplier", "s_suppkey"),
+            ],
+            examples: vec![],
+            version: String::new(),
+        }
+    }
+
+    fn plan_error(m: &str) -> Problem {
+        Problem::Plan(m.into())
+    }
+
+    #[test]
+    fn a_column_of_another_table_joins_that_table() {
+        let sql = "SELECT count(o_orderkey) FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'";
+        let fixed = fix(sql, &plan_error("No field named c_mktsegment."), &tpch()).unwrap();
+        assert_eq!(
+            fixed,
+            "SELECT count(o_orderkey) FROM orders JOIN customer ON orders.o_custkey = customer.c_custkey \
+             WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'"
+        );
+        // Along the join path, through the table between.
+        let sql = "SELECT avg(s_acctbal) FROM part WHERE p_size = 10";
+        let fixed = fix(sql, &plan_error("No field named s_acctbal."), &tpch()).unwrap();
+        assert!(fixed.contains("JOIN partsupp ON part.p_partkey = partsupp.ps_partkey JOIN supplier ON partsupp.ps_suppkey = supplier.s_suppkey"), "{fixed}");
+    }
+
+    #[test]
+    fn wrong_qualifiers_and_join_conditions() {
+        let sql = "SELECT c_name FROM customer JOIN orders ON customer.c_custkey = orders.c_custkey";
+        let fixed = fix(sql, &plan_error("No field named orders.c_custkey."), &tpch()).unwrap();
+        assert_eq!(fixed, "SELECT c_name FROM customer JOIN orders ON customer.c_custkey = orders.o_custkey");
+        // No catalog join between part and supplier: no guess.
+        let sql = "SELECT s_acctbal FROM part JOIN supplier ON part.s_suppkey = supplier.s_suppkey";
+        assert_eq!(fix(sql, &plan_error("No field named part.s_suppkey."), &tpch()), None);
+    }
+
+    #[test]
+    fn a_table_name_off_by_a_letter() {
+        let sql = "SELECT count(*) FROM order o WHERE o.o_orderpriority = '1-URGENT'";
+        let fixed = fix(sql, &plan_error("table 'lakelink.public.order' not found"), &tpch()).unwrap();
+        assert_eq!(fixed, "SELECT count(*) FROM orders o WHERE o.o_orderpriority = '1-URGENT'");
+        assert_eq!(fix("SELECT * FROM secrets", &plan_error("table 'lakelink.public.secrets' not found"), &tpch()), None);
+    }
+}
