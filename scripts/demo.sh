@@ -14,7 +14,8 @@ echo "== building lakelink (release; about 20 minutes the first time)"
 cargo build --release --workspace --bins
 
 lake="$LAKELINK_CACHE/demo/tpch-sf$scale"
-if [ ! -f "$lake/.complete" ]; then
+# A lake from before the NL catalog (_lakelink/catalog.toml) is generated again.
+if [ ! -f "$lake/.complete" ] || [ ! -f "$lake/_lakelink/catalog.toml" ]; then
   echo "== generating TPC-H SF $scale into $lake"
   "$CARGO_TARGET_DIR/release/lakelink" datagen tpch --scale "$scale" --out "$lake"
   touch "$lake/.complete"
@@ -33,5 +34,10 @@ cat <<'SQL'
   SELECT o_orderpriority, llm_classify(o_comment, 'complaint', 'request', 'other') AS kind, count(*)
     FROM orders WHERE o_orderdate = DATE '1995-03-15' GROUP BY 1, 2 ORDER BY 1, 2;
   SELECT function, count(*), sum(rows), sum(prompt_tokens) FROM system.model_calls GROUP BY 1;
+  -- plain English, compiled into checked SQL by the local model:
+  SELECT * FROM nl_query('How many customers are in the building market segment?');
+  SELECT o_orderkey, o_totalprice FROM orders WHERE nl_filter('urgent orders from 1995') LIMIT 5;
+  \nl which 5 suppliers in Germany have the largest account balance
+  SELECT question, sql, outcome, model_calls FROM system.nl_tasks;
 SQL
 exec "$CARGO_TARGET_DIR/release/lakelink" --lake "$lake"

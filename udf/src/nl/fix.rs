@@ -66,11 +66,15 @@ fn ident_expr(parts: &[&str]) -> SqlExpr {
 
 /// `a.x = b.y AND ...` for a catalog join, with the names the query uses.
 fn join_condition(k: &Knowledge, left: (&str, &str), right: (&str, &str)) -> Option<SqlExpr> {
-    let join = k.joins.iter().find(|j| {
-        (j.left == left.0 && j.right == right.0) || (j.left == right.0 && j.right == left.0)
-    })?;
-    let (l_cols, r_cols) =
-        if join.left == left.0 { (&join.left_columns, &join.right_columns) } else { (&join.right_columns, &join.left_columns) };
+    let join = k
+        .joins
+        .iter()
+        .find(|j| (j.left == left.0 && j.right == right.0) || (j.left == right.0 && j.right == left.0))?;
+    let (l_cols, r_cols) = if join.left == left.0 {
+        (&join.left_columns, &join.right_columns)
+    } else {
+        (&join.right_columns, &join.left_columns)
+    };
     l_cols
         .iter()
         .zip(r_cols)
@@ -180,7 +184,10 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
         for twj in &mut select.from {
             let mut before: Vec<(String, String)> = Vec::new();
             if let TableFactor::Table { .. } = &twj.relation {
-                before.extend(from_tables(&Select { from: vec![TableWithJoins { relation: twj.relation.clone(), joins: vec![] }], ..select_template() }));
+                before.extend(from_tables(&Select {
+                    from: vec![TableWithJoins { relation: twj.relation.clone(), joins: vec![] }],
+                    ..select_template()
+                }));
             }
             for join in &mut twj.joins {
                 let this = from_tables(&Select {
@@ -295,7 +302,8 @@ mod tests {
 
     #[test]
     fn a_column_of_another_table_joins_that_table() {
-        let sql = "SELECT count(o_orderkey) FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'";
+        let sql =
+            "SELECT count(o_orderkey) FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'";
         let fixed = fix(sql, &plan_error("No field named c_mktsegment."), &tpch()).unwrap();
         assert_eq!(
             fixed,
@@ -323,6 +331,9 @@ mod tests {
         let sql = "SELECT count(*) FROM order o WHERE o.o_orderpriority = '1-URGENT'";
         let fixed = fix(sql, &plan_error("table 'lakelink.public.order' not found"), &tpch()).unwrap();
         assert_eq!(fixed, "SELECT count(*) FROM orders o WHERE o.o_orderpriority = '1-URGENT'");
-        assert_eq!(fix("SELECT * FROM secrets", &plan_error("table 'lakelink.public.secrets' not found"), &tpch()), None);
+        assert_eq!(
+            fix("SELECT * FROM secrets", &plan_error("table 'lakelink.public.secrets' not found"), &tpch()),
+            None
+        );
     }
 }

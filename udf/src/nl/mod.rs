@@ -342,7 +342,7 @@ impl Job<'_> {
             Ok(answer) => return Ok(answer),
             Err(problem) => problem,
         };
-        if !matches!(self.request.target, Target::Query) {
+        if !matches!(self.request.target, Target::Query) || !self.strategy.repairs() {
             return Err(first);
         }
         let (mut sql, mut problem) = (text.to_string(), first.clone());

@@ -158,9 +158,9 @@ pub fn value_hints(k: &Knowledge, question: &str) -> Vec<ValueHint> {
 
 /// Words too common in questions to tell tables apart.
 const COMMON: &[&str] = &[
-    "what", "which", "many", "much", "were", "each", "show", "their", "there", "with", "from", "that", "this",
-    "than", "over", "total", "number", "average", "list", "give", "name", "have", "does", "most", "largest",
-    "smallest", "highest", "lowest", "every", "into", "they", "them", "whose", "where", "when", "between",
+    "what", "which", "many", "much", "were", "each", "show", "their", "there", "with", "from", "that", "this", "than",
+    "over", "total", "number", "average", "list", "give", "name", "have", "does", "most", "largest", "smallest",
+    "highest", "lowest", "every", "into", "they", "them", "whose", "where", "when", "between",
 ];
 
 /// Whether two words are the same word in another form (`shipped`,

@@ -306,13 +306,15 @@ mod tests {
 
     /// Compares with `udf/tests/snapshots/<name>`; `UPDATE_SNAPSHOTS=1` rewrites it.
     fn snapshot(name: &str, prompt: &Prompt) {
-        let text = format!("=== system\n{}\n=== user\n{}\n=== max_tokens {}\n", prompt.system, prompt.user, prompt.max_tokens);
+        let text =
+            format!("=== system\n{}\n=== user\n{}\n=== max_tokens {}\n", prompt.system, prompt.user, prompt.max_tokens);
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
         if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &text).unwrap();
         }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing: UPDATE_SNAPSHOTS=1", path.display()));
+        let expected =
+            std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing: UPDATE_SNAPSHOTS=1", path.display()));
         assert_eq!(text, expected, "the prompt changed: review the diff, then UPDATE_SNAPSHOTS=1");
     }
 
@@ -321,7 +323,11 @@ mod tests {
         let k = knowledge();
         let retrieved = Retrieved {
             tables: vec!["orders".into(), "customer".into()],
-            hints: vec![ValueHint { table: "customer".into(), column: "c_mktsegment".into(), value: "BUILDING".into() }],
+            hints: vec![ValueHint {
+                table: "customer".into(),
+                column: "c_mktsegment".into(),
+                value: "BUILDING".into(),
+            }],
             examples: vec![0],
             scores: vec![],
         };
