@@ -73,6 +73,35 @@ impl TestCluster {
     pub async fn connect(&self) -> Connection {
         Connection::connect(&self.url(), &Credentials::None).await.expect("connect")
     }
+
+    /// A connection whose session first runs `statements` (`SET ...`).
+    pub async fn connect_with(&self, statements: impl IntoIterator<Item = impl AsRef<str>>) -> Connection {
+        let mut conn = self.connect().await;
+        for sql in statements {
+            let sql = sql.as_ref();
+            query(&mut conn, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        conn
+    }
+}
+
+/// Runs `sql` and returns its rows as text; panics with the SQL when it
+/// fails or takes more than two minutes.
+pub async fn run(conn: &mut Connection, sql: &str) -> Vec<Vec<String>> {
+    let batches = tokio::time::timeout(std::time::Duration::from_secs(120), query(conn, sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql} hung"))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows(&batches)
+}
+
+/// Runs `sql`, which must fail within two minutes, and returns the error text.
+pub async fn fails(conn: &mut Connection, sql: &str) -> String {
+    match tokio::time::timeout(std::time::Duration::from_secs(120), query(conn, sql)).await {
+        Ok(Ok(_)) => panic!("{sql} should fail"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => panic!("{sql} hung"),
+    }
 }
 
 /// Model settings whose answer cache and trail live in folders under `dir`.

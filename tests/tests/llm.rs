@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use lakelink::Connection;
 use lakelink_tests::model_double::{Chat, Mode, ModelDouble, answer_rows};
-use lakelink_tests::{TestCluster, query, rows};
+use lakelink_tests::{TestCluster, fails, query, rows, run};
 
 /// Distinct reviews; review `i` is "good" when `i % 3 == 0`.
 const DISTINCT: usize = 20;
@@ -91,27 +91,7 @@ impl Setup {
 
     /// A connection whose session points at the scripted model.
     async fn connect(&self, extra: &[&str]) -> Connection {
-        let mut conn = self.cluster.connect().await;
-        for sql in self.model.settings().iter().map(String::as_str).chain(extra.iter().copied()) {
-            query(&mut conn, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
-        conn
-    }
-}
-
-async fn run(conn: &mut Connection, sql: &str) -> Vec<Vec<String>> {
-    let batches = tokio::time::timeout(Duration::from_secs(120), query(conn, sql))
-        .await
-        .unwrap_or_else(|_| panic!("{sql} hung"))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows(&batches)
-}
-
-async fn fails(conn: &mut Connection, sql: &str) -> String {
-    match tokio::time::timeout(Duration::from_secs(120), query(conn, sql)).await {
-        Ok(Ok(_)) => panic!("{sql} should fail"),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => panic!("{sql} hung"),
+        self.cluster.connect_with(self.model.settings().iter().map(String::as_str).chain(extra.iter().copied())).await
     }
 }
 

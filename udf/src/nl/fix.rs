@@ -13,12 +13,12 @@
 
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr as SqlExpr, Ident, Join, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
-    Select, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut, visit_expressions_mut,
+    BinaryOperator, Expr as SqlExpr, GroupByExpr, Ident, Join, JoinConstraint, JoinOperator, ObjectName,
+    ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut, visit_expressions_mut,
 };
 
 use super::check::{Problem, parse_one};
-use super::knowledge::Knowledge;
+use super::knowledge::{Knowledge, stem};
 
 /// The identifier a planning error says does not exist: `(qualifier, name)`.
 fn missing_column(message: &str) -> Option<(Option<String>, String)> {
@@ -39,6 +39,70 @@ fn missing_table(message: &str) -> Option<String> {
     let rest = &message[at + "table '".len()..];
     let name = rest.split('\'').next()?;
     Some(name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase())
+}
+
+/// The column a GROUP BY error says must be grouped.
+fn missing_group_by(message: &str) -> Option<String> {
+    let at = message.find("must appear in the GROUP BY clause")?;
+    let head = &message[..at];
+    let start = head.rfind("column \"")? + "column \"".len();
+    let name = head[start..].trim_end().trim_end_matches('"');
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The table and column a missing column stands for: the only table with
+/// a column of that name; else the only column with the same name after
+/// its table prefix (`l_orderdate` is `orders.o_orderdate`); else a table
+/// name followed by one of its columns (`c_nationname` is `nation.n_name`).
+fn owner_of(k: &Knowledge, missing: &str) -> Option<(String, String)> {
+    let unique = |found: Vec<(String, String)>| -> Option<(String, String)> {
+        let [one] = found.as_slice() else { return None };
+        Some(one.clone())
+    };
+    let all = || k.tables.iter().flat_map(|t| t.columns.iter().map(move |c| (t, c)));
+    let exact: Vec<_> =
+        all().filter(|(_, c)| c.name == missing).map(|(t, c)| (t.name.clone(), c.name.clone())).collect();
+    if !exact.is_empty() {
+        return unique(exact);
+    }
+    let wanted = stem(missing);
+    let same_stem: Vec<_> =
+        all().filter(|(_, c)| stem(&c.name) == wanted).map(|(t, c)| (t.name.clone(), c.name.clone())).collect();
+    if !same_stem.is_empty() {
+        return unique(same_stem);
+    }
+    let compound: Vec<_> = all()
+        .filter(|(t, c)| {
+            let base = t.name.trim_end_matches('s');
+            wanted
+                .strip_prefix(base)
+                .is_some_and(|rest| !rest.is_empty() && rest.trim_start_matches('_') == stem(&c.name))
+        })
+        .map(|(t, c)| (t.name.clone(), c.name.clone()))
+        .collect();
+    unique(compound)
+}
+
+/// Renames a column wherever the query names it (bare or qualified).
+struct RenameColumn<'a> {
+    from: &'a str,
+    to: &'a str,
+}
+
+impl datafusion::sql::sqlparser::ast::VisitorMut for RenameColumn<'_> {
+    type Break = ();
+    fn pre_visit_expr(&mut self, e: &mut SqlExpr) -> std::ops::ControlFlow<()> {
+        match e {
+            SqlExpr::Identifier(i) if i.value.eq_ignore_ascii_case(self.from) => *i = Ident::new(self.to),
+            SqlExpr::CompoundIdentifier(parts)
+                if parts.last().is_some_and(|i| i.value.eq_ignore_ascii_case(self.from)) =>
+            {
+                *parts.last_mut().expect("a last part") = Ident::new(self.to);
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::Continue(())
+    }
 }
 
 /// The tables of a FROM clause: `(table, name to refer to it by)`.
@@ -174,10 +238,24 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
     let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
     let Statement::Query(mut query) = *statement else { return None };
     let select = select_of(&mut query)?;
-    if let Some((qualifier, column)) = missing_column(message) {
-        let owners: Vec<&str> =
-            k.tables.iter().filter(|t| t.columns.iter().any(|c| c.name == column)).map(|t| t.name.as_str()).collect();
-        let [owner] = owners.as_slice() else { return None };
+    if let Some(column) = missing_group_by(message) {
+        // A selected column that is neither grouped nor aggregated: group by it.
+        let expr = match column.split_once('.') {
+            Some((q, c)) => ident_expr(&[q, c]),
+            None => SqlExpr::Identifier(Ident::new(column.clone())),
+        };
+        match &mut select.group_by {
+            GroupByExpr::Expressions(list, _) if !list.is_empty() => list.push(expr),
+            _ => return None,
+        }
+    } else if let Some((qualifier, missing)) = missing_column(message) {
+        let (owner, column) = owner_of(k, &missing)?;
+        let owner = owner.as_str();
+        if column != missing {
+            // An invented name for a real column (`l_orderdate`,
+            // `c_nationname`): the real one, from its own table.
+            let _ = select.visit(&mut RenameColumn { from: &missing, to: &column });
+        }
         let present = from_tables(select);
         // A join condition naming the column on the wrong table: the
         // catalog's join keys replace it.
@@ -324,6 +402,40 @@ mod tests {
         // No catalog join between part and supplier: no guess.
         let sql = "SELECT s_acctbal FROM part JOIN supplier ON part.s_suppkey = supplier.s_suppkey";
         assert_eq!(fix(sql, &plan_error("No field named part.s_suppkey."), &tpch()), None);
+    }
+
+    #[test]
+    fn invented_names_become_the_real_columns() {
+        let mut k = tpch();
+        k.tables.push(table("nation", &["n_nationkey", "n_name"]));
+        k.tables[0].columns.push(table("x", &["c_nationkey"]).columns.remove(0));
+        k.joins.push(KeyJoin {
+            left: "customer".into(),
+            left_columns: vec!["c_nationkey".into()],
+            right: "nation".into(),
+            right_columns: vec!["n_nationkey".into()],
+        });
+        let sql = "SELECT c_nationname, count(*) FROM customer GROUP BY c_nationname";
+        let fixed = fix(sql, &plan_error("No field named c_nationname."), &k).unwrap();
+        assert_eq!(
+            fixed,
+            "SELECT n_name, count(*) FROM customer JOIN nation ON customer.c_nationkey = nation.n_nationkey GROUP BY n_name"
+        );
+        // Same name after the prefix: `o_orderpriority` for `c_orderpriority`.
+        let sql = "SELECT count(*) FROM customer WHERE c_orderpriority = '1-URGENT'";
+        let fixed = fix(sql, &plan_error("No field named c_orderpriority."), &k).unwrap();
+        assert!(
+            fixed.contains("JOIN orders ON customer.c_custkey = orders.o_custkey WHERE o_orderpriority"),
+            "{fixed}"
+        );
+    }
+
+    #[test]
+    fn a_selected_column_missing_from_group_by_is_grouped() {
+        let sql = "SELECT c_name, count(*) AS n FROM orders JOIN customer ON o_custkey = c_custkey GROUP BY c_custkey";
+        let message = "Column in SELECT must be in GROUP BY or an aggregate function: While expanding wildcard, column \"customer.c_name\" must appear in the GROUP BY clause or must be part of an aggregate function, currently only \"customer.c_custkey\" appears";
+        let fixed = fix(sql, &plan_error(message), &tpch()).unwrap();
+        assert!(fixed.ends_with("GROUP BY c_custkey, customer.c_name"), "{fixed}");
     }
 
     #[test]

@@ -386,7 +386,7 @@ fn parse_join(text: &str, tables: &[TableInfo]) -> Result<Join> {
 }
 
 /// The part of a column name after a table prefix such as `o_`.
-fn stem(column: &str) -> &str {
+pub(crate) fn stem(column: &str) -> &str {
     match column.split_once('_') {
         Some((prefix, rest)) if prefix.len() <= 3 && !rest.is_empty() => rest,
         _ => column,

@@ -540,14 +540,7 @@ fn clip(text: &str, n: usize) -> String {
 /// the real ones that look like it, with the join that reaches them.
 pub mod repair {
     use super::check::Problem;
-    use super::knowledge::Knowledge;
-
-    fn stem(name: &str) -> &str {
-        match name.split_once('_') {
-            Some((p, rest)) if p.len() <= 3 && !rest.is_empty() => rest,
-            _ => name,
-        }
-    }
+    use super::knowledge::{Knowledge, stem};
 
     /// Edit distance, for near misses such as `orderdate` / `o_orderdate`.
     fn distance(a: &str, b: &str) -> usize {
@@ -594,6 +587,18 @@ pub mod repair {
         let used: Vec<&str> =
             k.tables.iter().map(|t| t.name.as_str()).filter(|t| words.iter().any(|w| w == t)).collect();
         let Problem::Plan(message) = problem else { return (String::new(), vec![]) };
+        if message.contains("Date32") && !message.contains("No field named") {
+            // A date compared with a number or text: name the real date columns.
+            let dates: Vec<String> = k
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.columns.iter().filter(|c| c.sql_type == "DATE").map(move |c| format!("{}.{}", t.name, c.name))
+                })
+                .collect();
+            let tables = dates.iter().filter_map(|d| d.split('.').next().map(str::to_string)).collect();
+            return (format!("Compare dates only with date columns: {}.", dates.join(", ")), tables);
+        }
         let Some((is_column, name)) = missing(message) else { return (String::new(), vec![]) };
         if is_column {
             let mut near: Vec<(usize, String, String)> = Vec::new();

@@ -194,7 +194,7 @@ pub async fn retrieve(k: &Knowledge, question: &str, options: &LlmOptions, max_t
     let d = docs(k, options).await?;
     let q = embed(options, vec![question.to_string()]).await?.pop().unwrap_or_default();
     let asked = words(question);
-    let mut scores: Vec<(String, f32)> = k
+    let mut scores: Vec<(String, f32, bool)> = k
         .tables
         .iter()
         .enumerate()
@@ -207,15 +207,16 @@ pub async fn retrieve(k: &Knowledge, question: &str, options: &LlmOptions, max_t
             let score = table_sim.max(column_sim)
                 + if named { 0.3 } else { 0.0 }
                 + if hinted { 0.4 } else { 0.0 }
-                + 0.12 * described;
-            (t.name.clone(), score)
+                + 0.15 * described;
+            (t.name.clone(), score, named || hinted)
         })
         .collect();
     scores.sort_by(|a, b| b.1.total_cmp(&a.1));
     let best = scores[0].1;
     let mut picked: Vec<String> = Vec::new();
-    for (name, score) in &scores {
-        let strong = *score >= best - 0.12 || hints.iter().any(|h| &h.table == name);
+    for (name, score, named) in &scores {
+        // Tables the question names (or names a value of) always go in.
+        let strong = *score >= best - 0.2 || *named;
         if picked.is_empty() || (strong && picked.len() < max_tables) {
             picked.push(name.clone());
         }
@@ -225,6 +226,7 @@ pub async fn retrieve(k: &Knowledge, question: &str, options: &LlmOptions, max_t
     let mut examples: Vec<(usize, f32)> =
         d.examples.iter().enumerate().map(|(i, v)| (i, dot(&q, v))).filter(|(_, s)| *s >= 0.6).collect();
     examples.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let scores = scores.into_iter().map(|(name, score, _)| (name, score)).collect();
     Ok(Retrieved { tables, hints, examples: examples.into_iter().take(3).map(|(i, _)| i).collect(), scores })
 }
 

@@ -128,7 +128,7 @@ Rules:
 const RULES: &str = "\
 - Use only the tables and columns below. Each column belongs to the table it is listed under: join that table to use it.
 - Join tables with the join keys listed.
-- Dates are DATE values. A year is `d >= DATE '1995-01-01' AND d < DATE '1996-01-01'`, a month `d >= DATE '1995-03-01' AND d < DATE '1995-04-01'`; a date's month is EXTRACT(MONTH FROM d). Never compare dates with LIKE or strings.
+- Dates are DATE values. A year is `d >= DATE '1995-01-01' AND d < DATE '1996-01-01'`, a month `d >= DATE '1995-03-01' AND d < DATE '1995-04-01'`; a date's year or month is EXTRACT(YEAR FROM d) or EXTRACT(MONTH FROM d) (there is no YEAR() function). Never compare dates with LIKE or strings.
 - Text values are case-sensitive: use the listed values exactly.
 - Give computed columns a name with AS. Use LIMIT only when the question asks for a number of rows (top 5, the 10 largest); ORDER BY what the question orders by.
 ";
