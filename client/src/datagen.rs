@@ -40,6 +40,10 @@ const TABLES: &[(&str, f64)] = &[
 /// written to `<lake>/_lakelink/catalog.toml`.
 const CATALOG: &str = include_str!("tpch_catalog.toml");
 
+/// Accepted question/SQL examples for the demo lake, written to
+/// `<lake>/_lakelink/nl_examples.jsonl` when the lake has none.
+const EXAMPLES: &str = include_str!("tpch_examples.jsonl");
+
 /// Generates TPC-H at `scale` into `out`; returns (table, files, rows) per table.
 pub fn tpch(scale: f64, out: &Path) -> Result<Vec<(String, usize, usize)>, ClientError> {
     if !(scale > 0.0 && scale.is_finite()) {
@@ -63,6 +67,11 @@ pub fn tpch(scale: f64, out: &Path) -> Result<Vec<(String, usize, usize)>, Clien
     std::fs::create_dir_all(&metadata).map_err(|e| ClientError::Io { path: metadata.clone(), source: e })?;
     let catalog = metadata.join("catalog.toml");
     std::fs::write(&catalog, CATALOG).map_err(|e| ClientError::Io { path: catalog, source: e })?;
+    // A few accepted examples to start with; examples users accept later are kept.
+    let examples = metadata.join("nl_examples.jsonl");
+    if !examples.exists() {
+        std::fs::write(&examples, EXAMPLES).map_err(|e| ClientError::Io { path: examples, source: e })?;
+    }
     Ok(summary)
 }
 

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use lakelink::Connection;
 use lakelink_tests::model_double::{Chat, Mode, ModelDouble, answer_rows};
-use lakelink_tests::{TestCluster, fails, query, rows, run};
+use lakelink_tests::{TestCluster, fails, query, run};
 
 /// Distinct reviews; review `i` is "good" when `i % 3 == 0`.
 const DISTINCT: usize = 20;

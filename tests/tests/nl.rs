@@ -5,7 +5,6 @@
 //! and the trail.
 
 use std::path::Path;
-use std::time::Duration;
 
 use lakelink::Connection;
 use lakelink_tests::model_double::{Chat, ModelDouble};
