@@ -28,13 +28,13 @@ fn script(chat: &Chat) -> String {
     if q.contains("building market segment") {
         fenced(BUILDING)
     } else if q.contains("orders placed in 1995") {
-        // First an invented column; repaired once the error names the right one.
-        if repairing && chat.user.contains("orders.o_orderdate") {
+        // First an invented column no fix can map; repaired once the error names it.
+        if repairing && chat.user.contains("There is no column o_orderyear") {
             fenced(
                 "SELECT count(*) AS n FROM orders WHERE o_orderdate >= DATE '1995-01-01' AND o_orderdate < DATE '1996-01-01'",
             )
         } else {
-            fenced("SELECT count(*) AS n FROM lineitem WHERE l_orderdate >= DATE '1995-01-01'")
+            fenced("SELECT count(*) AS n FROM orders WHERE o_orderyear = 1995")
         }
     } else if q.contains("urgent household orders") {
         // A column of a table the query does not join.
@@ -46,6 +46,8 @@ fn script(chat: &Chat) -> String {
             "SELECT s_name, s_acctbal FROM supplier JOIN nation ON s_nationkey = n_nationkey \
              WHERE n_name = 'GERMANY' ORDER BY s_acctbal DESC, s_name LIMIT 3",
         )
+    } else if q.contains("reverse alphabetical") {
+        fenced("SELECT n_name FROM nation ORDER BY n_name DESC")
     } else if q.contains("urgent orders over 300k") {
         fenced("SELECT * FROM orders WHERE o_orderpriority = '1-URGENT' AND o_totalprice > 300000")
     } else if q.contains("segment size") {
@@ -112,6 +114,11 @@ async fn nl_query_retrieves_compiles_runs_and_explains() {
     assert!(prompt.system.contains("supplier.s_nationkey = nation.n_nationkey"), "join keys: {}", prompt.system);
     assert!(prompt.user.contains("nation.n_name = 'GERMANY'"), "value hint: {}", prompt.user);
 
+    // The generated ORDER BY holds (a derived table's order would not).
+    let names = run(&mut conn, "SELECT * FROM nl_query('Nations in reverse alphabetical order')").await;
+    assert_eq!(names, run(&mut conn, "SELECT n_name FROM nation ORDER BY n_name DESC").await);
+    assert_eq!(names[0], ["VIETNAM"]);
+
     // nl_sql shows the SQL without running it; EXPLAIN shows it too.
     let sql = run(&mut conn, &format!("SELECT nl_sql('{question}')")).await;
     assert!(sql[0][0].contains("c_mktsegment = 'BUILDING'"), "{sql:?}");
@@ -153,10 +160,10 @@ async fn a_wrong_column_is_repaired_and_a_hopeless_question_fails_clearly() {
     assert_eq!(got, gold);
     assert_eq!(s.model.chats(), 2, "repaired on the second attempt");
     let repair = &s.model.log()[1].user;
-    assert!(repair.contains("There is no column l_orderdate"), "{repair}");
-    assert!(repair.contains("orders.o_orderdate (join orders ON lineitem.l_orderkey = orders.o_orderkey)"), "{repair}");
+    assert!(repair.contains("SELECT count(*) AS n FROM orders WHERE o_orderyear = 1995"), "{repair}");
+    assert!(repair.contains("No field named o_orderyear"), "{repair}");
     let attempts = run(&mut conn, "SELECT attempts FROM system.nl_tasks WHERE question LIKE '%placed in 1995%'").await;
-    assert!(attempts[0][0].contains("l_orderdate"), "{attempts:?}");
+    assert!(attempts[0][0].contains("o_orderyear"), "{attempts:?}");
 
     // A missing join is fixed without asking the model again.
     let before = s.model.chats();

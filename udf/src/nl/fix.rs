@@ -449,3 +449,160 @@ mod tests {
         );
     }
 }
+
+const MONTHS: [&str; 12] = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+
+/// The one period a question names ("in 1996", "in March 1995"):
+/// `(first day, first day after)`, as `YYYY-MM-DD`.
+fn period(question: &str) -> Option<(String, String)> {
+    let words: Vec<String> =
+        question.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    if words.iter().any(|w| matches!(w.as_str(), "since" | "after" | "before" | "until" | "between" | "to" | "quarter"))
+    {
+        return None;
+    }
+    let years: Vec<(usize, i32)> = words
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.len() == 4)
+        .filter_map(|(i, w)| w.parse::<i32>().ok().filter(|y| (1900..2100).contains(y)).map(|y| (i, y)))
+        .collect();
+    let [(at, year)] = years.as_slice() else { return None };
+    let month = at.checked_sub(1).and_then(|i| MONTHS.iter().position(|m| *m == words[i]));
+    Some(match month {
+        Some(m) => {
+            let (ny, nm) = if m == 11 { (year + 1, 1) } else { (*year, m + 2) };
+            (format!("{year}-{:02}-01", m + 1), format!("{ny}-{nm:02}-01"))
+        }
+        None => (format!("{year}-01-01"), format!("{}-01-01", year + 1)),
+    })
+}
+
+/// The conjuncts of an AND chain.
+fn conjuncts(e: SqlExpr, out: &mut Vec<SqlExpr>) {
+    match e {
+        SqlExpr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            conjuncts(*left, out);
+            conjuncts(*right, out);
+        }
+        SqlExpr::Nested(inner) if matches!(*inner, SqlExpr::BinaryOp { op: BinaryOperator::And, .. }) => {
+            conjuncts(*inner, out)
+        }
+        other => out.push(other),
+    }
+}
+
+/// `(column text, operator, date)` of a comparison with a DATE literal.
+fn date_bound(e: &SqlExpr) -> Option<(String, BinaryOperator, String)> {
+    let SqlExpr::BinaryOp { left, op, right } = e else { return None };
+    let SqlExpr::TypedString(ts) = right.as_ref() else { return None };
+    if !matches!(ts.data_type, datafusion::sql::sqlparser::ast::DataType::Date) {
+        return None;
+    }
+    let date = ts.value.clone().into_string()?;
+    matches!(op, BinaryOperator::GtEq | BinaryOperator::Lt | BinaryOperator::LtEq)
+        .then(|| (left.to_string(), op.clone(), date))
+}
+
+fn date_literal(date: &str) -> SqlExpr {
+    match parse_condition_expr(&format!("DATE '{date}'")) {
+        Some(e) => e,
+        None => unreachable!("a date literal parses"),
+    }
+}
+
+fn parse_condition_expr(text: &str) -> Option<SqlExpr> {
+    super::check::parse_condition(text).ok()
+}
+
+/// Completes the date range of a question that names one period: a query
+/// that starts the range at the period's first day but has no end (or ends
+/// it a day early, `< DATE '1997-12-31'`) gets the period's real end.
+pub fn date_ranges(sql: &str, question: &str) -> Option<String> {
+    let (start, end) = period(question)?;
+    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
+    let Statement::Query(mut query) = *statement else { return None };
+    let select = select_of(&mut query)?;
+    let mut parts = Vec::new();
+    conjuncts(select.selection.take()?, &mut parts);
+    let starts: Vec<String> = parts
+        .iter()
+        .filter_map(date_bound)
+        .filter(|(_, op, d)| *op == BinaryOperator::GtEq && *d == start)
+        .map(|(c, _, _)| c)
+        .collect();
+    let mut changed = false;
+    for column in starts {
+        let uppers: Vec<usize> = parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| date_bound(p).is_some_and(|(c, op, _)| c == column && op != BinaryOperator::GtEq))
+            .map(|(i, _)| i)
+            .collect();
+        let right_end = uppers.len() == 1
+            && date_bound(&parts[uppers[0]]).is_some_and(|(_, op, d)| op == BinaryOperator::Lt && d == end);
+        if right_end || uppers.iter().any(|&i| date_bound(&parts[i]).is_some_and(|(_, _, d)| d > end)) {
+            continue;
+        }
+        for &i in uppers.iter().rev() {
+            parts.remove(i);
+        }
+        let left = parse_condition_expr(&column)?;
+        parts.push(SqlExpr::BinaryOp {
+            left: Box::new(left),
+            op: BinaryOperator::Lt,
+            right: Box::new(date_literal(&end)),
+        });
+        changed = true;
+    }
+    select.selection = parts.into_iter().reduce(|a, b| SqlExpr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    });
+    changed.then(|| query.to_string())
+}
+
+#[cfg(test)]
+mod date_tests {
+    use super::*;
+
+    #[test]
+    fn a_named_year_or_month_is_the_whole_period() {
+        let q = "What is the highest total price of a single order placed in 1996?";
+        let sql = "SELECT max(o_totalprice) FROM orders WHERE o_orderdate >= DATE '1996-01-01'";
+        assert_eq!(
+            date_ranges(sql, q).unwrap(),
+            "SELECT max(o_totalprice) FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1997-01-01'"
+        );
+        let q = "Show the 5 most expensive orders placed in December 1997";
+        let sql =
+            "SELECT o_orderkey FROM orders WHERE o_orderdate >= DATE '1997-12-01' AND o_orderdate < DATE '1997-12-31'";
+        assert!(
+            date_ranges(sql, q)
+                .unwrap()
+                .ends_with("o_orderdate >= DATE '1997-12-01' AND o_orderdate < DATE '1998-01-01'")
+        );
+        // Already right, another period, or several years: unchanged.
+        let sql = "SELECT 1 FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1997-01-01'";
+        assert_eq!(date_ranges(sql, "orders in 1996"), None);
+        assert_eq!(date_ranges("SELECT 1 FROM orders WHERE o_orderdate >= DATE '1995-01-01'", "orders in 1996"), None);
+        assert_eq!(
+            date_ranges("SELECT 1 FROM orders WHERE o_orderdate >= DATE '1993-01-01'", "from 1993 to 1997"),
+            None
+        );
+    }
+}

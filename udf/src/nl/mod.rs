@@ -361,6 +361,19 @@ impl Job<'_> {
         Err(first)
     }
 
+    /// A checked query whose date range stops short of the one period the
+    /// question names gets the whole period ([`fix::date_ranges`]).
+    async fn complete_dates(&self, answer: Answered) -> Answered {
+        if !self.strategy.repairs() {
+            return answer;
+        }
+        let Answered::Query(q) = &answer else { return answer };
+        match fix::date_ranges(&q.sql, &self.request.question) {
+            Some(fixed) => self.check(&fixed).await.unwrap_or(answer),
+            None => answer,
+        }
+    }
+
     /// One candidate: retrieval, then attempts with repair until one passes.
     async fn candidate(&self, options: &LlmOptions, model: &str, sample: Option<u32>) -> Result<Candidate> {
         let mut options = options.clone();
@@ -417,6 +430,7 @@ impl Job<'_> {
             let text = check::extract(&completion.text);
             match self.check_or_fix(&text, &mut attempts).await {
                 Ok(answer) => {
+                    let answer = self.complete_dates(answer).await;
                     trail::record(&options.trail_dir, &call);
                     return Ok(Candidate {
                         model: generator.id().to_string(),

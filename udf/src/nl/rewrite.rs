@@ -368,9 +368,34 @@ pub async fn expand(state: &SessionState, env: &NlEnv, statement: &mut DFStateme
             }
         }
     }
+    // `SELECT * FROM nl_query('...')` alone runs the generated query itself:
+    // a derived table's ORDER BY is not kept by the outer query.
+    if is_bare_nl_query(inner)
+        && let [query] = replacements.queries.make_contiguous()
+    {
+        *inner = Statement::Query(query.clone());
+        return Ok(compiled);
+    }
     replace(inner, replacements);
     leftover(inner)?;
     Ok(compiled)
+}
+
+/// Whether a statement is exactly `SELECT * FROM nl_query(...) [AS alias]`.
+fn is_bare_nl_query(statement: &Statement) -> bool {
+    let Statement::Query(q) = statement else { return false };
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return false;
+    }
+    let SetExpr::Select(select) = q.body.as_ref() else { return false };
+    let plain = select.selection.is_none()
+        && select.having.is_none()
+        && select.distinct.is_none()
+        && matches!(&select.group_by, datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(g, _) if g.is_empty())
+        && matches!(select.projection.as_slice(), [SelectItem::Wildcard(_)]);
+    plain
+        && matches!(select.from.as_slice(), [t] if t.joins.is_empty()
+            && matches!(&t.relation, TableFactor::Table { name, args: Some(_), .. } if function_name(name) == "nl_query"))
 }
 
 fn query_request(function: &str, question: String) -> Request {
