@@ -16,6 +16,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, ParamValues, Result, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionState;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{LogicalPlan, Statement, TableScan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -251,10 +252,7 @@ impl QueryEngine {
         settings: &[(String, String)],
     ) -> Result<DataFrame> {
         let state = ctx.state();
-        let dialect = state.config().options().sql_parser.dialect;
-        let mut statement = state.sql_to_statement(sql, &dialect)?;
-        let compiled = lakelink_udf::nl::expand(&state, &self.nl, &mut statement).await?;
-        let plan = state.statement_to_plan(statement).await.map_err(explain_refusal)?;
+        let (plan, compiled) = self.expand_nl(&state, sql).await?;
         options.verify_plan(&plan).map_err(explain_refusal)?;
         let df = DataFrame::new(state, plan);
         if !matches!(df.logical_plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) || compiled.is_empty() {
@@ -283,6 +281,20 @@ impl QueryEngine {
         self.query_context(&self.local, settings)?.read_batches(batches)
     }
 
+    /// Compiles the `nl_*` calls of `sql` into SQL and plans the result;
+    /// also says what each call compiled to.
+    async fn expand_nl(
+        &self,
+        state: &SessionState,
+        sql: &str,
+    ) -> Result<(LogicalPlan, Vec<lakelink_udf::nl::Compiled>)> {
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut statement = state.sql_to_statement(sql, &dialect)?;
+        let compiled = lakelink_udf::nl::expand(state, &self.nl, &mut statement).await?;
+        let plan = state.statement_to_plan(statement).await.map_err(explain_refusal)?;
+        Ok((plan, compiled))
+    }
+
     /// The parameters a statement takes, in order, as an Arrow schema
     /// (`$1`, `$2`, ...); the type is `Null` where the planner could not infer it.
     /// `nl_*` calls are compiled first, under the client's `settings` (the
@@ -290,11 +302,7 @@ impl QueryEngine {
     pub async fn parameter_schema(&self, sql: &str, settings: &[(String, String)]) -> Result<Schema> {
         let sql = number_question_marks(sql)?;
         let plan = if lakelink_udf::nl::mentions_nl(&sql) {
-            let state = self.query_context(&self.distributed, settings)?.state();
-            let dialect = state.config().options().sql_parser.dialect;
-            let mut statement = state.sql_to_statement(&sql, &dialect)?;
-            lakelink_udf::nl::expand(&state, &self.nl, &mut statement).await?;
-            state.statement_to_plan(statement).await?
+            self.expand_nl(&self.query_context(&self.distributed, settings)?.state(), &sql).await?.0
         } else {
             self.distributed.state().create_logical_plan(&sql).await?
         };

@@ -399,6 +399,16 @@ class Cluster:
         creds = self.credentials() if not kwargs.keys() & {"token", "username", "password"} else {}
         return adbc_connect(self.uri, **{**creds, **kwargs})
 
+    @contextlib.contextmanager
+    def connection(self, **kwargs):
+        """`connect` for a `with` block: the connection is closed at its end."""
+        conn = self.connect(**kwargs)
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def start(self) -> "Cluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
         STARTED_LOG_DIRS.append((self.name, self.workdir))

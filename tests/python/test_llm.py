@@ -9,7 +9,6 @@ can be switched to answer HTTP 500.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
@@ -209,14 +208,8 @@ def llm_cluster(cluster_factory, tmp_path, monkeypatch):
     return cluster
 
 
-@contextlib.contextmanager
 def connection(cluster: h.Cluster):
-    conn = cluster.connect(rpc_timeout=RPC_TIMEOUT)
-    try:
-        yield conn
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
+    return cluster.connection(rpc_timeout=RPC_TIMEOUT)
 
 
 def run_statement(conn, sql: str) -> pa.Table:

@@ -104,12 +104,8 @@ def nl_cluster(nl_lake, tmp_path_factory):
 
 @pytest.fixture
 def nl_conn(nl_cluster):
-    conn = nl_cluster.connect(rpc_timeout=RPC_TIMEOUT)
-    try:
+    with nl_cluster.connection(rpc_timeout=RPC_TIMEOUT) as conn:
         yield conn
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
 
 
 def tasks(conn, question: str | None = None, function: str | None = None) -> list[dict]:

@@ -46,9 +46,8 @@ pub struct ModelCall {
 impl ModelCall {
     /// A record stamped now by this process.
     pub fn now(query_id: &str, function: &str, model: &str, backend: &str) -> Self {
-        let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         Self {
-            time_ms,
+            time_ms: now_ms(),
             query_id: query_id.to_string(),
             function: function.to_string(),
             model: model.to_string(),
@@ -62,6 +61,11 @@ impl ModelCall {
             process: process_name().to_string(),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// This process, as `host:pid`.

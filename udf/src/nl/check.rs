@@ -533,14 +533,6 @@ async fn physical_check(state: &SessionState, plan: &LogicalPlan) -> Result<(), 
     Ok(())
 }
 
-/// The columns a `FROM` clause puts in scope, and the query text to plan
-/// conditions over it.
-#[derive(Debug, Clone)]
-pub struct Scope {
-    /// `[WITH ...] SELECT * FROM ...` for the clause.
-    pub select_all: String,
-}
-
 /// Parses a condition: one expression (an optional leading `WHERE`), or
 /// the WHERE condition of a query `SELECT * FROM ... WHERE <condition>`.
 pub fn parse_condition(text: &str) -> Result<SqlExpr, Problem> {
@@ -584,10 +576,11 @@ fn condition_of_query(text: &str) -> Result<SqlExpr, Problem> {
     }
 }
 
-/// Checks a condition for `nl_filter` over `scope`; returns it parsed, in parentheses.
+/// Checks a condition for `nl_filter` completing `select_all` (`[WITH ...]
+/// SELECT * FROM <the clause it filters>`); returns it parsed, in parentheses.
 pub async fn check_condition(
     state: &SessionState,
-    scope: &Scope,
+    select_all: &str,
     text: &str,
     policy: &Policy,
 ) -> Result<SqlExpr, Problem> {
@@ -607,7 +600,7 @@ pub async fn check_condition(
     if subquery {
         return Err(Problem::Policy("a condition may not contain subqueries".into()));
     }
-    let planned = format!("{} WHERE ({expr})", scope.select_all);
+    let planned = format!("{select_all} WHERE ({expr})");
     let statement = parse_one(&planned)?;
     let plan = state.statement_to_plan(statement).await.map_err(plan_error)?;
     read_only().verify_plan(&plan).map_err(plan_error)?;

@@ -1,27 +1,30 @@
-//! Repairs that need no model: a small model asked to fix a missing join
-//! usually answers with the same SQL again, so the compiler fixes the two
-//! most common mistakes itself, on the parsed query, and checks the result
-//! like any answer:
+//! Repairs that need no model: a small model asked to fix its SQL usually
+//! answers with the same SQL again, so the compiler fixes the commonest
+//! mistakes itself, on the parsed query, and checks the result like any
+//! answer:
 //!
 //! * a column of a table the query does not read (`c_mktsegment` in a
 //!   query over `orders`): the table is joined on the catalog's join keys,
 //!   along the shortest join path;
+//! * an invented name for a real column (`l_orderdate`, `c_nationname`);
 //! * a column given the wrong table (`orders.c_custkey`): the qualifier
 //!   becomes the table that has the column (and a join condition that
 //!   referred to it is replaced by the catalog's join keys);
-//! * a table name off by a letter or two (`order`): the catalog's table.
+//! * a selected column missing from GROUP BY;
+//! * a table name off by a letter or two (`order`): the catalog's table;
+//! * a date range that stops short of the one period the question names.
 
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, GroupByExpr, Ident, Join, JoinConstraint, JoinOperator, ObjectName,
-    ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut, visit_expressions_mut,
+    ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, VisitMut, visit_expressions,
 };
 
 use super::check::{Problem, parse_one};
 use super::knowledge::{Knowledge, stem};
 
-/// The identifier a planning error says does not exist: `(qualifier, name)`.
-fn missing_column(message: &str) -> Option<(Option<String>, String)> {
+/// The column a planning error says does not exist: `(qualifier, name)`.
+pub(super) fn missing_column(message: &str) -> Option<(Option<String>, String)> {
     let at = message.find("No field named ")?;
     let name: String = message[at + "No field named ".len()..]
         .chars()
@@ -34,7 +37,8 @@ fn missing_column(message: &str) -> Option<(Option<String>, String)> {
     }
 }
 
-fn missing_table(message: &str) -> Option<String> {
+/// The table a planning error says does not exist.
+pub(super) fn missing_table(message: &str) -> Option<String> {
     let at = message.find("table '")?;
     let rest = &message[at + "table '".len()..];
     let name = rest.split('\'').next()?;
@@ -105,23 +109,31 @@ impl datafusion::sql::sqlparser::ast::VisitorMut for RenameColumn<'_> {
     }
 }
 
+/// A FROM item's table and the name the query refers to it by.
+fn relation_name(f: &TableFactor) -> Option<(String, String)> {
+    let TableFactor::Table { name, alias, .. } = f else { return None };
+    let table = name.0.last().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).unwrap_or_default();
+    let refer = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| table.clone());
+    Some((table, refer))
+}
+
 /// The tables of a FROM clause: `(table, name to refer to it by)`.
 fn from_tables(select: &Select) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut add = |f: &TableFactor| {
-        if let TableFactor::Table { name, alias, .. } = f {
-            let table = name.0.last().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).unwrap_or_default();
-            let refer = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| table.clone());
-            out.push((table, refer));
-        }
-    };
-    for t in &select.from {
-        add(&t.relation);
-        for j in &t.joins {
-            add(&j.relation);
-        }
-    }
-    out
+    select
+        .from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
+        .filter_map(relation_name)
+        .collect()
+}
+
+/// `a AND b AND ...`; `None` for no parts.
+fn and_all(parts: impl IntoIterator<Item = SqlExpr>) -> Option<SqlExpr> {
+    parts.into_iter().reduce(|a, b| SqlExpr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    })
 }
 
 fn ident_expr(parts: &[&str]) -> SqlExpr {
@@ -139,21 +151,17 @@ fn join_condition(k: &Knowledge, left: (&str, &str), right: (&str, &str)) -> Opt
     } else {
         (&join.right_columns, &join.left_columns)
     };
-    l_cols
-        .iter()
-        .zip(r_cols)
-        .map(|(l, r)| SqlExpr::BinaryOp {
-            left: Box::new(ident_expr(&[left.1, l])),
-            op: BinaryOperator::Eq,
-            right: Box::new(ident_expr(&[right.1, r])),
-        })
-        .reduce(|a, b| SqlExpr::BinaryOp { left: Box::new(a), op: BinaryOperator::And, right: Box::new(b) })
+    and_all(l_cols.iter().zip(r_cols).map(|(l, r)| SqlExpr::BinaryOp {
+        left: Box::new(ident_expr(&[left.1, l])),
+        op: BinaryOperator::Eq,
+        right: Box::new(ident_expr(&[right.1, r])),
+    }))
 }
 
+/// Whether `expr` names `column` (bare or qualified).
 fn mentions(expr: &SqlExpr, column: &str) -> bool {
     let mut found = false;
-    let mut e = expr.clone();
-    let _ = visit_expressions_mut(&mut e, |x: &mut SqlExpr| {
+    let _ = visit_expressions(expr, |x: &SqlExpr| {
         match x {
             SqlExpr::Identifier(i) if i.value.eq_ignore_ascii_case(column) => found = true,
             SqlExpr::CompoundIdentifier(p) if p.last().is_some_and(|i| i.value.eq_ignore_ascii_case(column)) => {
@@ -260,25 +268,16 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
         // A join condition naming the column on the wrong table: the
         // catalog's join keys replace it.
         for twj in &mut select.from {
-            let mut before: Vec<(String, String)> = Vec::new();
-            if let TableFactor::Table { .. } = &twj.relation {
-                before.extend(from_tables(&Select {
-                    from: vec![TableWithJoins { relation: twj.relation.clone(), joins: vec![] }],
-                    ..select_template()
-                }));
-            }
+            let mut before: Vec<(String, String)> = relation_name(&twj.relation).into_iter().collect();
             for join in &mut twj.joins {
-                let this = from_tables(&Select {
-                    from: vec![TableWithJoins { relation: join.relation.clone(), joins: vec![] }],
-                    ..select_template()
-                });
+                let this = relation_name(&join.relation);
                 if let JoinOperator::Join(JoinConstraint::On(on)) | JoinOperator::Inner(JoinConstraint::On(on)) =
                     &mut join.join_operator
                     && mentions(on, &column)
                 {
                     // Without catalog join keys to put there, a requalified
                     // condition could join a table to itself: no fix.
-                    let (t, r) = this.first()?;
+                    let (t, r) = this.as_ref()?;
                     *on = before.iter().find_map(|(bt, br)| join_condition(k, (bt, br), (t, r)))?;
                 }
                 before.extend(this);
@@ -327,19 +326,6 @@ impl datafusion::sql::sqlparser::ast::VisitorMut for Rename<'_> {
             *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(self.to))]);
         }
         std::ops::ControlFlow::Continue(())
-    }
-}
-
-fn select_template() -> Select {
-    match parse_one("SELECT 1") {
-        Ok(DFStatement::Statement(s)) => match *s {
-            Statement::Query(q) => match *q.body {
-                SetExpr::Select(s) => *s,
-                _ => unreachable!("SELECT 1 is a select"),
-            },
-            _ => unreachable!("SELECT 1 is a query"),
-        },
-        _ => unreachable!("SELECT 1 parses"),
     }
 }
 
@@ -505,8 +491,8 @@ fn conjuncts(e: SqlExpr, out: &mut Vec<SqlExpr>) {
     }
 }
 
-/// `(column text, operator, date)` of a comparison with a DATE literal.
-fn date_bound(e: &SqlExpr) -> Option<(String, BinaryOperator, String)> {
+/// `(column, operator, date)` of a comparison with a DATE literal.
+fn date_bound(e: &SqlExpr) -> Option<(&SqlExpr, BinaryOperator, String)> {
     let SqlExpr::BinaryOp { left, op, right } = e else { return None };
     let SqlExpr::TypedString(ts) = right.as_ref() else { return None };
     if !matches!(ts.data_type, datafusion::sql::sqlparser::ast::DataType::Date) {
@@ -514,18 +500,7 @@ fn date_bound(e: &SqlExpr) -> Option<(String, BinaryOperator, String)> {
     }
     let date = ts.value.clone().into_string()?;
     matches!(op, BinaryOperator::GtEq | BinaryOperator::Lt | BinaryOperator::LtEq)
-        .then(|| (left.to_string(), op.clone(), date))
-}
-
-fn date_literal(date: &str) -> SqlExpr {
-    match parse_condition_expr(&format!("DATE '{date}'")) {
-        Some(e) => e,
-        None => unreachable!("a date literal parses"),
-    }
-}
-
-fn parse_condition_expr(text: &str) -> Option<SqlExpr> {
-    super::check::parse_condition(text).ok()
+        .then(|| (left.as_ref(), op.clone(), date))
 }
 
 /// Completes the date range of a question that names one period: a query
@@ -538,18 +513,19 @@ pub fn date_ranges(sql: &str, question: &str) -> Option<String> {
     let select = select_of(&mut query)?;
     let mut parts = Vec::new();
     conjuncts(select.selection.take()?, &mut parts);
-    let starts: Vec<String> = parts
+    let starts: Vec<SqlExpr> = parts
         .iter()
         .filter_map(date_bound)
         .filter(|(_, op, d)| *op == BinaryOperator::GtEq && *d == start)
-        .map(|(c, _, _)| c)
+        .map(|(c, _, _)| c.clone())
         .collect();
+    let end_literal = super::check::parse_condition(&format!("DATE '{end}'")).ok()?;
     let mut changed = false;
     for column in starts {
         let uppers: Vec<usize> = parts
             .iter()
             .enumerate()
-            .filter(|(_, p)| date_bound(p).is_some_and(|(c, op, _)| c == column && op != BinaryOperator::GtEq))
+            .filter(|(_, p)| date_bound(p).is_some_and(|(c, op, _)| *c == column && op != BinaryOperator::GtEq))
             .map(|(i, _)| i)
             .collect();
         let right_end = uppers.len() == 1
@@ -560,19 +536,14 @@ pub fn date_ranges(sql: &str, question: &str) -> Option<String> {
         for &i in uppers.iter().rev() {
             parts.remove(i);
         }
-        let left = parse_condition_expr(&column)?;
         parts.push(SqlExpr::BinaryOp {
-            left: Box::new(left),
+            left: Box::new(column),
             op: BinaryOperator::Lt,
-            right: Box::new(date_literal(&end)),
+            right: Box::new(end_literal.clone()),
         });
         changed = true;
     }
-    select.selection = parts.into_iter().reduce(|a, b| SqlExpr::BinaryOp {
-        left: Box::new(a),
-        op: BinaryOperator::And,
-        right: Box::new(b),
-    });
+    select.selection = and_all(parts);
     changed.then(|| query.to_string())
 }
 

@@ -115,11 +115,6 @@ pub struct Knowledge {
 }
 
 impl Knowledge {
-    /// The table named `name`.
-    pub fn table(&self, name: &str) -> Option<&TableInfo> {
-        self.tables.iter().find(|t| t.name == name)
-    }
-
     /// Every join touching `table`.
     pub fn joins_of<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a Join> + 'a {
         self.joins.iter().filter(move |j| j.other(table).is_some())

@@ -34,7 +34,7 @@ use datafusion::execution::SessionState;
 use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
 use sha2::{Digest, Sha256};
 
-use self::check::{Checked, Policy, Problem, Scope};
+use self::check::{Checked, Policy, Problem};
 use self::knowledge::Knowledge;
 use self::retrieve::Retrieved;
 use self::strategy::{Attempt, PromptInput, Target};
@@ -325,11 +325,9 @@ impl Job<'_> {
     /// Checks an answer against the target.
     async fn check(&self, text: &str) -> std::result::Result<Answered, Problem> {
         match &self.request.target {
-            Target::Filter { select_all, .. } => {
-                check::check_condition(self.state, &Scope { select_all: select_all.clone() }, text, self.policy)
-                    .await
-                    .map(|e| Answered::Condition(Box::new(e)))
-            }
+            Target::Filter { select_all, .. } => check::check_condition(self.state, select_all, text, self.policy)
+                .await
+                .map(|e| Answered::Condition(Box::new(e))),
             Target::Query => check::check_query(self.state, text, self.policy).await.map(Answered::Query),
         }
     }
@@ -519,7 +517,7 @@ impl Job<'_> {
         retrieved: &[String],
     ) {
         let record = task::NlTask {
-            time_ms: trail::ModelCall::now("", "", "", "").time_ms,
+            time_ms: trail::now_ms(),
             query_id: options.query_id.clone(),
             function: c.function.clone(),
             question: c.question.clone(),
@@ -572,26 +570,11 @@ pub mod repair {
         row[b.len()]
     }
 
-    /// The identifier an error says is missing.
+    /// The identifier an error says is missing: `(is a column, name)`.
     fn missing(message: &str) -> Option<(bool, String)> {
-        for (marker, is_column) in
-            [("No field named ", true), ("column '", true), ("table '", false), ("Table '", false), ("table \"", false)]
-        {
-            if let Some(at) = message.find(marker) {
-                let rest = &message[at + marker.len()..];
-                let name: String = rest
-                    .trim_start_matches(['"', '\''])
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.' || *c == '"')
-                    .collect();
-                let name = name.trim_end_matches('.').replace('"', "");
-                let name = name.rsplit('.').next().unwrap_or(&name).to_ascii_lowercase();
-                if !name.is_empty() {
-                    return Some((is_column, name));
-                }
-            }
-        }
-        None
+        super::fix::missing_column(message)
+            .map(|(_, column)| (true, column))
+            .or_else(|| super::fix::missing_table(message).map(|table| (false, table)))
     }
 
     /// A hint for the model about its failed `sql`, and tables to add to its prompt.

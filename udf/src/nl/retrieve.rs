@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::common::{DataFusionError, Result};
 
-use super::knowledge::{Knowledge, TableInfo};
+use super::knowledge::{Knowledge, TableInfo, stem};
 use crate::llm::cache::{self, Answer, DiskCache};
 use crate::llm::config::LlmOptions;
 use crate::llm::hub;
@@ -37,8 +37,6 @@ pub struct Retrieved {
     pub hints: Vec<ValueHint>,
     /// Indexes of the accepted examples most like the question.
     pub examples: Vec<usize>,
-    /// Every table's score, best first (for the trail and tests).
-    pub scores: Vec<(String, f32)>,
 }
 
 /// The embedding documents of a knowledge version: one per table, one per
@@ -60,9 +58,9 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A column's name as words: `o_orderdate` -> `orderdate`, `ship_mode` -> `ship mode`.
 fn readable(column: &str) -> String {
-    let stem = column.split_once('_').map(|(p, rest)| if p.len() <= 3 { rest } else { column }).unwrap_or(column);
-    stem.replace('_', " ")
+    stem(column).replace('_', " ")
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -226,8 +224,7 @@ pub async fn retrieve(k: &Knowledge, question: &str, options: &LlmOptions, max_t
     let mut examples: Vec<(usize, f32)> =
         d.examples.iter().enumerate().map(|(i, v)| (i, dot(&q, v))).filter(|(_, s)| *s >= 0.6).collect();
     examples.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let scores = scores.into_iter().map(|(name, score, _)| (name, score)).collect();
-    Ok(Retrieved { tables, hints, examples: examples.into_iter().take(3).map(|(i, _)| i).collect(), scores })
+    Ok(Retrieved { tables, hints, examples: examples.into_iter().take(3).map(|(i, _)| i).collect() })
 }
 
 #[cfg(test)]

@@ -329,7 +329,6 @@ mod tests {
                 value: "BUILDING".into(),
             }],
             examples: vec![0],
-            scores: vec![],
         };
         let attempts = vec![Attempt {
             sql: "SELECT count(*) FROM orders WHERE c_mktsegment = 'BUILDING'".into(),
