@@ -1,5 +1,8 @@
 //! `lakelink`: ask a Parquet lake questions in SQL.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

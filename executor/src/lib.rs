@@ -3,6 +3,8 @@
 //! ([`start_in_process`], used by embedded mode and tests).
 #![warn(missing_docs)]
 
+pub mod flight;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,11 +108,36 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
             let ext = ext.clone();
             Arc::new(move || ext.configure(SessionConfig::new_with_ballista()))
         }),
+        override_arrow_flight_service: Some(Arc::new(flight_server)),
         ..Default::default()
     };
     start_executor_process(Arc::new(config)).await?;
     Ok(())
 }
+
+/// Serves the executor's Arrow Flight service ([`flight::ExecutorFlightService`]).
+fn flight_server(
+    work_dir: String,
+    addr: SocketAddr,
+    mut shutdown: ballista_executor::shutdown::Shutdown,
+    grpc: ballista_core::utils::GrpcServerConfig,
+) -> tokio::task::JoinHandle<Result<(), ballista_core::error::BallistaError>> {
+    tokio::spawn(async move {
+        tracing::info!("executor Arrow Flight service listening on {addr}");
+        let service =
+            arrow_flight::flight_service_server::FlightServiceServer::new(flight::ExecutorFlightService::new(work_dir))
+                .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
+                .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT);
+        ballista_core::utils::create_grpc_server(&grpc)
+            .add_service(service)
+            .serve_with_shutdown(addr, shutdown.recv())
+            .await
+            .map_err(ballista_core::error::BallistaError::TonicError)
+    })
+}
+
+/// Largest Flight message the executor sends or accepts (Ballista's default).
+const FLIGHT_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Starts an executor inside this process, polling the scheduler at
 /// `scheduler`; it serves data on a free loopback port and runs until the

@@ -67,6 +67,12 @@ pub struct SchedulerOptions {
     /// Push tasks to executors (which then serve Ballista's executor gRPC)
     /// instead of letting them poll; every executor must use the same mode.
     pub push_scheduling: bool,
+    /// Partitions per query stage; 0 means one per executor task slot
+    /// registered when the query is planned (at least 2).
+    pub target_partitions: usize,
+    /// DataFusion and Ballista settings (`datafusion.*`, `ballista.*`) for
+    /// every query, e.g. `ballista.shuffle.compression.codec = none`.
+    pub settings: Vec<(String, String)>,
 }
 
 impl SchedulerOptions {
@@ -80,6 +86,8 @@ impl SchedulerOptions {
             extensions: Extensions::lakelink(),
             executor_timeout_seconds: 30,
             push_scheduling: false,
+            target_partitions: 0,
+            settings: Vec::new(),
         }
     }
 }
@@ -180,7 +188,19 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
             });
         })
     };
-    let engine = Arc::new(query_engine(&ext, lake, addr, cancel_job).await?);
+    let partitions = if options.target_partitions > 0 {
+        query::Partitions::Fixed(options.target_partitions)
+    } else {
+        let scheduler = scheduler.clone();
+        query::Partitions::PerSlot(Arc::new(move || {
+            let scheduler = scheduler.clone();
+            Box::pin(async move {
+                let executors = scheduler.state.executor_manager.get_executors_state().await.unwrap_or_default();
+                executors.iter().map(|(meta, _, _)| meta.specification.vcores as usize).sum()
+            })
+        }))
+    };
+    let engine = Arc::new(query_engine(&ext, lake, addr, cancel_job, partitions, &options.settings).await?);
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
     if !options.auth.enabled() && !loopback {
@@ -229,11 +249,24 @@ async fn query_engine(
     lake: Arc<LakeSchema>,
     addr: SocketAddr,
     cancel_job: query::JobCanceller,
+    partitions: query::Partitions,
+    settings: &[(String, String)],
 ) -> Result<QueryEngine, SchedulerError> {
-    let config = SessionConfig::new_with_ballista()
+    let mut config = SessionConfig::new_with_ballista()
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, SCHEMA)
         .set_bool(catalog::FORCE_VIEW_TYPES, false);
+    for (key, value) in settings {
+        if !(key.starts_with("datafusion.") || key.starts_with("ballista.")) {
+            return Err(SchedulerError::Config(format!(
+                "--set {key}={value}: only datafusion.* and ballista.* settings can be set this way"
+            )));
+        }
+        config
+            .options_mut()
+            .set(key, value)
+            .map_err(|e| SchedulerError::Config(format!("--set {key}={value}: {e}")))?;
+    }
     let catalog = Arc::new(MemoryCatalogProvider::new());
     catalog.register_schema(SCHEMA, lake.clone())?;
     catalog.register_schema(system::SCHEMA, Arc::new(system::SystemSchema))?;
@@ -247,5 +280,5 @@ async fn query_engine(
     let local = SessionContext::new_with_config(ext.configure(config));
     ext.register_all(&local);
     local.register_catalog(CATALOG, catalog);
-    Ok(QueryEngine::new(distributed, local, lake, cancel_job))
+    Ok(QueryEngine::new(distributed, local, lake, cancel_job, partitions))
 }

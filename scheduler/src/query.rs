@@ -79,6 +79,20 @@ pub struct SettingChange {
 /// every job after its query).
 pub type JobCanceller = Arc<dyn Fn(String) + Send + Sync>;
 
+/// Counts the task slots of the executors registered now.
+pub type SlotCounter = Arc<dyn Fn() -> futures::future::BoxFuture<'static, usize> + Send + Sync>;
+
+/// How many partitions each stage of a query is split into.
+#[derive(Clone)]
+pub enum Partitions {
+    /// Always this many (`--target-partitions N`).
+    Fixed(usize),
+    /// As many as the executors registered when the query is planned have
+    /// task slots (at least 2), so every slot gets one share of each stage
+    /// and a stage costs one round of tasks.
+    PerSlot(SlotCounter),
+}
+
 /// Plans and runs SQL for remote clients.
 pub struct QueryEngine {
     /// A Ballista planning session: its physical planner submits jobs to the
@@ -93,6 +107,7 @@ pub struct QueryEngine {
     cancel_job: JobCanceller,
     /// What the NL compiler may use of the lake (its metadata folder).
     nl: NlEnv,
+    partitions: Partitions,
 }
 
 impl QueryEngine {
@@ -103,9 +118,10 @@ impl QueryEngine {
         local: SessionContext,
         lake: Arc<LakeSchema>,
         cancel_job: JobCanceller,
+        partitions: Partitions,
     ) -> Self {
         let nl = NlEnv { metadata_dir: Some(lake.root().join(crate::catalog::METADATA_DIR)) };
-        Self { distributed, local, lake, sessions: Mutex::default(), cancel_job, nl }
+        Self { distributed, local, lake, sessions: Mutex::default(), cancel_job, nl, partitions }
     }
 
     /// If `sql` is `SET`/`RESET` of a model setting, applies it to the
@@ -186,10 +202,15 @@ impl QueryEngine {
     }
 
     /// A session context for one query: the shared planning session with
-    /// the client's settings and a fresh query id.
-    fn query_context(&self, base: &SessionContext, settings: &[(String, String)]) -> Result<SessionContext> {
+    /// the client's settings, the stage partition count and a fresh query id.
+    async fn query_context(&self, base: &SessionContext, settings: &[(String, String)]) -> Result<SessionContext> {
+        let partitions = match &self.partitions {
+            Partitions::Fixed(n) => *n,
+            Partitions::PerSlot(count) => count().await.max(2),
+        };
         let mut state = base.state();
         let options = state.config_mut().options_mut();
+        options.execution.target_partitions = partitions;
         for (key, value) in settings {
             options.set(key, value)?;
         }
@@ -214,14 +235,14 @@ impl QueryEngine {
     ) -> Result<DataFrame> {
         let sql = number_question_marks(sql)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let ctx = self.query_context(&self.distributed, settings)?;
+        let ctx = self.query_context(&self.distributed, settings).await?;
         let df = if lakelink_udf::nl::mentions_nl(&sql) {
             self.plan_nl(&ctx, &sql, options, settings).await?
         } else {
             ctx.sql_with_options(&sql, options).await.map_err(explain_refusal)?
         };
         let df = if reads_only_catalog(df.logical_plan()) {
-            self.query_context(&self.local, settings)?.sql_with_options(&sql, options).await?
+            self.query_context(&self.local, settings).await?.sql_with_options(&sql, options).await?
         } else {
             small_batches_for_model_limits(df)
         };
@@ -278,7 +299,7 @@ impl QueryEngine {
             )?;
             batches.insert(0, nl);
         }
-        self.query_context(&self.local, settings)?.read_batches(batches)
+        self.query_context(&self.local, settings).await?.read_batches(batches)
     }
 
     /// Compiles the `nl_*` calls of `sql` into SQL and plans the result;
@@ -302,7 +323,7 @@ impl QueryEngine {
     pub async fn parameter_schema(&self, sql: &str, settings: &[(String, String)]) -> Result<Schema> {
         let sql = number_question_marks(sql)?;
         let plan = if lakelink_udf::nl::mentions_nl(&sql) {
-            self.expand_nl(&self.query_context(&self.distributed, settings)?.state(), &sql).await?.0
+            self.expand_nl(&self.query_context(&self.distributed, settings).await?.state(), &sql).await?.0
         } else {
             self.distributed.state().create_logical_plan(&sql).await?
         };

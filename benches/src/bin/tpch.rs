@@ -11,6 +11,9 @@
 //! lakelink-tpch --host grpc://127.0.0.1:50050 --queries 1,6 --iterations 3
 //! ```
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

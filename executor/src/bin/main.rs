@@ -1,5 +1,8 @@
 //! `lakelink-executor`: a Ballista executor with LakeLink's functions.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use lakelink_executor::{ExecutorOptions, run};
 use lakelink_udf::Extensions;

@@ -1,5 +1,8 @@
 //! `lakelink-scheduler`: a Ballista scheduler over a lake, serving Arrow Flight SQL.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use lakelink_scheduler::{AuthConfig, SchedulerOptions, start};
 
@@ -33,6 +36,20 @@ struct Args {
     /// sends them); executors must be started with the same mode.
     #[arg(long, default_value = "push", value_parser = ["pull", "push"])]
     scheduling: String,
+    /// Partitions per query stage (0: one per executor task slot, at least 2).
+    #[arg(long, default_value_t = 0)]
+    target_partitions: usize,
+    /// A DataFusion or Ballista setting for every query, as KEY=VALUE
+    /// (repeatable), e.g. `--set ballista.shuffle.compression.codec=none`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
 }
 
 #[tokio::main]
@@ -46,6 +63,8 @@ async fn main() -> std::process::ExitCode {
     options.port = args.port;
     options.executor_timeout_seconds = args.executor_timeout;
     options.push_scheduling = args.scheduling == "push";
+    options.target_partitions = args.target_partitions;
+    options.settings = args.settings;
     options.auth = AuthConfig { token: args.auth_token, basic: args.user.zip(args.password) };
     let result = async {
         let running = start(options).await?;
