@@ -9,7 +9,10 @@ lake="$1"; port="$2"; shift 3
 B="$CARGO_TARGET_DIR/release"
 logs=$(mktemp -d)
 scheduling="${LAKELINK_SCHEDULING:-push}"   # push (default) or pull
-"$B/lakelink-scheduler" --lake "$lake" --port "$port" --bind 127.0.0.1 --scheduling "$scheduling" > "$logs/scheduler.log" 2>&1 &
+# Extra scheduler flags, e.g. LAKELINK_SCHEDULER_ARGS="--target-partitions 4"
+# shellcheck disable=SC2086
+"$B/lakelink-scheduler" --lake "$lake" --port "$port" --bind 127.0.0.1 --scheduling "$scheduling" \
+  ${LAKELINK_SCHEDULER_ARGS:-} > "$logs/scheduler.log" 2>&1 &
 pids=($!)
 sleep 1
 for i in 0 1; do

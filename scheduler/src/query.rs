@@ -244,7 +244,7 @@ impl QueryEngine {
         let df = if reads_only_catalog(df.logical_plan()) {
             self.query_context(&self.local, settings).await?.sql_with_options(&sql, options).await?
         } else {
-            small_batches_for_model_limits(df)
+            late_materialization_for_lookups(small_batches_for_model_limits(df))
         };
         match params {
             Some(values) => df.with_param_values(ParamValues::from(values.to_vec())),
@@ -490,6 +490,35 @@ fn small_batches_for_model_limits(df: DataFrame) -> DataFrame {
     if batch < state.config().batch_size() {
         let _ = state.config_mut().options_mut().set("datafusion.execution.batch_size", &batch.to_string());
     }
+    DataFrame::new(state, plan)
+}
+
+/// A lookup (the top rows of one table under a filter, with no join,
+/// aggregate or window) reads its filter columns first and decodes the other
+/// columns only for the rows that pass (Parquet filter pushdown). On a
+/// selective filter that skips most of the decoding (TPC-H SF 30 needle
+/// query: 5.4 s to 4.9 s). It stays off for other queries: with joins and
+/// aggregates it made TPC-H SF 10 queries up to 1.6x slower.
+fn late_materialization_for_lookups(df: DataFrame) -> DataFrame {
+    let (mut scans, mut filters, mut limits, mut other) = (0, 0, 0, 0);
+    let _ = df.logical_plan().apply_with_subqueries(|node| {
+        match node {
+            LogicalPlan::TableScan(_) => scans += 1,
+            LogicalPlan::Filter(_) => filters += 1,
+            LogicalPlan::Limit(_) => limits += 1,
+            LogicalPlan::Sort(sort) if sort.fetch.is_some() => limits += 1,
+            LogicalPlan::Join(_) | LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Union(_) => {
+                other += 1
+            }
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if !(scans == 1 && filters > 0 && limits > 0 && other == 0) {
+        return df;
+    }
+    let (mut state, plan) = df.into_parts();
+    state.config_mut().options_mut().execution.parquet.pushdown_filters = true;
     DataFrame::new(state, plan)
 }
 
