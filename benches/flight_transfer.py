@@ -12,6 +12,7 @@ the first two columns). MB are the Arrow in-memory bytes of the result.
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def same_data(remote: pa.Table, local: pa.Table) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--host", default="grpc://127.0.0.1:50050")
+    ap.add_argument("--host", default=os.environ.get("LAKELINK_HOST", "grpc://127.0.0.1:50050"))
     ap.add_argument("--lake", required=True)
     ap.add_argument("--tables", default="lineitem")
     ap.add_argument("--iterations", type=int, default=2)
