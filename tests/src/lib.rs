@@ -130,9 +130,18 @@ pub fn tpch_lake() -> &'static Path {
     })
 }
 
+/// `tests/testdata`, found through the directory cargo runs the tests from, so
+/// test binaries built in another checkout sharing the target folder still
+/// read this checkout's files.
+pub fn testdata() -> PathBuf {
+    let crate_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir.join("testdata")
+}
+
 /// The 22 TPC-H queries of `tests/testdata/tpch`.
 pub fn tpch_query(n: usize) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("testdata/tpch/q{n}.sql"));
+    let path = testdata().join(format!("tpch/q{n}.sql"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

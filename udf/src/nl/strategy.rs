@@ -308,7 +308,10 @@ mod tests {
     fn snapshot(name: &str, prompt: &Prompt) {
         let text =
             format!("=== system\n{}\n=== user\n{}\n=== max_tokens {}\n", prompt.system, prompt.user, prompt.max_tokens);
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+        // The directory cargo runs the test from, so a binary built in another
+        // checkout sharing the target folder reads this checkout's snapshots.
+        let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        let path = std::path::Path::new(&crate_dir).join("tests/snapshots").join(name);
         if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &text).unwrap();
