@@ -1,6 +1,7 @@
 //! The LakeLink executor: a Ballista executor that knows LakeLink's functions
 //! and codecs, run as its own process ([`run`]) or inside another one
-//! ([`start_in_process`], used by embedded mode and tests).
+//! ([`start_in_process`], used by embedded mode and tests; tasks pushed by the
+//! scheduler either way).
 #![warn(missing_docs)]
 
 pub mod flight;
@@ -12,8 +13,12 @@ use std::sync::Arc;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::BallistaCodec;
+use ballista_core::serde::protobuf::ExecutorRegistration;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::scheduler::{ExecutorOperatingSystemSpecification, ExecutorSpecification};
+use ballista_executor::executor::Executor;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::metrics::LoggingMetricsCollector;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use lakelink_udf::Extensions;
@@ -139,9 +144,14 @@ fn flight_server(
 /// Largest Flight message the executor sends or accepts (Ballista's default).
 const FLIGHT_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Starts an executor inside this process, polling the scheduler at
-/// `scheduler`; it serves data on a free loopback port and runs until the
-/// process ends.
+/// Starts an executor inside this process for the scheduler at `scheduler`,
+/// which must push tasks (`SchedulerOptions::push_scheduling`, the default):
+/// tasks arrive the moment they are ready and finished ones are reported at
+/// once, where a polling executor waits up to 50 ms for each. It serves data
+/// (the same Flight service as an executor process) and takes tasks on free
+/// loopback ports, keeps its shuffle files in a temporary folder, and runs
+/// until the tokio runtime ends or the scheduler stops it. Unlike [`run`] it
+/// leaves Ctrl-C to the host process (the shell cancels a query with it).
 pub async fn start_in_process(
     scheduler: SocketAddr,
     concurrent_tasks: usize,
@@ -150,23 +160,105 @@ pub async fn start_in_process(
     let url = format!("http://{scheduler}");
     let client = SchedulerGrpcClient::connect(url.clone())
         .await
-        .map_err(|e| ExecutorError::Connect { addr: url, reason: e.to_string() })?
+        .map_err(|e| ExecutorError::Connect { addr: url.clone(), reason: e.to_string() })?
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let config_producer = {
+    let vcores = concurrent_tasks.max(1);
+    let work = tempfile::Builder::new().prefix("lakelink-executor-").tempdir().map_err(ExecutorError::WorkDir)?;
+    let work_dir = work.path().to_string_lossy().into_owned();
+
+    // The Flight service listens before the executor registers, so the
+    // scheduler never learns of a port nobody serves.
+    let flight_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(ExecutorError::WorkDir)?;
+    let flight_port = flight_listener.local_addr().map_err(ExecutorError::WorkDir)?.port();
+    let shutdown = ballista_executor::shutdown::ShutdownNotifier::new();
+    {
+        let service = arrow_flight::flight_service_server::FlightServiceServer::new(
+            flight::ExecutorFlightService::new(work_dir.clone()),
+        )
+        .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
+        .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT);
+        let mut stop = shutdown.subscribe_for_shutdown();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(flight_listener);
+        tokio::spawn(async move {
+            ballista_core::utils::create_grpc_server(&Default::default())
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
+                .await
+        });
+    }
+
+    let ext = ext.clone();
+    let config_producer: ballista_core::ConfigProducer = {
         let ext = ext.clone();
         Arc::new(move || ext.configure(SessionConfig::new_with_ballista()))
     };
-    let runtime_producer = Arc::new(|_: &SessionConfig| Ok(Arc::new(RuntimeEnvBuilder::new().build()?)));
-    let codec = BallistaCodec::new(ext.logical_codec(), ext.physical_codec());
-    ballista_executor::new_standalone_executor_from_builder(
-        client,
-        concurrent_tasks.max(1),
-        config_producer,
-        runtime_producer,
-        codec,
-        ext.function_registry(),
-    )
-    .await?;
+    let runtime_producer: ballista_core::RuntimeProducer =
+        Arc::new(|_: &SessionConfig| Ok(Arc::new(RuntimeEnvBuilder::new().build()?)));
+    let config = Arc::new(ExecutorProcessConfig {
+        bind_host: "127.0.0.1".into(),
+        grpc_max_decoding_message_size: FLIGHT_MESSAGE_LIMIT as u32,
+        grpc_max_encoding_message_size: FLIGHT_MESSAGE_LIMIT as u32,
+        executor_heartbeat_interval_seconds: 5,
+        ..Default::default()
+    });
+    // Ballista binds the task port itself, from a number: take a free one,
+    // and another if something else grabbed it in between.
+    let (stop_send, mut stop_recv) = tokio::sync::mpsc::channel::<bool>(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let grpc_port = free_loopback_port().map_err(ExecutorError::WorkDir)?;
+        let metadata = ExecutorRegistration {
+            id: ballista_core::ids::new_instance_id(),
+            host: Some("127.0.0.1".into()),
+            port: flight_port.into(),
+            grpc_port: grpc_port.into(),
+            specification: Some(ExecutorSpecification::default().with_vcores(vcores as u32).into()),
+            os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+            ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
+        };
+        let executor = Arc::new(Executor::with_default_execution_engine(
+            metadata,
+            &work_dir,
+            runtime_producer.clone(),
+            config_producer.clone(),
+            Arc::new(ext.function_registry()),
+            Arc::new(LoggingMetricsCollector::default()),
+            vcores,
+        ));
+        let codec: BallistaCodec = BallistaCodec::new(ext.logical_codec(), ext.physical_codec());
+        let started = ballista_executor::executor_server::startup(
+            client.clone(),
+            config.clone(),
+            executor,
+            codec,
+            stop_send.clone(),
+            &shutdown,
+            ballista_executor::health::ExecutorHealth::new(),
+        )
+        .await;
+        match started {
+            Ok(_) => break,
+            Err(ballista_core::error::BallistaError::IoError(e))
+                if attempt < 3 && e.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                tracing::warn!("in-process executor: task port {grpc_port} taken ({e}), trying another");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Keeps the services and the shuffle folder alive until the scheduler
+    // asks the executor to stop or the runtime shuts down.
+    tokio::spawn(async move {
+        let _work = work;
+        stop_recv.recv().await;
+        drop(shutdown);
+    });
     Ok(())
+}
+
+/// A loopback port free at the time of asking.
+fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

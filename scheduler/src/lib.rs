@@ -85,7 +85,7 @@ impl SchedulerOptions {
             auth: AuthConfig::default(),
             extensions: Extensions::lakelink(),
             executor_timeout_seconds: 30,
-            push_scheduling: false,
+            push_scheduling: true,
             target_partitions: 0,
             settings: Vec::new(),
         }
