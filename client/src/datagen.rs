@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tpchgen::generators::{
@@ -127,7 +128,10 @@ fn write_part(table: &str, scale: f64, part: i32, parts: i32, path: &PathBuf) ->
         .build();
     let parquet_err =
         |e: parquet::errors::ParquetError| ClientError::Io { path: path.clone(), source: std::io::Error::other(e) };
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet_err)?;
+    // No embedded Arrow schema: it would ask readers for the generator's
+    // `Utf8View` strings, and each engine picks its own string type anyway.
+    let options = ArrowWriterOptions::new().with_properties(props).with_skip_arrow_metadata(true);
+    let mut writer = ArrowWriter::try_new_with_options(file, schema, options).map_err(parquet_err)?;
     let mut rows = 0;
     for batch in batches {
         let batch = batch.map_err(|e| ClientError::Io { path: path.clone(), source: std::io::Error::other(e) })?;

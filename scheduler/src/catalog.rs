@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableConfigExt, ListingTableUrl};
@@ -151,8 +151,39 @@ impl LakeSchema {
                 )),
                 None => e,
             })?;
+        let config = match config.file_schema.as_deref().and_then(without_view_types) {
+            Some(plain) => config.with_schema(Arc::new(plain)),
+            None => config,
+        };
         Ok(Arc::new(ListingTable::try_new(config)?))
     }
+}
+
+/// `schema` with its string and binary view columns as plain `Utf8` and
+/// `Binary`, or `None` when it has none. Files written from Arrow may ask for
+/// view types in their embedded schema (the TPC-H lakes of `lakelink datagen`
+/// do), which [`FORCE_VIEW_TYPES`] cannot turn off; such columns are read as
+/// views and made plain at the scan, before any shuffle could send shared page
+/// buffers with every batch (a 48 MB message for one batch of TPC-H Q10's
+/// customers at SF 10).
+fn without_view_types(schema: &Schema) -> Option<Schema> {
+    let plain = |t: &DataType| match t {
+        DataType::Utf8View => Some(DataType::Utf8),
+        DataType::BinaryView => Some(DataType::Binary),
+        _ => None,
+    };
+    if !schema.fields().iter().any(|f| plain(f.data_type()).is_some()) {
+        return None;
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match plain(f.data_type()) {
+            Some(t) => f.as_ref().clone().with_data_type(t),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    Some(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 #[async_trait]
@@ -258,6 +289,38 @@ mod tests {
     fn unsupported_scheme_is_a_clear_error() {
         let err = LakeSchema::open("s3://bucket/lake").unwrap_err().to_string();
         assert!(err.contains("s3://"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn view_typed_files_are_read_as_plain_strings() {
+        use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray, StringViewArray};
+        let dir = tempfile_dir();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8View, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(StringViewArray::from(vec!["a short one", "a string longer than twelve bytes"])),
+            ],
+        )
+        .unwrap();
+        let file = std::fs::File::create(dir.join("people.parquet")).unwrap();
+        let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+
+        let lake = LakeSchema::open(dir.to_str().unwrap()).unwrap();
+        let table = lake.table("people").await.unwrap().unwrap();
+        assert_eq!(table.schema().field_with_name("name").unwrap().data_type(), &DataType::Utf8);
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("people", table).unwrap();
+        let batches = ctx.sql("SELECT name FROM people ORDER BY id").await.unwrap().collect().await.unwrap();
+        let names = batches[0].column(0).as_any().downcast_ref::<StringArray>().expect("plain Utf8 values");
+        assert_eq!(names.len(), 2);
+        assert_eq!(names.value(1), "a string longer than twelve bytes");
     }
 
     fn tempfile_dir() -> PathBuf {
