@@ -1182,7 +1182,48 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def markdown_main(argv: list[str]) -> int:
+    """`tpch_peers.py markdown RESULTS.json`: the results as Markdown tables
+    (the README's results section is this output)."""
+    if len(argv) != 1:
+        raise SystemExit("usage: tpch_peers.py markdown RESULTS.json")
+    out = json.loads(Path(argv[0]).read_text())
+    names = {"lakelink-cluster": "LakeLink cluster", "lakelink-embedded": "LakeLink embedded",
+             "datafusion": "DataFusion", "duckdb": "DuckDB", "spark": "Spark local[2]"}
+    order = [s for s in ("lakelink-cluster", "lakelink-embedded", "datafusion", "duckdb", "spark")
+             if any(s in sc["systems"] for sc in out["scales"].values())]
+
+    def cell(r: dict) -> str:
+        return fmt_cell(r).split(" (")[0] if r.get("status") in ("ok", "unchecked") else fmt_cell(r)
+
+    for scale, sc in out["scales"].items():
+        systems = [s for s in order if s in sc["systems"]]
+        print(f"\n**SF {scale}**{' (Q1, Q6 and the needle)' if sc.get('needle_only') else ''}, "
+              f"best of {out['settings'].get('iterations', '?')}, seconds:\n")
+        print("| query | " + " | ".join(names[s] for s in systems) + " |")
+        print("| --- |" + " ---: |" * len(systems))
+        for q in sc["queries"]:
+            print(f"| {q} | " + " | ".join(cell(sc["systems"][s]["results"][q]) for s in systems) + " |")
+        if not sc.get("needle_only"):
+            gm = sc["geomean"]
+            print("| **geomean** | " + " | ".join(f"**{gm[s]['best_s']:.3f}**" if gm[s]["best_s"] else "-"
+                                                 for s in systems) + " |")
+            print("| correct | " + " | ".join(f"{gm[s]['correct']}/{gm[s]['queries']}" for s in systems) + " |")
+        print("| peak RSS, MiB | " + " | ".join(
+            " + ".join(f"{v / KB:,.0f}" for v in sc["systems"][s]["memory_kb"].values() if v) for s in systems)
+            + " |")
+        ratios = ", ".join(f"{k} **{v:.2f}x**" for k, v in sc.get("ratios", {}).items() if v is not None)
+        if ratios:
+            print(f"\nGeometric-mean ratios: {ratios}.")
+    print("\n| target | measured | |\n| --- | --- | --- |")
+    for t in out["targets"]:
+        print(f"| {t['target']} | {t['shown']} | {({True: 'met', False: 'not met', None: 'n/a'})[t['met']]} |")
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
         sys.exit(worker_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["markdown"]:
+        sys.exit(markdown_main(sys.argv[2:]))
     sys.exit(main(sys.argv[1:]))
