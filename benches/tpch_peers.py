@@ -1194,7 +1194,9 @@ def markdown_main(argv: list[str]) -> int:
              if any(s in sc["systems"] for sc in out["scales"].values())]
 
     def cell(r: dict) -> str:
-        return fmt_cell(r).split(" (")[0] if r.get("status") in ("ok", "unchecked") else fmt_cell(r)
+        if r.get("status") not in ("ok", "unchecked") or r.get("best_s") is None:
+            return fmt_cell(r)
+        return f"{r['best_s']:.3f}" + ("?" if r["status"] == "unchecked" else "")
 
     for scale, sc in out["scales"].items():
         systems = [s for s in order if s in sc["systems"]]

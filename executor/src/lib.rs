@@ -1,7 +1,7 @@
 //! The LakeLink executor: a Ballista executor that knows LakeLink's functions
 //! and codecs, run as its own process ([`run`]) or inside another one
-//! ([`start_in_process`], used by embedded mode and tests; tasks pushed by the
-//! scheduler either way).
+//! ([`start_in_process`], used by embedded mode and tests; it always takes
+//! tasks pushed by the scheduler).
 #![warn(missing_docs)]
 
 pub mod flight;
@@ -32,6 +32,9 @@ pub enum ExecutorError {
     /// The work folder could not be made.
     #[error("cannot create the work folder: {0}")]
     WorkDir(std::io::Error),
+    /// No loopback port to serve on (in-process executors).
+    #[error("cannot listen on a loopback port: {0}")]
+    Listen(std::io::Error),
     /// The scheduler could not be reached.
     #[error("cannot connect to the scheduler at {addr}: {reason}")]
     Connect {
@@ -109,10 +112,7 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
         override_function_registry: Some(Arc::new(ext.function_registry())),
         override_logical_codec: Some(ext.logical_codec()),
         override_physical_codec: Some(ext.physical_codec()),
-        override_config_producer: Some({
-            let ext = ext.clone();
-            Arc::new(move || ext.configure(SessionConfig::new_with_ballista()))
-        }),
+        override_config_producer: Some(config_producer(ext)),
         override_arrow_flight_service: Some(Arc::new(flight_server)),
         ..Default::default()
     };
@@ -129,20 +129,31 @@ fn flight_server(
 ) -> tokio::task::JoinHandle<Result<(), ballista_core::error::BallistaError>> {
     tokio::spawn(async move {
         tracing::info!("executor Arrow Flight service listening on {addr}");
-        let service =
-            arrow_flight::flight_service_server::FlightServiceServer::new(flight::ExecutorFlightService::new(work_dir))
-                .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
-                .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT);
         ballista_core::utils::create_grpc_server(&grpc)
-            .add_service(service)
+            .add_service(flight_service(work_dir))
             .serve_with_shutdown(addr, shutdown.recv())
             .await
             .map_err(ballista_core::error::BallistaError::TonicError)
     })
 }
 
+/// [`flight::ExecutorFlightService`] over `work_dir`, with the message limits.
+fn flight_service(
+    work_dir: String,
+) -> arrow_flight::flight_service_server::FlightServiceServer<flight::ExecutorFlightService> {
+    arrow_flight::flight_service_server::FlightServiceServer::new(flight::ExecutorFlightService::new(work_dir))
+        .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
+        .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT)
+}
+
 /// Largest Flight message the executor sends or accepts (Ballista's default).
 const FLIGHT_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Every task's session: Ballista's defaults with LakeLink's functions.
+fn config_producer(ext: &Extensions) -> ballista_core::ConfigProducer {
+    let ext = ext.clone();
+    Arc::new(move || ext.configure(SessionConfig::new_with_ballista()))
+}
 
 /// Starts an executor inside this process for the scheduler at `scheduler`,
 /// which must push tasks (`SchedulerOptions::push_scheduling`, the default):
@@ -169,15 +180,11 @@ pub async fn start_in_process(
 
     // The Flight service listens before the executor registers, so the
     // scheduler never learns of a port nobody serves.
-    let flight_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(ExecutorError::WorkDir)?;
-    let flight_port = flight_listener.local_addr().map_err(ExecutorError::WorkDir)?.port();
+    let flight_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(ExecutorError::Listen)?;
+    let flight_port = flight_listener.local_addr().map_err(ExecutorError::Listen)?.port();
     let shutdown = ballista_executor::shutdown::ShutdownNotifier::new();
     {
-        let service = arrow_flight::flight_service_server::FlightServiceServer::new(
-            flight::ExecutorFlightService::new(work_dir.clone()),
-        )
-        .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
-        .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT);
+        let service = flight_service(work_dir.clone());
         let mut stop = shutdown.subscribe_for_shutdown();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(flight_listener);
         tokio::spawn(async move {
@@ -188,11 +195,7 @@ pub async fn start_in_process(
         });
     }
 
-    let ext = ext.clone();
-    let config_producer: ballista_core::ConfigProducer = {
-        let ext = ext.clone();
-        Arc::new(move || ext.configure(SessionConfig::new_with_ballista()))
-    };
+    let config_producer = config_producer(ext);
     let runtime_producer: ballista_core::RuntimeProducer =
         Arc::new(|_: &SessionConfig| Ok(Arc::new(RuntimeEnvBuilder::new().build()?)));
     let config = Arc::new(ExecutorProcessConfig {
@@ -208,7 +211,7 @@ pub async fn start_in_process(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let grpc_port = free_loopback_port().map_err(ExecutorError::WorkDir)?;
+        let grpc_port = free_loopback_port().map_err(ExecutorError::Listen)?;
         let metadata = ExecutorRegistration {
             id: ballista_core::ids::new_instance_id(),
             host: Some("127.0.0.1".into()),

@@ -500,21 +500,21 @@ fn small_batches_for_model_limits(df: DataFrame) -> DataFrame {
 /// query: 5.4 s to 4.9 s). It stays off for other queries: with joins and
 /// aggregates it made TPC-H SF 10 queries up to 1.6x slower.
 fn late_materialization_for_lookups(df: DataFrame) -> DataFrame {
-    let (mut scans, mut filters, mut limits, mut other) = (0, 0, 0, 0);
+    let (mut scans, mut filter, mut limit, mut other) = (0, false, false, false);
     let _ = df.logical_plan().apply_with_subqueries(|node| {
         match node {
             LogicalPlan::TableScan(_) => scans += 1,
-            LogicalPlan::Filter(_) => filters += 1,
-            LogicalPlan::Limit(_) => limits += 1,
-            LogicalPlan::Sort(sort) if sort.fetch.is_some() => limits += 1,
+            LogicalPlan::Filter(_) => filter = true,
+            LogicalPlan::Limit(_) => limit = true,
+            LogicalPlan::Sort(sort) if sort.fetch.is_some() => limit = true,
             LogicalPlan::Join(_) | LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Union(_) => {
-                other += 1
+                other = true
             }
             _ => {}
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    if !(scans == 1 && filters > 0 && limits > 0 && other == 0) {
+    if !(scans == 1 && filter && limit && !other) {
         return df;
     }
     let (mut state, plan) = df.into_parts();

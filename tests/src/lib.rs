@@ -13,6 +13,14 @@ use lakelink::{Connection, Credentials};
 use lakelink_scheduler::{AuthConfig, RunningScheduler, SchedulerOptions};
 use lakelink_udf::Extensions;
 
+/// Scheduler defaults over `lake`, listening on a free loopback port.
+pub fn loopback_options(lake: &Path) -> SchedulerOptions {
+    let mut options = SchedulerOptions::new(lake.to_string_lossy());
+    options.bind_host = "127.0.0.1".into();
+    options.port = 0;
+    options
+}
+
 /// A scheduler and its executors inside the test process.
 pub struct TestCluster {
     pub scheduler: RunningScheduler,
@@ -37,14 +45,18 @@ impl TestCluster {
         executors: usize,
         auth: AuthConfig,
     ) -> Self {
-        let mut options = SchedulerOptions::new(lake.to_string_lossy());
-        options.bind_host = "127.0.0.1".into();
-        options.port = 0;
+        let mut options = loopback_options(lake);
         options.extensions = scheduler_ext;
         options.auth = auth;
+        Self::start_options(options, &executor_ext, executors).await
+    }
+
+    /// Starts a scheduler with `options` and `executors` executors of one
+    /// task slot with `executor_ext`.
+    pub async fn start_options(options: SchedulerOptions, executor_ext: &Extensions, executors: usize) -> Self {
         let scheduler = lakelink_scheduler::start(options).await.expect("scheduler starts");
         for _ in 0..executors {
-            lakelink_executor::start_in_process(scheduler.local_addr(), 1, &executor_ext)
+            lakelink_executor::start_in_process(scheduler.local_addr(), 1, executor_ext)
                 .await
                 .expect("executor starts");
         }

@@ -3,28 +3,19 @@
 //! DataFusion or Ballista setting, and late materialization for lookups.
 
 use lakelink_scheduler::SchedulerOptions;
-use lakelink_tests::{run, tpch_lake};
+use lakelink_tests::{TestCluster, loopback_options, run, tpch_lake};
 use lakelink_udf::Extensions;
 
-/// Starts a scheduler with `options` changed by `change` and `executors`
-/// executors of one task slot.
-async fn cluster(change: impl FnOnce(&mut SchedulerOptions), executors: usize) -> lakelink_scheduler::RunningScheduler {
-    let mut options = SchedulerOptions::new(tpch_lake().to_string_lossy());
-    options.bind_host = "127.0.0.1".into();
-    options.port = 0;
+/// Starts a scheduler over the TPC-H lake with its options changed by
+/// `change`, and `executors` executors of one task slot.
+async fn cluster(change: impl FnOnce(&mut SchedulerOptions), executors: usize) -> TestCluster {
+    let mut options = loopback_options(tpch_lake());
     change(&mut options);
-    let scheduler = lakelink_scheduler::start(options).await.expect("scheduler starts");
-    for _ in 0..executors {
-        lakelink_executor::start_in_process(scheduler.local_addr(), 1, &Extensions::lakelink())
-            .await
-            .expect("executor starts");
-    }
-    scheduler
+    TestCluster::start_options(options, &Extensions::lakelink(), executors).await
 }
 
-async fn explain(scheduler: &lakelink_scheduler::RunningScheduler, sql: &str) -> String {
-    let url = format!("grpc://{}", scheduler.local_addr());
-    let mut conn = lakelink::Connection::connect(&url, &lakelink::Credentials::None).await.unwrap();
+async fn explain(cluster: &TestCluster, sql: &str) -> String {
+    let mut conn = cluster.connect().await;
     run(&mut conn, &format!("EXPLAIN {sql}")).await.into_iter().map(|row| row.join("\n")).collect::<Vec<_>>().join("\n")
 }
 
@@ -40,17 +31,9 @@ const SCAN: &str = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stages_have_one_partition_per_task_slot_unless_the_operator_says() {
+    // In-process executors are registered once started.
     let scheduler = cluster(|_| {}, 3).await;
-    // Executors register on their first heartbeat.
-    let mut partitions = 0;
-    for _ in 0..50 {
-        partitions = scan_partitions(&explain(&scheduler, SCAN).await);
-        if partitions == 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(partitions, 3, "three executors of one slot: three partitions");
+    assert_eq!(scan_partitions(&explain(&scheduler, SCAN).await), 3, "three executors of one slot: three partitions");
 
     let scheduler = cluster(|o| o.target_partitions = 5, 1).await;
     assert_eq!(scan_partitions(&explain(&scheduler, SCAN).await), 5);
@@ -70,9 +53,7 @@ async fn operator_settings_reach_every_query_and_bad_ones_stop_the_start() {
         ("datafusion.execution.target_partitions", "many", "target_partitions"),
         ("lakelink.llm.model", "x", "only datafusion.* and ballista.*"),
     ] {
-        let mut options = SchedulerOptions::new(tpch_lake().to_string_lossy());
-        options.bind_host = "127.0.0.1".into();
-        options.port = 0;
+        let mut options = loopback_options(tpch_lake());
         options.settings = vec![(key.into(), value.into())];
         let err = lakelink_scheduler::start(options).await.expect_err("a bad setting stops the start").to_string();
         assert!(err.contains(expected) && err.contains("--set"), "{key}={value}: {err}");
