@@ -244,7 +244,8 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
 }
 
 /// Settings LakeLink plans with instead of DataFusion's or Ballista's
-/// defaults; an operator's `--set` of the same key wins.
+/// defaults; an operator's `--set` of the same key wins, except that
+/// [`catalog::FORCE_VIEW_TYPES`] cannot be turned on (see [`planning_config`]).
 ///
 /// * [`catalog::FORCE_VIEW_TYPES`] off: Parquet strings are read as plain
 ///   `Utf8`, not views whose shared page buffers would travel with every
@@ -263,6 +264,9 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[
 
 /// The configuration every query is planned with: LakeLink's
 /// [`DEFAULT_SETTINGS`], then the operator's `settings` (`--set`) in order.
+/// Turning [`catalog::FORCE_VIEW_TYPES`] back on is refused: the lake catalog
+/// fixes every table's string columns as plain `Utf8` when it opens them, so
+/// the setting could not take effect.
 fn planning_config(settings: &[(String, String)]) -> Result<SessionConfig, SchedulerError> {
     let mut config = SessionConfig::new_with_ballista()
         .with_information_schema(true)
@@ -280,6 +284,14 @@ fn planning_config(settings: &[(String, String)]) -> Result<SessionConfig, Sched
             .options_mut()
             .set(key, value)
             .map_err(|e| SchedulerError::Config(format!("--set {key}={value}: {e}")))?;
+    }
+    if config.options().execution.parquet.schema_force_view_types {
+        return Err(SchedulerError::Config(format!(
+            "--set {}=true: lake tables are always read with plain Utf8 strings (view-typed strings would carry \
+             their shared Parquet page buffers into every shuffle file and Flight message), so this setting cannot \
+             be turned on",
+            catalog::FORCE_VIEW_TYPES
+        )));
     }
     Ok(config)
 }
@@ -327,5 +339,14 @@ mod tests {
         assert_eq!(broadcast_rows(&[]), 20_000_000);
         let operator = [(BALLISTA_BROADCAST_JOIN_THRESHOLD_ROWS.to_string(), "1000000".to_string())];
         assert_eq!(broadcast_rows(&operator), 1_000_000);
+    }
+
+    #[test]
+    fn view_typed_strings_cannot_be_turned_on() {
+        let operator = [(crate::catalog::FORCE_VIEW_TYPES.to_string(), "true".to_string())];
+        let err = planning_config(&operator).unwrap_err().to_string();
+        assert!(err.contains("schema_force_view_types=true") && err.contains("plain Utf8"), "{err}");
+        let off = [(crate::catalog::FORCE_VIEW_TYPES.to_string(), "false".to_string())];
+        assert!(planning_config(&off).is_ok());
     }
 }
