@@ -52,6 +52,7 @@ async fn operator_settings_reach_every_query_and_bad_ones_stop_the_start() {
         ("datafusion.execution.no_such_setting", "1", "no_such_setting"),
         ("datafusion.execution.target_partitions", "many", "target_partitions"),
         ("lakelink.llm.model", "x", "only datafusion.* and ballista.*"),
+        ("datafusion.execution.parquet.schema_force_view_types", "true", "plain Utf8"),
     ] {
         let mut options = loopback_options(tpch_lake());
         options.settings = vec![(key.into(), value.into())];
