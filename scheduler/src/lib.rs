@@ -73,6 +73,9 @@ pub struct SchedulerOptions {
     /// DataFusion and Ballista settings (`datafusion.*`, `ballista.*`) for
     /// every query, e.g. `ballista.shuffle.compression.codec = none`.
     pub settings: Vec<(String, String)>,
+    /// Top-N lookups over tables of at least this many bytes on disk run in
+    /// two passes (`u64::MAX`: never); see `QueryEngine::narrow_top_n`.
+    pub top_n_narrowing_min_bytes: u64,
 }
 
 impl SchedulerOptions {
@@ -88,6 +91,7 @@ impl SchedulerOptions {
             push_scheduling: true,
             target_partitions: 0,
             settings: Vec::new(),
+            top_n_narrowing_min_bytes: query::TOP_N_NARROWING_MIN_BYTES,
         }
     }
 }
@@ -200,7 +204,11 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
             })
         }))
     };
-    let engine = Arc::new(query_engine(&ext, lake, addr, cancel_job, partitions, &options.settings).await?);
+    let engine = Arc::new(
+        query_engine(&ext, lake, addr, cancel_job, partitions, &options.settings)
+            .await?
+            .with_top_n_narrowing(options.top_n_narrowing_min_bytes),
+    );
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
     if !options.auth.enabled() && !loopback {

@@ -43,6 +43,19 @@ struct Args {
     /// (repeatable), e.g. `--set ballista.shuffle.compression.codec=none`.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+    /// Top-N lookups (one table, a filter, ORDER BY ... LIMIT N) over tables of
+    /// at least this many bytes run in two passes: the first finds the N-th
+    /// value of the first sort key, the second reads the other columns only
+    /// where they can matter. 0: always; "never": never.
+    #[arg(long, default_value = "268435456", value_parser = parse_bytes_or_never)]
+    top_n_narrowing_min_bytes: u64,
+}
+
+fn parse_bytes_or_never(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "never" => Ok(u64::MAX),
+        n => n.parse().map_err(|_| format!("expected a number of bytes or 'never', got '{s}'")),
+    }
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -65,6 +78,7 @@ async fn main() -> std::process::ExitCode {
     options.push_scheduling = args.scheduling == "push";
     options.target_partitions = args.target_partitions;
     options.settings = args.settings;
+    options.top_n_narrowing_min_bytes = args.top_n_narrowing_min_bytes;
     options.auth = AuthConfig { token: args.auth_token, basic: args.user.zip(args.password) };
     let result = async {
         let running = start(options).await?;
