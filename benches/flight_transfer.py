@@ -37,16 +37,19 @@ import pyarrow.parquet as pq
 
 
 def best_of(n: int, f):
-    """Best wall time of `n` calls of `f` and the last result. Each call starts
-    after the previous result is released, so every call after the first can
-    reuse the memory the one before it used (the readers are compared warm)."""
-    best, result = float("inf"), None
+    """Best wall time of `n` calls of `f`, which returns (result, detail): the
+    best call's detail and the last result. Each call starts after the previous
+    result is released, so every call after the first can reuse the memory the
+    one before it used (the readers are compared warm)."""
+    best, best_detail, result = float("inf"), None, None
     for _ in range(n):
         result = None
         t = time.perf_counter()
-        result = f()
-        best = min(best, time.perf_counter() - t)
-    return best, result
+        result, detail = f()
+        secs = time.perf_counter() - t
+        if secs < best:
+            best, best_detail = secs, detail
+    return best, best_detail, result
 
 
 COLD_PYARROW = ("import sys, time, pyarrow.parquet as pq; t = time.perf_counter(); "
@@ -106,9 +109,9 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def timed_fetch(cur, sql: str, pids: dict[str, int]) -> tuple[float, dict, pa.Table]:
-    """Runs `sql`; returns the wall time, the split at the first batch (seconds
-    and CPU seconds per process on each side of it) and the result."""
+def timed_fetch(cur, sql: str, pids: dict[str, int]) -> tuple[pa.Table, dict]:
+    """Runs `sql`; returns the result and the split at its first batch (seconds
+    and CPU seconds per process on each side of it)."""
     c0, t0 = cpu_seconds(pids), time.perf_counter()
     cur.execute(sql)
     reader = cur.fetch_record_batch()
@@ -122,7 +125,7 @@ def timed_fetch(cur, sql: str, pids: dict[str, int]) -> tuple[float, dict, pa.Ta
     split = {"query_s": round(t1 - t0, 3), "transfer_s": round(t2 - t1, 3),
              "query_cpu_s": {k: round(c1[k] - c0[k], 2) for k in c0 if k in c1},
              "transfer_cpu_s": {k: round(c2[k] - c1[k], 2) for k in c1 if k in c2}}
-    return t2 - t0, split, pa.Table.from_batches(batches, schema=reader.schema)
+    return pa.Table.from_batches(batches, schema=reader.schema), split
 
 
 def same_data(remote: pa.Table, local: pa.Table) -> bool:
@@ -144,15 +147,10 @@ def main() -> None:
     print(f"{'table':<10} {'reader':<24} {'rows':>11} {'seconds':>8} {'rows/s':>12} {'MB/s':>8}")
     with flightsql.connect(args.host) as conn, conn.cursor() as cur:
         for table in args.tables.split(","):
-            local_s, local = best_of(args.iterations, lambda: pq.read_table(Path(args.lake) / table))
-
+            local_s, _, local = best_of(args.iterations, lambda: (pq.read_table(Path(args.lake) / table), None))
             pids = lakelink_processes(args.host)
-            flight_s, split, remote = float("inf"), {}, None
-            for _ in range(args.iterations):
-                remote = None
-                secs, this_split, remote = timed_fetch(cur, f"SELECT * FROM {table}", pids)
-                if secs < flight_s:
-                    flight_s, split = secs, this_split
+            flight_s, split, remote = best_of(args.iterations,
+                                              lambda: timed_fetch(cur, f"SELECT * FROM {table}", pids))
             if remote.num_rows != local.num_rows or not same_data(remote, local):
                 raise SystemExit(f"{table}: the Flight SQL result differs from the Parquet files")
             mb, rows = remote.nbytes / 1e6, remote.num_rows

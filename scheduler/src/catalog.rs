@@ -93,6 +93,32 @@ impl LakeSchema {
         self.entries().into_iter().find(|e| e.name == name)
     }
 
+    /// Whether the table `name` holds at least `min_bytes` on disk (its file,
+    /// or the files below its folder, hidden ones left out). Stops counting
+    /// once the limit is reached; false for a name that is not a table.
+    pub fn table_holds_at_least(&self, name: &str, min_bytes: u64) -> bool {
+        let Some(entry) = self.entry(name) else { return false };
+        let mut total = 0u64;
+        let mut pending = vec![entry.path];
+        while let Some(path) = pending.pop() {
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if meta.is_dir() {
+                let Ok(dir) = std::fs::read_dir(&path) else { continue };
+                pending.extend(
+                    dir.flatten()
+                        .filter(|e| !e.file_name().to_string_lossy().starts_with(['.', '_']))
+                        .map(|e| e.path()),
+                );
+            } else {
+                total += meta.len();
+                if total >= min_bytes {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Resolves every table now, so that problems show at start. Returns the
     /// tables that could not be read with the reason.
     pub async fn check_all(&self) -> Vec<(String, DataFusionError)> {
