@@ -6,8 +6,10 @@
 //! again with LZ4 compression: for a large result that is most of the
 //! executor's work (measured: 54% of its CPU while a 6-million-row result was
 //! fetched). The file's messages are already valid Flight data (an IPC
-//! message header and body, compressed with the shuffle codec), so they are
-//! forwarded unchanged. Every other request goes to Ballista's service.
+//! message header and body; a result file's are uncompressed, see
+//! [`crate::stage`]), so they are forwarded unchanged, and the scheduler
+//! passes them on to the client the same way. Every other request goes to
+//! Ballista's service.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod flight;
+pub mod stage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -114,6 +115,7 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
         override_physical_codec: Some(ext.physical_codec()),
         override_config_producer: Some(config_producer(ext)),
         override_arrow_flight_service: Some(Arc::new(flight_server)),
+        override_execution_engine: Some(Arc::new(stage::StageEngine::default())),
         ..Default::default()
     };
     start_executor_process(Arc::new(config)).await?;
@@ -221,7 +223,7 @@ pub async fn start_in_process(
             os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
             ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
         };
-        let executor = Arc::new(Executor::with_default_execution_engine(
+        let executor = Arc::new(Executor::new(
             metadata,
             &work_dir,
             runtime_producer.clone(),
@@ -229,6 +231,7 @@ pub async fn start_in_process(
             Arc::new(ext.function_registry()),
             Arc::new(LoggingMetricsCollector::default()),
             vcores,
+            Arc::new(stage::StageEngine::default()),
         ));
         let codec: BallistaCodec = BallistaCodec::new(ext.logical_codec(), ext.physical_codec());
         let started = ballista_executor::executor_server::startup(
