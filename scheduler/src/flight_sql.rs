@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
-use crate::query::{CATALOG, QueryEngine, SCHEMA, SettingChange, result_schema};
+use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, result_schema};
 
 /// A prepared statement unused for this long is forgotten.
 const PREPARED_TTL: Duration = Duration::from_secs(60 * 60);
@@ -155,10 +155,14 @@ impl LakeLinkFlightSql {
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
         let df = self.engine.plan(sql, params, settings).await.map_err(query_status)?;
         let schema = result_schema(&df);
-        let batches = self.engine.execute(df, schema.clone()).await.map_err(query_status)?;
-        let batches = batches.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
-        let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
-        Ok(Response::new(Box::pin(data)))
+        match self.engine.execute(df, schema.clone()).await.map_err(query_status)? {
+            QueryResult::Files(files) => Ok(Response::new(crate::result::forward(files, schema))),
+            QueryResult::Batches(batches) => {
+                let batches = batches.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
+                let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
+                Ok(Response::new(Box::pin(data)))
+            }
+        }
     }
 
     /// A metadata answer computed in this process: a FlightInfo whose ticket is

@@ -16,6 +16,7 @@ pub mod error;
 pub mod flight_sql;
 /// Planning and running client SQL as distributed jobs.
 pub mod query;
+pub mod result;
 /// The `system` schema (`system.model_calls`).
 pub mod system;
 
@@ -27,10 +28,14 @@ use ballista::prelude::SessionContextExt;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_core::serde::protobuf::{JobStatus, job_status};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::create_scheduler;
+use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use lakelink_udf::Extensions;
@@ -192,6 +197,13 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
             });
         })
     };
+    let run_job: query::JobRunner = {
+        let scheduler = scheduler.clone();
+        Arc::new(move |name, session_id, config, plan| {
+            let scheduler = scheduler.clone();
+            Box::pin(async move { run_job(&scheduler, &name, &session_id, &config, &plan).await })
+        })
+    };
     let partitions = if options.target_partitions > 0 {
         query::Partitions::Fixed(options.target_partitions)
     } else {
@@ -205,7 +217,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         }))
     };
     let engine = Arc::new(
-        query_engine(&ext, lake, addr, cancel_job, partitions, &options.settings)
+        query_engine(&ext, lake, addr, cancel_job, run_job, partitions, &options.settings)
             .await?
             .with_top_n_narrowing(options.top_n_narrowing_min_bytes),
     );
@@ -249,6 +261,37 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     });
     tracing::info!("LakeLink scheduler listening on {addr} (Ballista gRPC and Arrow Flight SQL)");
     Ok(RunningScheduler { addr, shutdown: Some(shutdown), task })
+}
+
+/// Submits `plan` to `scheduler` as job `name` of session `session_id` and
+/// waits for it to end: its result files (removed from the executors once
+/// the result has been read), or why it failed.
+async fn run_job(
+    scheduler: &SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    name: &str,
+    session_id: &str,
+    config: &SessionConfig,
+    plan: &LogicalPlan,
+) -> datafusion::error::Result<query::ResultFiles> {
+    let ballista = |e: ballista_core::error::BallistaError| e.into_datafusion();
+    let ctx = scheduler.state.session_manager.create_or_update_session(session_id, config).await.map_err(ballista)?;
+    let (subscriber, mut statuses) = tokio::sync::mpsc::channel::<JobStatus>(16);
+    let job_id = scheduler.submit_job(name, ctx, plan, Some(subscriber)).await.map_err(ballista)?;
+    while let Some(status) = statuses.recv().await {
+        match status.status {
+            Some(job_status::Status::Successful(job)) => {
+                let executors = scheduler.state.executor_manager.clone();
+                return Ok(query::ResultFiles::new(job.partition_location, move || {
+                    executors.clean_up_job_data(job_id);
+                }));
+            }
+            Some(job_status::Status::Failed(failed)) => {
+                return Err(DataFusionError::Execution(format!("Job {job_id} failed: {}", failed.error)));
+            }
+            _ => {}
+        }
+    }
+    Err(DataFusionError::Execution(format!("Job {job_id} ended without saying how")))
 }
 
 /// Settings LakeLink plans with instead of DataFusion's or Ballista's
@@ -310,6 +353,7 @@ async fn query_engine(
     lake: Arc<LakeSchema>,
     addr: SocketAddr,
     cancel_job: query::JobCanceller,
+    run_job: query::JobRunner,
     partitions: query::Partitions,
     settings: &[(String, String)],
 ) -> Result<QueryEngine, SchedulerError> {
@@ -327,7 +371,7 @@ async fn query_engine(
     let local = SessionContext::new_with_config(ext.configure(config));
     ext.register_all(&local);
     local.register_catalog(CATALOG, catalog);
-    Ok(QueryEngine::new(distributed, local, lake, cancel_job, partitions))
+    Ok(QueryEngine::new(distributed, local, lake, cancel_job, run_job, partitions))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ballista_core::serde::protobuf::PartitionLocation;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -21,7 +22,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::logical_plan::{FetchType, Limit, SkipType};
 use datafusion::logical_expr::{Expr, Filter, LogicalPlan, LogicalPlanBuilder, SortExpr, Statement, TableScan, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::StreamExt;
@@ -80,6 +81,51 @@ pub struct SettingChange {
 /// every job after its query).
 pub type JobCanceller = Arc<dyn Fn(String) + Send + Sync>;
 
+/// Runs a query's plan as a distributed job in this scheduler (the job's
+/// name, the query's session id and configuration, its optimized logical
+/// plan) and answers, once the job has succeeded, where its result files lie;
+/// a failed job is an error reading "Job ID failed: WHY".
+pub type JobRunner = Arc<
+    dyn Fn(String, String, SessionConfig, LogicalPlan) -> futures::future::BoxFuture<'static, Result<ResultFiles>>
+        + Send
+        + Sync,
+>;
+
+/// A query's result: the files a distributed job wrote (sent on to the client
+/// by the transport, see `crate::result`), or batches computed here.
+pub enum QueryResult {
+    /// The job's result files.
+    Files(ResultFiles),
+    /// Batches in the advertised schema.
+    Batches(SendableRecordBatchStream),
+}
+
+/// The result files of a finished job, in order, each on an executor. They
+/// are removed from the executors when this is dropped: a result is read
+/// once (fetching the same statement again runs it again), and a large one
+/// would otherwise fill the executors' disks until Ballista's clean-up five
+/// minutes after the job.
+pub struct ResultFiles {
+    /// Where each file lies.
+    pub locations: Vec<PartitionLocation>,
+    remove: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ResultFiles {
+    /// Files at `locations`, removed by `remove`.
+    pub fn new(locations: Vec<PartitionLocation>, remove: impl FnOnce() + Send + 'static) -> Self {
+        Self { locations, remove: Some(Box::new(remove)) }
+    }
+}
+
+impl Drop for ResultFiles {
+    fn drop(&mut self) {
+        if let Some(remove) = self.remove.take() {
+            remove();
+        }
+    }
+}
+
 /// Counts the task slots of the executors registered now.
 pub type SlotCounter = Arc<dyn Fn() -> futures::future::BoxFuture<'static, usize> + Send + Sync>;
 
@@ -106,6 +152,7 @@ pub struct QueryEngine {
     lake: Arc<LakeSchema>,
     sessions: Mutex<HashMap<String, Session>>,
     cancel_job: JobCanceller,
+    run_job: JobRunner,
     /// What the NL compiler may use of the lake (its metadata folder).
     nl: NlEnv,
     partitions: Partitions,
@@ -126,6 +173,7 @@ impl QueryEngine {
         local: SessionContext,
         lake: Arc<LakeSchema>,
         cancel_job: JobCanceller,
+        run_job: JobRunner,
         partitions: Partitions,
     ) -> Self {
         let nl = NlEnv { metadata_dir: Some(lake.root().join(crate::catalog::METADATA_DIR)) };
@@ -135,6 +183,7 @@ impl QueryEngine {
             lake,
             sessions: Mutex::default(),
             cancel_job,
+            run_job,
             nl,
             partitions,
             top_n_narrowing_min_bytes: TOP_N_NARROWING_MIN_BYTES,
@@ -362,10 +411,18 @@ impl QueryEngine {
         ))
     }
 
-    /// Runs a planned statement. The stream carries exactly `schema`.
-    /// A client that stops reading before the end (cancels, disconnects)
-    /// cancels the query: its distributed job and its model requests.
-    pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<SendableRecordBatchStream> {
+    /// Runs a planned statement. Batches carry exactly `schema`; result files
+    /// hold batches of the same column types (`conform` relabels them).
+    /// A client that goes away before the job ends (cancels, disconnects)
+    /// cancels the query: its distributed job and its model requests; so does
+    /// one that stops reading batches computed here before their end.
+    ///
+    /// A distributed job is submitted to the scheduler in this process, and
+    /// its result is answered as the files it wrote, so that their messages
+    /// can reach the client as the executors send them. Statements Ballista
+    /// answers without a job of its own (catalog reads, `EXPLAIN ANALYZE`, an
+    /// empty relation) run through its planner as before.
+    pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<QueryResult> {
         let options = lakelink_udf::LlmOptions::from_config(df.task_ctx().session_config().options());
         let mut guard = CancelOnDrop {
             query_id: options.query_id.clone(),
@@ -374,6 +431,23 @@ impl QueryEngine {
             finished: false,
         };
         let df = self.narrow_top_n(df).await;
+        if !reads_only_catalog(df.logical_plan()) {
+            let (state, plan) = df.into_parts();
+            let optimized = state.optimize(&plan)?;
+            if !matches!(optimized, LogicalPlan::Analyze(_) | LogicalPlan::EmptyRelation(_)) {
+                let config = state.config().clone();
+                let job = (self.run_job)(options.query_id.clone(), state.session_id().to_string(), config, optimized);
+                let files = job.await?;
+                guard.finished = true;
+                return Ok(QueryResult::Files(files));
+            }
+            return self.execute_here(DataFrame::new(state, plan), schema, guard).await;
+        }
+        self.execute_here(df, schema, guard).await
+    }
+
+    /// Runs a statement through DataFusion's (and Ballista's) planner here.
+    async fn execute_here(&self, df: DataFrame, schema: SchemaRef, mut guard: CancelOnDrop) -> Result<QueryResult> {
         let stream = df.execute_stream().await?;
         let conformed = {
             let schema = schema.clone();
@@ -385,7 +459,7 @@ impl QueryEngine {
                 std::task::Poll::Ready(None)
             }))
         };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, conformed)))
+        Ok(QueryResult::Batches(Box::pin(RecordBatchStreamAdapter::new(schema, conformed))))
     }
 }
 
@@ -654,7 +728,7 @@ fn wire_type(data_type: &DataType) -> DataType {
 }
 
 /// Re-labels (and where needed casts) a batch to the advertised schema.
-fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema_ref() == schema {
         return Ok(batch);
     }

@@ -428,8 +428,10 @@ class Cluster:
                     "--port", str(fport), "--grpc-port", str(gport), "--bind", "127.0.0.1"]
             edir = self.workdir / f"executor-{i}"
             edir.mkdir(exist_ok=True)
+            ecmd += ["--work-dir", str(edir / "work")]
             ex = Proc(f"executor-{i}", ecmd, self.workdir / f"executor-{i}.log").start(edir)
             ex.flight_port = fport  # type: ignore[attr-defined]
+            ex.work_dir = edir / "work"  # type: ignore[attr-defined]
             self.executors.append(ex)
         for ex in self.executors:
             self._wait_port(ex, ex.flight_port)  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pytest
 
 import lakelink_harness as h
 
@@ -108,3 +109,17 @@ def test_million_row_fetch(big_conn, tpch_lake_big, capsys):
     local = pa.table([c.cast(f.type) for c, f in zip(local.columns, table.schema)], schema=table.schema)
     keys = [("l_orderkey", "ascending"), ("l_linenumber", "ascending")]
     assert table.sort_by(keys).equals(local.sort_by(keys)), "fetched rows differ from the Parquet files"
+
+
+def test_result_files_are_removed_once_read(big_cluster, big_conn):
+    """A result's files stay on the executors only until the client has read
+    them (a large result would otherwise hold disk space for minutes)."""
+    def arrow_files():
+        return {p for ex in big_cluster.executors for p in ex.work_dir.rglob("*.arrow")}
+
+    before = arrow_files()
+    with big_conn.cursor() as cur:
+        cur.execute("SELECT * FROM orders")
+        assert cur.fetch_arrow_table().num_rows == h.parquet_dataset(big_cluster.lake, "orders").count_rows()
+    h.wait_for(lambda: not (arrow_files() - before), 20, 0.2, "the result's files removed",
+               lambda why: pytest.fail(f"{why}: {sorted(map(str, arrow_files() - before))}"))

@@ -97,6 +97,42 @@ impl TestCluster {
     }
 }
 
+/// What this test process logs, kept in memory: [`LogCapture::install`]
+/// makes it the process's tracing subscriber (once per test binary).
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Captures the events `filter` (an `EnvFilter` directive) lets through.
+    pub fn install(filter: &str) -> Self {
+        let log = Self::default();
+        tracing_subscriber::fmt().with_writer(log.clone()).with_env_filter(filter).with_ansi(false).init();
+        log
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> LogCapture {
+        self.clone()
+    }
+}
+
 /// Runs `sql` and returns its rows as text; panics with the SQL when it
 /// fails or takes more than two minutes.
 pub async fn run(conn: &mut Connection, sql: &str) -> Vec<Vec<String>> {

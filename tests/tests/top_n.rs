@@ -5,39 +5,13 @@
 //! the same lake, one narrowing every lookup and one never, answer each query,
 //! and the scheduler's log says which queries the first one ran in two passes.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use datafusion::prelude::SessionContext;
 use lakelink_scheduler::SchedulerOptions;
-use lakelink_tests::{TestCluster, loopback_options, rows};
+use lakelink_tests::{LogCapture, TestCluster, loopback_options, rows};
 use lakelink_udf::Extensions;
 
-/// What the scheduler logs, kept in memory.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Log {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
-    type Writer = Log;
-    fn make_writer(&'a self) -> Log {
-        self.clone()
-    }
-}
-
-impl Log {
-    fn two_pass_lookups(&self) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).matches("in two passes").count()
-    }
+fn two_pass_lookups(log: &LogCapture) -> usize {
+    log.text().matches("in two passes").count()
 }
 
 async fn cluster(lake: &std::path::Path, narrowing_min_bytes: u64) -> TestCluster {
@@ -47,12 +21,7 @@ async fn cluster(lake: &std::path::Path, narrowing_min_bytes: u64) -> TestCluste
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_pass_lookups_answer_as_one_pass_lookups() {
-    let log = Log::default();
-    tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_env_filter("lakelink_scheduler=info")
-        .with_ansi(false)
-        .init();
+    let log = LogCapture::install("lakelink_scheduler=info");
     let lake = tempfile::tempdir().unwrap();
     let ctx = SessionContext::new();
     for part in 0..3 {
@@ -94,14 +63,14 @@ async fn two_pass_lookups_answer_as_one_pass_lookups() {
             true,
         ),
     ] {
-        let before = log.two_pass_lookups();
+        let before = two_pass_lookups(&log);
         let narrowed = lakelink_tests::run(&mut a, sql).await;
-        assert_eq!(log.two_pass_lookups() - before, usize::from(two_pass), "{sql}: two passes expected: {two_pass}");
+        assert_eq!(two_pass_lookups(&log) - before, usize::from(two_pass), "{sql}: two passes expected: {two_pass}");
         let one_pass = lakelink_tests::run(&mut b, sql).await;
         assert!(!one_pass.is_empty(), "{sql}: the one-pass answer is empty");
         assert_eq!(narrowed, one_pass, "{sql}");
     }
-    assert_eq!(log.two_pass_lookups(), 5, "the cluster that never narrows ran a lookup in two passes");
+    assert_eq!(two_pass_lookups(&log), 5, "the cluster that never narrows ran a lookup in two passes");
 
     // The answers are also what local DataFusion says over the same files.
     ctx.register_parquet("t", lake.path().join("t").to_str().unwrap(), Default::default()).await.unwrap();
