@@ -4,10 +4,10 @@
 //! Such a stage (Ballista's passthrough `ShuffleWriterExec`) holds a query's
 //! result, or the input of a final merge: each file is read once, whole, and
 //! sent on (the result's messages go to the scheduler exactly as they lie in
-//! the file, see [`crate::flight`]). Compressing it cost the executors more
-//! than half their CPU on a large result (TPC-H SF 10 `SELECT * FROM orders`:
-//! 4.0 CPU s per executor with LZ4, 1.5 without) and the reader the same again
-//! to decompress. Repartitioned (hash) shuffles, which are read piecewise by
+//! the file, see [`crate::flight`]). Compressing it cost the executors 40-60%
+//! of their CPU on a large result (TPC-H SF 10 `SELECT * FROM orders`, CPU s
+//! per executor: 4.0 with LZ4 and 1.5 without in one pair of runs, 2.6 and
+//! 1.4-1.7 in the README's result transfer table). Repartitioned (hash) shuffles, which are read piecewise by
 //! many tasks and are usually the largest files, keep the configured codec
 //! (`ballista.shuffle.compression.codec`).
 

@@ -199,9 +199,9 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     };
     let run_job: query::JobRunner = {
         let scheduler = scheduler.clone();
-        Arc::new(move |name, session_id, config, plan| {
+        Arc::new(move |name, session, plan| {
             let scheduler = scheduler.clone();
-            Box::pin(async move { run_job(&scheduler, &name, &session_id, &config, &plan).await })
+            Box::pin(async move { run_job(&scheduler, &name, session.session_id(), session.config(), &plan).await })
         })
     };
     let partitions = if options.target_partitions > 0 {

@@ -22,7 +22,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::logical_plan::{FetchType, Limit, SkipType};
 use datafusion::logical_expr::{Expr, Filter, LogicalPlan, LogicalPlanBuilder, SortExpr, Statement, TableScan, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::StreamExt;
@@ -82,13 +82,11 @@ pub struct SettingChange {
 pub type JobCanceller = Arc<dyn Fn(String) + Send + Sync>;
 
 /// Runs a query's plan as a distributed job in this scheduler (the job's
-/// name, the query's session id and configuration, its optimized logical
-/// plan) and answers, once the job has succeeded, where its result files lie;
-/// a failed job is an error reading "Job ID failed: WHY".
+/// name, the query's session, whose id and configuration the job takes, and
+/// its optimized logical plan) and answers, once the job has succeeded, where
+/// its result files lie; a failed job is an error reading "Job ID failed: WHY".
 pub type JobRunner = Arc<
-    dyn Fn(String, String, SessionConfig, LogicalPlan) -> futures::future::BoxFuture<'static, Result<ResultFiles>>
-        + Send
-        + Sync,
+    dyn Fn(String, SessionState, LogicalPlan) -> futures::future::BoxFuture<'static, Result<ResultFiles>> + Send + Sync,
 >;
 
 /// A query's result: the files a distributed job wrote (sent on to the client
@@ -430,20 +428,16 @@ impl QueryEngine {
             cancel_job: self.cancel_job.clone(),
             finished: false,
         };
-        let df = self.narrow_top_n(df).await;
-        if !reads_only_catalog(df.logical_plan()) {
-            let (state, plan) = df.into_parts();
+        let (state, plan) = self.narrow_top_n(df).await.into_parts();
+        if !reads_only_catalog(&plan) {
             let optimized = state.optimize(&plan)?;
             if !matches!(optimized, LogicalPlan::Analyze(_) | LogicalPlan::EmptyRelation(_)) {
-                let config = state.config().clone();
-                let job = (self.run_job)(options.query_id.clone(), state.session_id().to_string(), config, optimized);
-                let files = job.await?;
+                let files = (self.run_job)(options.query_id.clone(), state, optimized).await?;
                 guard.finished = true;
                 return Ok(QueryResult::Files(files));
             }
-            return self.execute_here(DataFrame::new(state, plan), schema, guard).await;
         }
-        self.execute_here(df, schema, guard).await
+        self.execute_here(DataFrame::new(state, plan), schema, guard).await
     }
 
     /// Runs a statement through DataFusion's (and Ballista's) planner here.

@@ -192,12 +192,11 @@ async fn fetch(file: &PartitionLocation) -> Result<Streaming<FlightData>, Status
     };
     let action: protobuf::Action = action.try_into().map_err(|e| Status::internal(format!("{e}")))?;
     let unreachable = |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot fetch {}: {e}", describe(file)));
-    let channel =
-        ballista_core::utils::create_grpc_client_endpoint(format!("http://{}:{}", executor.host, executor.port), None)
-            .map_err(|e| unreachable(&e))?
-            .connect()
-            .await
-            .map_err(|e| unreachable(&e))?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", executor.host, executor.port))
+        .map_err(|e| unreachable(&e))?
+        .connect()
+        .await
+        .map_err(|e| unreachable(&e))?;
     let mut client = FlightServiceClient::new(channel).max_decoding_message_size(MAX_EXECUTOR_MESSAGE);
     let response = client.do_get(Ticket::new(action.encode_to_vec())).await.map_err(|e| unreachable(&e))?;
     Ok(response.into_inner())

@@ -133,6 +133,28 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
     }
 }
 
+/// Writes table `table` of the lake at `lake` as `parts` Parquet files of
+/// `rows` rows each, with `columns` (a select list over `id`, which counts
+/// 0, 1, 2, ... across the files).
+pub async fn write_parquet_parts(
+    ctx: &datafusion::prelude::SessionContext,
+    lake: &Path,
+    table: &str,
+    parts: usize,
+    rows: usize,
+    columns: &str,
+) {
+    for part in 0..parts {
+        let sql = format!(
+            "COPY (SELECT {columns} FROM generate_series({}, {}) AS s(id)) TO '{}' STORED AS PARQUET",
+            part * rows,
+            (part + 1) * rows - 1,
+            lake.join(table).join(format!("part-{part}.parquet")).display()
+        );
+        ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    }
+}
+
 /// Runs `sql` and returns its rows as text; panics with the SQL when it
 /// fails or takes more than two minutes.
 pub async fn run(conn: &mut Connection, sql: &str) -> Vec<Vec<String>> {

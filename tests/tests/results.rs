@@ -29,18 +29,10 @@ async fn results_pass_through_the_scheduler_as_the_executors_wrote_them() {
     let log = LogCapture::install("lakelink_scheduler=debug");
     let lake = tempfile::tempdir().unwrap();
     let ctx = SessionContext::new();
-    for part in 0..3 {
-        let sql = format!(
-            "COPY (SELECT id, chr(97 + CAST(id % 4 AS INT)) AS tag, \
-             CASE WHEN id % 7 = 0 THEN NULL ELSE id / 8.0 END AS amount, \
-             CAST(id % 500 AS INT) + DATE '2020-01-01' AS day, id % 3 = 0 AS flag \
-             FROM generate_series({}, {}) AS s(id)) TO '{}' STORED AS PARQUET",
-            part * 10_000,
-            part * 10_000 + 9_999,
-            lake.path().join(format!("t/part-{part}.parquet")).display()
-        );
-        ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-    }
+    let columns = "id, chr(97 + CAST(id % 4 AS INT)) AS tag, \
+                   CASE WHEN id % 7 = 0 THEN NULL ELSE id / 8.0 END AS amount, \
+                   CAST(id % 500 AS INT) + DATE '2020-01-01' AS day, id % 3 = 0 AS flag";
+    lakelink_tests::write_parquet_parts(&ctx, lake.path(), "t", 3, 10_000, columns).await;
     ctx.register_parquet("t", lake.path().join("t").to_str().unwrap(), Default::default()).await.unwrap();
     let local = |sql: &'static str| {
         let ctx = ctx.clone();

@@ -24,19 +24,11 @@ async fn two_pass_lookups_answer_as_one_pass_lookups() {
     let log = LogCapture::install("lakelink_scheduler=info");
     let lake = tempfile::tempdir().unwrap();
     let ctx = SessionContext::new();
-    for part in 0..3 {
-        // k: many ties and NULLs; g: a float key with NaN.
-        let sql = format!(
-            "COPY (SELECT id, CASE WHEN id % 11 = 0 THEN NULL ELSE id % 7 END AS k, \
-             CASE WHEN id % 13 = 0 THEN CAST('NaN' AS DOUBLE) ELSE id / 3.0 END AS g, \
-             chr(97 + CAST(id % 4 AS INT)) AS tag \
-             FROM generate_series({}, {}) AS s(id)) TO '{}' STORED AS PARQUET",
-            part * 1000,
-            part * 1000 + 999,
-            lake.path().join(format!("t/part-{part}.parquet")).display()
-        );
-        ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-    }
+    // k: many ties and NULLs; g: a float key with NaN.
+    let columns = "id, CASE WHEN id % 11 = 0 THEN NULL ELSE id % 7 END AS k, \
+                   CASE WHEN id % 13 = 0 THEN CAST('NaN' AS DOUBLE) ELSE id / 3.0 END AS g, \
+                   chr(97 + CAST(id % 4 AS INT)) AS tag";
+    lakelink_tests::write_parquet_parts(&ctx, lake.path(), "t", 3, 1000, columns).await;
     let narrowing = cluster(lake.path(), 0).await;
     let plain = cluster(lake.path(), u64::MAX).await;
     let (mut a, mut b) = (narrowing.connect().await, plain.connect().await);
