@@ -1,6 +1,7 @@
 //! A Flight SQL connection: statements, table listings and authentication,
 //! reporting the server's own error messages.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -54,27 +55,7 @@ pub struct TableInfo {
 impl Connection {
     /// Connects to `url` (`grpc://host:port` or `http://host:port`) and logs in.
     pub async fn connect(url: &str, credentials: &Credentials) -> Result<Self, ClientError> {
-        let http = match url.split_once("://") {
-            Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
-            Some((scheme, _)) => {
-                return Err(ClientError::Usage(format!(
-                    "unsupported scheme '{scheme}://' in {url}; use grpc://HOST:PORT"
-                )));
-            }
-            None => format!("http://{url}"),
-        };
-        let connect_err =
-            |e: tonic::transport::Error| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) };
-        let channel = Endpoint::from_shared(http.clone())
-            .map_err(connect_err)?
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(connect_err)?;
-        let client = FlightServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let client = flight_client(url).await?;
         let mut connection = Self { client, authorization: None };
         match credentials {
             Credentials::None => {}
@@ -110,13 +91,27 @@ impl Connection {
         Ok(self.client.get_flight_info(self.request(descriptor)).await?.into_inner())
     }
 
-    /// Fetches every endpoint of `info` in order, as one stream of batches.
+    /// Fetches every endpoint of `info` in order, as one stream of batches;
+    /// an endpoint with a location is read there (a scheduler started with
+    /// `--result-endpoints executors` names the executors holding the result).
     async fn fetch(&mut self, info: FlightInfo) -> Result<ResultStream, ClientError> {
         let schema = info.clone().try_decode_schema().map_err(|e| ClientError::Transfer(e.to_string()))?;
         let mut streams = vec![];
+        let mut elsewhere: HashMap<String, FlightServiceClient<Channel>> = HashMap::new();
         for endpoint in info.endpoint {
             let ticket = endpoint.ticket.ok_or_else(|| ClientError::Transfer("an endpoint has no ticket".into()))?;
-            let data = self.client.do_get(self.request(ticket)).await?.into_inner();
+            let location =
+                endpoint.location.iter().map(|l| l.uri.as_str()).find(|uri| !uri.starts_with(REUSE_CONNECTION));
+            let data = match location {
+                None => self.client.do_get(self.request(ticket)).await?.into_inner(),
+                Some(uri) => {
+                    if !elsewhere.contains_key(uri) {
+                        elsewhere.insert(uri.to_string(), flight_client(uri).await?);
+                    }
+                    let client = elsewhere.get_mut(uri).expect("inserted above");
+                    client.do_get(self.request(ticket)).await?.into_inner()
+                }
+            };
             streams.push(FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from)));
         }
         let batches = stream::iter(streams).flatten().map_err(ClientError::from).boxed();
@@ -154,6 +149,30 @@ impl Connection {
         }
         Ok(tables)
     }
+}
+
+/// The Location URI scheme that means "the connection the FlightInfo came on".
+const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection:";
+
+/// A Flight client of `url` (`grpc://host:port` or `http://host:port`).
+async fn flight_client(url: &str) -> Result<FlightServiceClient<Channel>, ClientError> {
+    let http = match url.split_once("://") {
+        Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
+        Some((scheme, _)) => {
+            return Err(ClientError::Usage(format!("unsupported scheme '{scheme}://' in {url}; use grpc://HOST:PORT")));
+        }
+        None => format!("http://{url}"),
+    };
+    let connect_err =
+        |e: tonic::transport::Error| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) };
+    let channel = Endpoint::from_shared(http)
+        .map_err(connect_err)?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(connect_err)?;
+    Ok(FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX))
 }
 
 /// A statement's result: its schema and a stream of batches.

@@ -8,11 +8,13 @@
 //! fetched). The file's messages are already valid Flight data (an IPC
 //! message header and body; a result file's are uncompressed, see
 //! [`crate::stage`]), so they are forwarded unchanged, and the scheduler
-//! passes them on to the client the same way. Every other request goes to
-//! Ballista's service.
+//! passes them on to the client the same way. It also serves results to
+//! clients directly ([`crate::results`]): the scheduler's grants
+//! ([`GRANT_ACTION`]) and the clients' tickets for them. Every other request
+//! goes to Ballista's service.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -28,10 +30,12 @@ use ballista_core::serde::scheduler::{Action as BallistaAction, ShuffleFileKind,
 use ballista_executor::flight_service::BallistaFlightService;
 use bytes::Bytes;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
-use futures::Stream;
+use futures::{Stream, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::results::{self, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX, is_stream_file, next_header};
 
 /// The largest message forwarded as it is: below the 16 MiB a Ballista
 /// client accepts by default. A file holding a bigger message is served by
@@ -45,18 +49,21 @@ type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'sta
 pub struct ExecutorFlightService {
     inner: BallistaFlightService,
     work_dir: String,
+    grants: Grants,
 }
 
 impl ExecutorFlightService {
     /// A service over the shuffle files in `work_dir`.
     pub fn new(work_dir: String) -> Self {
-        Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir }
+        let grants = Grants::new(Path::new(&work_dir).join("lakelink-results"));
+        Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir, grants }
     }
 
-    /// The file a ticket asks for whole, when it can be forwarded message by
-    /// message: a plain (not sort-based) shuffle file in the IPC stream
-    /// format with no dictionaries and no message too big to forward.
-    fn raw_file(&self, ticket: &Ticket) -> Option<PathBuf> {
+    /// The result file a `FetchPartition` action names: a whole data file of
+    /// a stage whose output is not repartitioned (a query's result).
+    fn result_file(&self, fetch: &[u8]) -> Result<PathBuf, Status> {
+        let action: BallistaAction = decode_protobuf(fetch)
+            .map_err(|e| Status::invalid_argument(format!("not a FetchPartition action: {e}")))?;
         let BallistaAction::FetchPartition {
             job_id,
             stage_id,
@@ -66,58 +73,59 @@ impl ExecutorFlightService {
             file_kind,
             byte_ranges,
             ..
-        } = decode_protobuf(&ticket.ticket).ok()?;
+        } = action;
         if !byte_ranges.is_empty() || file_kind != ShuffleFileKind::Data || layout != ShuffleLayout::Passthrough {
-            return None;
+            return Err(Status::invalid_argument(format!(
+                "job {job_id} stage {stage_id} partition {partition_id} is not a result file"
+            )));
         }
-        let path = create_shuffle_path(&self.work_dir, &job_id, stage_id, partition_id, file_id, false).ok()?;
-        if is_sort_shuffle_output(&path) {
-            return None;
+        let path = create_shuffle_path(&self.work_dir, &job_id, stage_id, partition_id, file_id, false)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if is_sort_shuffle_output(&path) || !path.is_file() {
+            return Err(Status::not_found(format!(
+                "no result file for job {job_id} stage {stage_id} partition {partition_id} on this executor"
+            )));
         }
-        let forwardable = scan_messages(&path).ok()?;
-        forwardable.then_some(path)
+        Ok(path)
     }
-}
 
-/// Reads the header of the next IPC message of a stream (flatbuffer, with
-/// padding) and says how long its body is. `None` at the end-of-stream marker
-/// or the end of the file.
-fn next_header(reader: &mut impl Read) -> std::io::Result<Option<(Bytes, u64)>> {
-    let mut word = [0u8; 4];
-    match reader.read_exact(&mut word) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    /// Grants one client read of a result file (see [`crate::results`]).
+    fn grant(&self, body: &[u8]) -> Result<String, Status> {
+        use base64::Engine;
+        let malformed = |what: &str| Status::invalid_argument(format!("malformed result grant request: {what}"));
+        let request: GrantRequest = serde_json::from_slice(body).map_err(|e| malformed(&e.to_string()))?;
+        let decode = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| malformed("not base64"));
+        let path = self.result_file(&decode(&request.fetch)?)?;
+        let header = decode(&request.schema)?;
+        let message = root_as_message(&header).map_err(|e| malformed(&e.to_string()))?;
+        let schema = message
+            .header_as_schema()
+            .map(datafusion::arrow::ipc::convert::fb_to_schema)
+            .ok_or_else(|| malformed("no schema message"))?;
+        self.grants
+            .grant(&path, std::sync::Arc::new(schema))
+            .map_err(|e| Status::internal(format!("cannot keep {} for its client: {e}", path.display())))
     }
-    if word == [0xff; 4] {
-        reader.read_exact(&mut word)?;
+
+    /// The file a ticket asks for whole, when it can be forwarded message by
+    /// message: a plain (not sort-based) shuffle file in the IPC stream
+    /// format with no dictionaries and no message too big to forward.
+    fn raw_file(&self, ticket: &Ticket) -> Option<PathBuf> {
+        let path = self.result_file(&ticket.ticket).ok()?;
+        scan_messages(&path).ok()?.then_some(path)
     }
-    let len = i32::from_le_bytes(word);
-    if len <= 0 {
-        return Ok(None);
-    }
-    let mut header = vec![0u8; len as usize];
-    reader.read_exact(&mut header)?;
-    let message = root_as_message(&header).map_err(|e| std::io::Error::other(format!("not an IPC message: {e}")))?;
-    if message.header_type() == MessageHeader::DictionaryBatch {
-        return Err(std::io::Error::other("dictionary batches are not forwarded"));
-    }
-    let body_len = message.bodyLength().max(0) as u64;
-    Ok(Some((Bytes::from(header), body_len)))
 }
 
 /// Whether every message of the stream file at `path` can be forwarded
 /// (reads the headers only).
 fn scan_messages(path: &Path) -> std::io::Result<bool> {
-    let mut reader = BufReader::new(File::open(path)?);
-    let mut magic = [0u8; 6];
-    reader.read_exact(&mut magic)?;
-    if &magic == b"ARROW1" {
+    if !is_stream_file(path)? {
         return Ok(false); // the IPC file format (range shuffle)
     }
-    reader.rewind()?;
+    let mut reader = BufReader::new(File::open(path)?);
     while let Some((header, body_len)) = next_header(&mut reader)? {
-        if header.len() as u64 + body_len > MAX_RAW_MESSAGE {
+        let dictionary = root_as_message(&header).is_ok_and(|m| m.header_type() == MessageHeader::DictionaryBatch);
+        if dictionary || header.len() as u64 + body_len > MAX_RAW_MESSAGE {
             return Ok(false);
         }
         reader.seek_relative(body_len as i64)?;
@@ -160,6 +168,16 @@ impl FlightService for ExecutorFlightService {
     type ListFlightsStream = BoxedStream<FlightInfo>;
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        if let Some(token) = request.get_ref().ticket.strip_prefix(TICKET_PREFIX.as_bytes()) {
+            let token = std::str::from_utf8(token).unwrap_or_default();
+            let (path, schema) = self.grants.take(token).ok_or_else(|| {
+                Status::not_found(
+                    "unknown result ticket: it was already read, is older than ten minutes, or was issued by another \
+                     executor process; run the statement again",
+                )
+            })?;
+            return Ok(Response::new(results::serve(path, schema)));
+        }
         match self.raw_file(request.get_ref()) {
             Some(path) => Ok(Response::new(forward_file(path))),
             None => self.inner.do_get(request).await,
@@ -194,6 +212,11 @@ impl FlightService for ExecutorFlightService {
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        if request.get_ref().r#type == GRANT_ACTION {
+            let token = self.grant(&request.get_ref().body)?;
+            let answer = arrow_flight::Result { body: token.into_bytes().into() };
+            return Ok(Response::new(Box::pin(stream::once(async { Ok(answer) }))));
+        }
         self.inner.do_action(request).await
     }
 

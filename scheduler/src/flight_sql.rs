@@ -35,9 +35,10 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ResultEndpoints;
 use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
-use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, result_schema};
+use crate::query::{CATALOG, QueryEngine, QueryResult, ResultFiles, SCHEMA, SettingChange, result_schema};
 
 /// A prepared statement unused for this long is forgotten.
 const PREPARED_TTL: Duration = Duration::from_secs(60 * 60);
@@ -48,6 +49,9 @@ type FlightStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'st
 pub struct LakeLinkFlightSql {
     engine: Arc<QueryEngine>,
     auth: Authenticator,
+    /// Where clients read distributed results: from the executors (the job
+    /// runs when the statement is described) or through this scheduler.
+    endpoints: ResultEndpoints,
     prepared: Mutex<HashMap<Vec<u8>, Prepared>>,
     sql_info: SqlInfoData,
     xdbc_info: XdbcTypeInfoData,
@@ -121,7 +125,20 @@ impl TicketPayload {
 impl LakeLinkFlightSql {
     /// A service answering with `engine`, handing out session tokens from `auth`.
     pub fn new(engine: Arc<QueryEngine>, auth: Authenticator) -> Self {
-        Self { engine, auth, prepared: Mutex::default(), sql_info: sql_info(), xdbc_info: xdbc_info() }
+        Self {
+            engine,
+            auth,
+            endpoints: ResultEndpoints::Scheduler,
+            prepared: Mutex::default(),
+            sql_info: sql_info(),
+            xdbc_info: xdbc_info(),
+        }
+    }
+
+    /// Answers distributed results at `endpoints`.
+    pub fn with_result_endpoints(mut self, endpoints: ResultEndpoints) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 
     /// Plans a statement (or applies a `SET`) for the client `session` and
@@ -142,6 +159,14 @@ impl LakeLinkFlightSql {
         let settings = self.engine.session_settings(session);
         let df = self.engine.plan(sql, params, &settings).await.map_err(query_status)?;
         let schema = result_schema(&df);
+        // A statement answered here (catalog reads, EXPLAIN ANALYZE) runs
+        // when its ticket is read, as without executor endpoints.
+        if self.endpoints == ResultEndpoints::Executors
+            && self.engine.runs_as_job(&df).map_err(query_status)?
+            && let QueryResult::Files(files) = self.engine.execute(df, schema.clone()).await.map_err(query_status)?
+        {
+            return executor_endpoints(files, &schema, descriptor).await;
+        }
         let ticket = TicketPayload::new(sql, params, settings)?.into_ticket()?;
         flight_info(&schema, ticket, descriptor)
     }
@@ -233,6 +258,27 @@ fn change_batch(change: &SettingChange) -> Result<RecordBatch, Status> {
         ],
     )
     .map_err(internal)
+}
+
+/// The answer for a distributed result read from the executors: one
+/// endpoint per result file, in order, each at the executor holding it with a
+/// ticket for one read (`lakelink_executor::results`). The schema is the one
+/// the executors send (dictionaries as their values), so that every endpoint
+/// matches it.
+async fn executor_endpoints(
+    files: ResultFiles,
+    schema: &SchemaRef,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let sent = crate::result::sent_schema(schema).await?;
+    let endpoints =
+        futures::future::try_join_all(files.locations.iter().map(|f| crate::result::grant(f, &sent))).await?;
+    // Granted files have left their jobs' folders: the jobs' other files go
+    // now, as `files` drops.
+    drop(files);
+    let info =
+        FlightInfo::new().try_with_schema(&sent).map_err(internal)?.with_descriptor(descriptor).with_ordered(true);
+    Ok(Response::new(endpoints.into_iter().fold(info, FlightInfo::with_endpoint)))
 }
 
 fn flight_info(schema: &Schema, ticket: Ticket, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {

@@ -81,6 +81,22 @@ pub struct SchedulerOptions {
     /// Top-N lookups over tables of at least this many bytes on disk run in
     /// two passes (`u64::MAX`: never); see `QueryEngine::narrow_top_n`.
     pub top_n_narrowing_min_bytes: u64,
+    /// Where clients read distributed results.
+    pub result_endpoints: ResultEndpoints,
+}
+
+/// Where Flight SQL clients read a distributed query's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResultEndpoints {
+    /// Through the scheduler, which fetches the result files from the
+    /// executors and passes them on: clients need to reach the scheduler only.
+    #[default]
+    Scheduler,
+    /// From the executors that wrote them, one endpoint per result file:
+    /// the job runs when the client asks for the statement's endpoints, and
+    /// the client must reach every executor's Flight port (its registered
+    /// host). Saves the scheduler's hop (README, "Result endpoints").
+    Executors,
 }
 
 impl SchedulerOptions {
@@ -97,6 +113,7 @@ impl SchedulerOptions {
             target_partitions: 0,
             settings: Vec::new(),
             top_n_narrowing_min_bytes: query::TOP_N_NARROWING_MIN_BYTES,
+            result_endpoints: ResultEndpoints::Scheduler,
         }
     }
 }
@@ -226,9 +243,11 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     if !options.auth.enabled() && !loopback {
         tracing::warn!("Flight SQL has no authentication: anyone who reaches port {} can query the lake", addr.port());
     }
-    let flight = FlightServiceServer::new(LakeLinkFlightSql::new(engine, auth.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let flight = FlightServiceServer::new(
+        LakeLinkFlightSql::new(engine, auth.clone()).with_result_endpoints(options.result_endpoints),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let scheduler_grpc = SchedulerGrpcServer::new(scheduler)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

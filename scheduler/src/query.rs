@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballista_core::serde::protobuf::PartitionLocation;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, ParamValues, Result, ScalarValue};
@@ -429,15 +428,19 @@ impl QueryEngine {
             finished: false,
         };
         let (state, plan) = self.narrow_top_n(df).await.into_parts();
-        if !reads_only_catalog(&plan) {
-            let optimized = state.optimize(&plan)?;
-            if !matches!(optimized, LogicalPlan::Analyze(_) | LogicalPlan::EmptyRelation(_)) {
-                let files = (self.run_job)(options.query_id.clone(), state, optimized).await?;
-                guard.finished = true;
-                return Ok(QueryResult::Files(files));
-            }
+        if let Some(optimized) = distributed_plan(&state, &plan)? {
+            let files = (self.run_job)(options.query_id.clone(), state, optimized).await?;
+            guard.finished = true;
+            return Ok(QueryResult::Files(files));
         }
         self.execute_here(DataFrame::new(state, plan), schema, guard).await
+    }
+
+    /// Whether [`QueryEngine::execute`] answers `df` with result files (a
+    /// distributed job) rather than batches computed here.
+    pub fn runs_as_job(&self, df: &DataFrame) -> Result<bool> {
+        let (state, plan) = df.clone().into_parts();
+        Ok(distributed_plan(&state, &plan)?.is_some())
     }
 
     /// Runs a statement through DataFusion's (and Ballista's) planner here.
@@ -723,30 +726,21 @@ fn wire_type(data_type: &DataType) -> DataType {
 
 /// Re-labels (and where needed casts) a batch to the advertised schema.
 pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    if batch.schema_ref() == schema {
-        return Ok(batch);
+    lakelink_executor::results::conform(batch, schema).map_err(|e| match e {
+        datafusion::arrow::error::ArrowError::SchemaError(message) => DataFusionError::Internal(message),
+        other => other.into(),
+    })
+}
+
+/// The optimized plan to submit as a job, or `None` for a statement Ballista
+/// answers without a job of its own (catalog reads, `EXPLAIN ANALYZE`, an
+/// empty relation).
+fn distributed_plan(state: &SessionState, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
+    if reads_only_catalog(plan) {
+        return Ok(None);
     }
-    if batch.num_columns() != schema.fields().len() {
-        return Err(DataFusionError::Internal(format!(
-            "result has {} columns but {} were announced",
-            batch.num_columns(),
-            schema.fields().len()
-        )));
-    }
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(column.clone())
-            } else {
-                cast(column, field.data_type()).map_err(DataFusionError::from)
-            }
-        })
-        .collect::<Result<_>>()?;
-    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+    let optimized = state.optimize(plan)?;
+    Ok((!matches!(optimized, LogicalPlan::Analyze(_) | LogicalPlan::EmptyRelation(_))).then_some(optimized))
 }
 
 /// Whether every table the plan reads lives in this process

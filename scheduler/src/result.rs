@@ -8,37 +8,37 @@
 //! uncompressed (`lakelink_executor::stage`), so a batch message is already
 //! what a Flight client reads. The client first gets the advertised schema;
 //! then every batch message whose columns have the advertised types, that is
-//! uncompressed and no bigger than [`MAX_FORWARDED_MESSAGE`] goes on
+//! uncompressed and no bigger than [`lakelink_executor::results::MAX_CLIENT_MESSAGE`] goes on
 //! unchanged. Any other batch (compressed, over the limit, or of a file whose
 //! column types differ from the advertised ones, e.g. dictionaries) is decoded,
 //! conformed to the advertised schema and encoded again (README, "Result
-//! transfer", for what it saves).
+//! transfer", for what it saves). The rules are the executors' own
+//! (`lakelink_executor::results`), which serve results to clients directly
+//! when the scheduler hands out executor endpoints ([`grant`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{FlightData, Ticket};
+use arrow_flight::{FlightData, FlightEndpoint, Ticket};
 use ballista_core::serde::protobuf::{self, PartitionLocation};
 use ballista_core::serde::scheduler::{Action, ShuffleFileKind};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use futures::{StreamExt, TryStreamExt, stream};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use crate::query::{ResultFiles, conform};
+use lakelink_executor::results::{GRANT_ACTION, GrantRequest, TICKET_PREFIX, same_types};
 
-/// The largest message passed on unchanged. Flight clients accept at least
-/// 4 MiB by default (gRPC's default; ADBC accepts 16 MiB); bigger batches are
-/// re-encoded in pieces of about 2 MiB, as the Flight encoder splits them.
-pub const MAX_FORWARDED_MESSAGE: usize = 4 * 1024 * 1024;
+use crate::query::{ResultFiles, conform};
 
 /// Largest message accepted from an executor (a result file's messages are
 /// at most 12 MiB, Ballista's own encoding at most 16 MiB).
@@ -86,6 +86,12 @@ pub fn forward(files: ResultFiles, schema: SchemaRef) -> FlightDataStream {
 struct Count {
     passed_on: usize,
     re_encoded: usize,
+}
+
+/// The schema a client of a result in `schema` reads (dictionaries become
+/// their value types, as the Flight encoder writes them).
+pub async fn sent_schema(schema: &SchemaRef) -> Result<Schema, Status> {
+    Schema::try_from(&schema_message(schema).await?).map_err(|e| Status::internal(e.to_string()))
 }
 
 async fn schema_message(schema: &SchemaRef) -> Result<FlightData, Status> {
@@ -138,22 +144,10 @@ async fn forward_file(
     Ok(())
 }
 
-/// Whether the columns of `file` have the types of those the client was
-/// sent (which hold no dictionaries: the encoder writes their values).
-fn same_types(file: &Schema, sent: &Schema) -> bool {
-    file.fields().len() == sent.fields().len()
-        && file.fields().iter().zip(sent.fields()).all(|(f, s)| f.data_type() == s.data_type())
-}
-
 /// Whether a message from an executor can go to the client as it is: an
-/// uncompressed record batch no bigger than [`MAX_FORWARDED_MESSAGE`].
+/// uncompressed record batch no bigger than [`lakelink_executor::results::MAX_CLIENT_MESSAGE`].
 fn forwardable(data: &FlightData) -> bool {
-    if data.data_header.len() + data.data_body.len() > MAX_FORWARDED_MESSAGE {
-        return false;
-    }
-    let Ok(message) = root_as_message(&data.data_header) else { return false };
-    message.header_type() == MessageHeader::RecordBatch
-        && message.header_as_record_batch().is_some_and(|batch| batch.compression().is_none())
+    lakelink_executor::results::forwardable(&data.data_header, data.data_body.len())
 }
 
 /// Conforms `batch` to `schema`, encodes it (split into messages of about
@@ -174,8 +168,9 @@ async fn send_encoded(
     Ok(true)
 }
 
-/// Asks the executor holding a result file for it.
-async fn fetch(file: &PartitionLocation) -> Result<Streaming<FlightData>, Status> {
+/// Ballista's action naming a result file, and a client of the executor
+/// holding it.
+async fn executor_for(file: &PartitionLocation) -> Result<(Vec<u8>, FlightServiceClient<Channel>), Status> {
     let (Some(executor), Some(id)) = (&file.executor_meta, &file.partition_id) else {
         return Err(Status::internal("a result file without its executor or partition"));
     };
@@ -192,14 +187,54 @@ async fn fetch(file: &PartitionLocation) -> Result<Streaming<FlightData>, Status
     };
     let action: protobuf::Action = action.try_into().map_err(|e| Status::internal(format!("{e}")))?;
     let unreachable = |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot fetch {}: {e}", describe(file)));
+    // Ballista's own fetches use the same limits: an executor not reached
+    // within 20 s, or whose connection stops answering keep-alive pings (one
+    // every five minutes, 20 s to answer), fails the query instead of
+    // stalling it.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", executor.host, executor.port))
         .map_err(|e| unreachable(&e))?
+        .connect_timeout(Duration::from_secs(20))
+        .tcp_keepalive(Some(Duration::from_secs(3600)))
+        .http2_keep_alive_interval(Duration::from_secs(300))
+        .keep_alive_timeout(Duration::from_secs(20))
         .connect()
         .await
         .map_err(|e| unreachable(&e))?;
-    let mut client = FlightServiceClient::new(channel).max_decoding_message_size(MAX_EXECUTOR_MESSAGE);
-    let response = client.do_get(Ticket::new(action.encode_to_vec())).await.map_err(|e| unreachable(&e))?;
+    let client = FlightServiceClient::new(channel).max_decoding_message_size(MAX_EXECUTOR_MESSAGE);
+    Ok((action.encode_to_vec(), client))
+}
+
+/// Asks the executor holding a result file for it.
+async fn fetch(file: &PartitionLocation) -> Result<Streaming<FlightData>, Status> {
+    let (action, mut client) = executor_for(file).await?;
+    let response = client
+        .do_get(Ticket::new(action))
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot fetch {}: {e}", describe(file))))?;
     Ok(response.into_inner())
+}
+
+/// Where a client reads one result file itself: the executor holding it,
+/// with a ticket for one read as `schema` (`lakelink_executor::results`).
+pub async fn grant(file: &PartitionLocation, schema: &Schema) -> Result<FlightEndpoint, Status> {
+    use base64::Engine;
+    let (action, mut client) = executor_for(file).await?;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let request = GrantRequest {
+        fetch: encode(&action),
+        schema: encode(&lakelink_executor::results::schema_message(schema).data_header),
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| Status::internal(e.to_string()))?;
+    let refused =
+        |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot hand {} to the client: {e}", describe(file)));
+    let mut answers =
+        client.do_action(arrow_flight::Action::new(GRANT_ACTION, body)).await.map_err(|e| refused(&e))?.into_inner();
+    let token = answers.message().await.map_err(|e| refused(&e))?.ok_or_else(|| refused(&"no token"))?.body;
+    let executor = file.executor_meta.as_ref().expect("checked by executor_for");
+    let ticket = [TICKET_PREFIX.as_bytes(), &token].concat();
+    Ok(FlightEndpoint::new()
+        .with_ticket(Ticket::new(ticket))
+        .with_location(format!("grpc://{}:{}", executor.host, executor.port)))
 }
 
 fn describe(file: &PartitionLocation) -> String {

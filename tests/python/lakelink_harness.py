@@ -370,6 +370,7 @@ class Cluster:
     user: str | None = None
     password: str | None = None
     port: int = 0
+    scheduler_args: list[str] = field(default_factory=list)
     scheduler: Proc | None = None
     executors: list[Proc] = field(default_factory=list)
 
@@ -420,6 +421,7 @@ class Cluster:
             cmd += ["--auth-token", self.token]
         if self.user is not None:
             cmd += ["--user", self.user, "--password", self.password]
+        cmd += self.scheduler_args
         self.scheduler = Proc("scheduler", cmd, self.workdir / "scheduler.log").start(self.workdir)
         self._wait_port(self.scheduler, self.port)
         for i in range(self.executors_wanted):

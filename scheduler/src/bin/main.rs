@@ -4,7 +4,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use lakelink_scheduler::{AuthConfig, SchedulerOptions, start};
+use lakelink_scheduler::{AuthConfig, ResultEndpoints, SchedulerOptions, start};
 
 /// A LakeLink scheduler: registers every table of a lake and serves Arrow
 /// Flight SQL and Ballista's executor protocol on one port.
@@ -49,6 +49,12 @@ struct Args {
     /// where they can matter. 0: always; "never": never.
     #[arg(long, default_value_t = lakelink_scheduler::query::TOP_N_NARROWING_MIN_BYTES, value_parser = parse_bytes_or_never)]
     top_n_narrowing_min_bytes: u64,
+    /// Where clients read distributed results: `scheduler` (passed on by the
+    /// scheduler; clients reach only it) or `executors` (read from the
+    /// executors that wrote them; clients must reach every executor's Flight
+    /// port, and the job runs when the client asks where to read).
+    #[arg(long, default_value = "scheduler", value_parser = ["scheduler", "executors"])]
+    result_endpoints: String,
 }
 
 fn parse_bytes_or_never(s: &str) -> Result<u64, String> {
@@ -79,6 +85,10 @@ async fn main() -> std::process::ExitCode {
     options.target_partitions = args.target_partitions;
     options.settings = args.settings;
     options.top_n_narrowing_min_bytes = args.top_n_narrowing_min_bytes;
+    options.result_endpoints = match args.result_endpoints.as_str() {
+        "executors" => ResultEndpoints::Executors,
+        _ => ResultEndpoints::Scheduler,
+    };
     options.auth = AuthConfig { token: args.auth_token, basic: args.user.zip(args.password) };
     let result = async {
         let running = start(options).await?;

@@ -1,0 +1,89 @@
+"""Results read from the executors (`lakelink-scheduler --result-endpoints
+executors`): the ADBC driver follows the endpoints' locations with the session
+token it logged in with, every ticket reads once, and the files go once read."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+import lakelink_harness as h
+
+
+@pytest.fixture(scope="module")
+def direct_cluster(tpch_lake_big, tmp_path_factory, auth_secrets):
+    c = h.Cluster("direct", tpch_lake_big, tmp_path_factory.mktemp("cluster-direct"),
+                  user=auth_secrets["user"], password=auth_secrets["password"],
+                  scheduler_args=["--result-endpoints", "executors"])
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    size, n = b"", len(payload)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        size += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            break
+    return bytes([number << 3 | 2]) + size + payload
+
+
+def statement_info(cluster: h.Cluster, sql: str) -> flight.FlightInfo:
+    """The FlightInfo of a Flight SQL statement, asked with a plain Flight client."""
+    command = _field(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") \
+        + _field(2, _field(1, sql.encode()))
+    client = flight.FlightClient(cluster.uri)
+    header = client.authenticate_basic_token(cluster.user, cluster.password)
+    options = flight.FlightCallOptions(headers=[header])
+    return client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
+
+
+def read_endpoint(endpoint: flight.FlightEndpoint) -> pa.Table:
+    client = flight.FlightClient(endpoint.locations[0])
+    return client.do_get(endpoint.ticket).read_all()
+
+
+def test_adbc_reads_a_large_result_from_the_executors(direct_cluster):
+    def arrow_files():
+        return {p for ex in direct_cluster.executors for p in ex.work_dir.rglob("*.arrow")}
+
+    before = arrow_files()
+    with direct_cluster.connection() as conn:
+        table = h.query(conn, "SELECT * FROM orders")
+        local = h.parquet_dataset(direct_cluster.lake, "orders").to_table()
+        assert table.num_rows == local.num_rows
+        local = pa.table([c.cast(f.type) for c, f in zip(local.columns, table.schema)], schema=table.schema)
+        keys = [("o_orderkey", "ascending")]
+        assert table.sort_by(keys).equals(local.sort_by(keys)), "fetched rows differ from the Parquet files"
+        ordered = h.query(conn, "SELECT o_orderkey FROM orders ORDER BY o_orderkey DESC")
+        assert ordered.column(0).to_pylist() == sorted(local.column("o_orderkey").to_pylist(), reverse=True)
+        assert h.scalar(conn, "SELECT count(*) FROM lineitem WHERE l_quantity > 10") > 0
+    h.wait_for(lambda: not (arrow_files() - before), 20, 0.2, "the result's files removed",
+               lambda why: pytest.fail(f"{why}: {sorted(map(str, arrow_files() - before))}"))
+
+
+def test_endpoints_are_the_executors_and_a_ticket_reads_once(direct_cluster):
+    info = statement_info(direct_cluster, "SELECT o_orderkey, o_comment FROM orders")
+    executor_ports = {ex.flight_port for ex in direct_cluster.executors}
+    assert len(info.endpoints) >= 2, "one endpoint per result file"
+    assert {int(e.locations[0].uri.decode().rsplit(":", 1)[1]) for e in info.endpoints} <= executor_ports
+    rows = sum(read_endpoint(e).num_rows for e in info.endpoints)
+    assert rows == h.parquet_dataset(direct_cluster.lake, "orders").count_rows()
+    # Each ticket is good for one read, and a made-up one for none; the
+    # error says what to do.
+    for ticket in [info.endpoints[0].ticket, flight.Ticket(b"lakelink-result:0123456789abcdef")]:
+        with pytest.raises((flight.FlightError, pa.ArrowKeyError)) as failure:  # NOT_FOUND
+            read_endpoint(flight.FlightEndpoint(ticket, info.endpoints[0].locations))
+        assert "unknown result ticket" in str(failure.value)
+        assert "run the statement again" in str(failure.value)
+    # The cluster goes on answering.
+    with direct_cluster.connection() as conn:
+        assert h.scalar(conn, "SELECT count(*) FROM nation") == 25
