@@ -175,7 +175,11 @@ def main() -> None:
                                             "ratio": round(flight_cold_s / local_cold_s, 2)},
                              **split})
     if args.json:
-        args.json.write_text(json.dumps({"benchmark": "flight-transfer", "results": rows_out}, indent=1))
+        # The cluster's scheduler flags (benches/cluster.sh passes them on),
+        # e.g. "--result-endpoints executors".
+        cluster = os.environ.get("LAKELINK_SCHEDULER_ARGS", "")
+        args.json.write_text(json.dumps({"benchmark": "flight-transfer", "scheduler_args": cluster,
+                                         "results": rows_out}, indent=1))
         print(f"figures written to {args.json}")
 
 
