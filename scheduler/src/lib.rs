@@ -118,6 +118,13 @@ impl SchedulerOptions {
     }
 }
 
+/// How long the scheduler keeps a finished job's state (its stages, plans
+/// and metrics). Ballista keeps it an hour, for its own web UI and job
+/// listings, which LakeLink does not serve; a result's files are known by the
+/// time its job ends. Kept an hour, a query's state held 1-15 MB of scheduler
+/// memory that long (README, "Scheduler memory").
+pub const FINISHED_JOB_STATE_SECONDS: u64 = 60;
+
 /// The number of the client connection a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionId(pub u64);
@@ -181,6 +188,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
             TaskSchedulingPolicy::PullStaged
         })
         .with_remove_executor_wait_secs(0)
+        .with_finished_job_state_clean_up_interval_seconds(FINISHED_JOB_STATE_SECONDS)
         .with_grpc_server_max_decoding_message_size(MAX_MESSAGE_SIZE as u32)
         .with_grpc_server_max_encoding_message_size(MAX_MESSAGE_SIZE as u32)
         .with_override_config_producer({
