@@ -95,7 +95,9 @@ pub enum ResultEndpoints {
     /// From the executors that wrote them, one endpoint per result file:
     /// the job runs when the client asks for the statement's endpoints, and
     /// the client must reach every executor's Flight port (its registered
-    /// host). Saves the scheduler's hop (README, "Result endpoints").
+    /// host), where Ballista's shuffle service answers anyone: for clients
+    /// of one trust domain only. Saves the scheduler's hop (README, "Result
+    /// endpoints").
     Executors,
 }
 

@@ -52,7 +52,9 @@ struct Args {
     /// Where clients read distributed results: `scheduler` (passed on by the
     /// scheduler; clients reach only it) or `executors` (read from the
     /// executors that wrote them; clients must reach every executor's Flight
-    /// port, and the job runs when the client asks where to read).
+    /// port, which also serves Ballista's unauthenticated shuffle service, so
+    /// only for clients who may see every query's data; the job runs when the
+    /// client asks where to read).
     #[arg(long, default_value = "scheduler", value_parser = ["scheduler", "executors"])]
     result_endpoints: String,
 }
