@@ -14,7 +14,7 @@
 //! goes to Ballista's service.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -28,14 +28,15 @@ use ballista_core::execution_plans::sort_shuffle::is_sort_shuffle_output;
 use ballista_core::serde::decode_protobuf;
 use ballista_core::serde::scheduler::{Action as BallistaAction, ShuffleFileKind, ShuffleLayout};
 use ballista_executor::flight_service::BallistaFlightService;
-use bytes::Bytes;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use futures::{Stream, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::results::{self, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX, is_stream_file, next_header};
+use crate::results::{
+    self, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX, is_stream_file, next_header, send_messages,
+};
 
 /// The largest message forwarded as it is: below the 16 MiB a Ballista
 /// client accepts by default. A file holding a bigger message is served by
@@ -137,19 +138,7 @@ fn scan_messages(path: &Path) -> std::io::Result<bool> {
 fn forward_file(path: PathBuf) -> BoxedStream<FlightData> {
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(4);
     tokio::task::spawn_blocking(move || {
-        let result = (|| -> std::io::Result<()> {
-            let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
-            while let Some((header, body_len)) = next_header(&mut reader)? {
-                let mut body = vec![0u8; body_len as usize];
-                reader.read_exact(&mut body)?;
-                let data = FlightData { data_header: header, data_body: Bytes::from(body), ..Default::default() };
-                if tx.blocking_send(Ok(data)).is_err() {
-                    return Ok(()); // the reader went away
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = send_messages(&path, false, &tx) {
             let _ =
                 tx.blocking_send(Err(Status::internal(format!("cannot read shuffle file {}: {e}", path.display()))));
         }

@@ -10,7 +10,8 @@
 //! ticket is [`TICKET_PREFIX`] and the token. A granted file is moved out of
 //! its job's folder, so the scheduler can remove the job's other files at
 //! once; a ticket is good for one read within [`GRANT_TTL`], and the file is
-//! removed once it has been read to its end, or when its grant expires.
+//! removed once it has been read to its end, or after its grant has expired
+//! (at the executor's next grant or result ticket).
 //!
 //! The client gets the promised schema, then the file's batch messages as
 //! they lie when every one of them meets [`forwardable`] and the file's
@@ -55,7 +56,8 @@ pub const GRANT_ACTION: &str = "lakelink.grant_result";
 /// How a client's result ticket begins; the token follows.
 pub const TICKET_PREFIX: &str = "lakelink-result:";
 
-/// How long a grant waits for its client; its file is removed after that.
+/// How long a grant waits for its client. An expired grant's file is removed
+/// at the executor's next grant or result ticket.
 pub const GRANT_TTL: Duration = Duration::from_secs(600);
 
 type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -205,6 +207,30 @@ pub(crate) fn next_header(reader: &mut impl Read) -> std::io::Result<Option<(Byt
     Ok(Some((Bytes::from(header), body_len)))
 }
 
+/// Sends the messages of the IPC stream file at `path` to `tx` as Flight
+/// data, as they lie in the file (its first, the schema, left out when
+/// `skip_schema`); `Ok(false)` when the reader went away. Blocks.
+pub(crate) fn send_messages(
+    path: &Path,
+    skip_schema: bool,
+    tx: &mpsc::Sender<Result<FlightData, Status>>,
+) -> std::io::Result<bool> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut skip = skip_schema;
+    while let Some((header, body_len)) = next_header(&mut reader)? {
+        let mut body = vec![0u8; body_len as usize];
+        reader.read_exact(&mut body)?;
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        let data = FlightData { data_header: header, data_body: Bytes::from(body), ..Default::default() };
+        if tx.blocking_send(Ok(data)).is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Whether the file at `path` is an IPC stream (not the IPC file format).
 pub(crate) fn is_stream_file(path: &Path) -> std::io::Result<bool> {
     let mut magic = [0u8; 6];
@@ -278,22 +304,8 @@ async fn send_as_is(
         return Ok(false);
     }
     let tx = tx.clone();
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
-        let mut first = true;
-        while let Some((header, body_len)) = next_header(&mut reader)? {
-            let mut body = vec![0u8; body_len as usize];
-            reader.read_exact(&mut body)?;
-            if std::mem::take(&mut first) {
-                continue; // the file's own schema: the promised one was sent
-            }
-            let data = FlightData { data_header: header, data_body: Bytes::from(body), ..Default::default() };
-            if tx.blocking_send(Ok(data)).is_err() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    });
+    // The file's own schema is left out: the promised one was sent.
+    let read = tokio::task::spawn_blocking(move || send_messages(&path, true, &tx));
     match read.await {
         Ok(result) => result.map_err(|e| Status::internal(format!("cannot read result file: {e}"))),
         Err(e) => Err(Status::internal(format!("cannot read result file: {e}"))),

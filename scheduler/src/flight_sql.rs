@@ -162,8 +162,7 @@ impl LakeLinkFlightSql {
         // A statement answered here (catalog reads, EXPLAIN ANALYZE) runs
         // when its ticket is read, as without executor endpoints.
         if self.endpoints == ResultEndpoints::Executors
-            && self.engine.runs_as_job(&df).map_err(query_status)?
-            && let QueryResult::Files(files) = self.engine.execute(df, schema.clone()).await.map_err(query_status)?
+            && let Some(files) = self.engine.run_as_job(df).await.map_err(query_status)?
         {
             return executor_endpoints(files, &schema, descriptor).await;
         }

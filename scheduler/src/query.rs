@@ -420,6 +420,28 @@ impl QueryEngine {
     /// answers without a job of its own (catalog reads, `EXPLAIN ANALYZE`, an
     /// empty relation) run through its planner as before.
     pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<QueryResult> {
+        match self.job_or_here(df).await? {
+            Ok(files) => Ok(QueryResult::Files(files)),
+            Err((df, guard)) => self.execute_here(df, schema, guard).await,
+        }
+    }
+
+    /// Runs `df` as a distributed job, as [`QueryEngine::execute`] does, and
+    /// answers its result files; `None`, without running anything, for a
+    /// statement Ballista answers without a job of its own.
+    pub async fn run_as_job(&self, df: DataFrame) -> Result<Option<ResultFiles>> {
+        Ok(match self.job_or_here(df).await? {
+            Ok(files) => Some(files),
+            Err((_, mut guard)) => {
+                guard.finished = true; // nothing was started
+                None
+            }
+        })
+    }
+
+    /// The result files of `df` run as a distributed job, or (unrun) the
+    /// statement to run here with the guard that cancels it.
+    async fn job_or_here(&self, df: DataFrame) -> Result<std::result::Result<ResultFiles, (DataFrame, CancelOnDrop)>> {
         let options = lakelink_udf::LlmOptions::from_config(df.task_ctx().session_config().options());
         let mut guard = CancelOnDrop {
             query_id: options.query_id.clone(),
@@ -428,19 +450,12 @@ impl QueryEngine {
             finished: false,
         };
         let (state, plan) = self.narrow_top_n(df).await.into_parts();
-        if let Some(optimized) = distributed_plan(&state, &plan)? {
-            let files = (self.run_job)(options.query_id.clone(), state, optimized).await?;
-            guard.finished = true;
-            return Ok(QueryResult::Files(files));
-        }
-        self.execute_here(DataFrame::new(state, plan), schema, guard).await
-    }
-
-    /// Whether [`QueryEngine::execute`] answers `df` with result files (a
-    /// distributed job) rather than batches computed here.
-    pub fn runs_as_job(&self, df: &DataFrame) -> Result<bool> {
-        let (state, plan) = df.clone().into_parts();
-        Ok(distributed_plan(&state, &plan)?.is_some())
+        let Some(optimized) = distributed_plan(&state, &plan)? else {
+            return Ok(Err((DataFrame::new(state, plan), guard)));
+        };
+        let files = (self.run_job)(options.query_id, state, optimized).await?;
+        guard.finished = true;
+        Ok(Ok(files))
     }
 
     /// Runs a statement through DataFusion's (and Ballista's) planner here.
