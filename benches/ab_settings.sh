@@ -6,7 +6,8 @@
 #   benches/ab_settings.sh LAKE_DIR "SCHEDULER ARGS A" "SCHEDULER ARGS B" [QUERIES]
 # e.g. benches/ab_settings.sh ~/.cache/lakelink/bench-data/tpch-sf10 \
 #        "--set ballista.optimizer.broadcast_join_threshold_rows=1000000" "" "3 4 10"
-# Prints the best of 3 per query for A and B and the geometric means.
+# Prints the best of 3 per query for A and B and the geometric means, and says
+# where the two printed results differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -41,6 +42,7 @@ for q in $queries; do
     t=$(run 51000 "$q"); best_a=$(echo "if ($t < $best_a) $t else $best_a" | bc)
     t=$(run 52000 "$q"); best_b=$(echo "if ($t < $best_b) $t else $best_b" | bc)
   done
-  printf "q%s %.3f %.3f\n" "$q" "$best_a" "$best_b"
+  same=""; cmp -s "$out/q$q-51000.txt" "$out/q$q-52000.txt" || same=" (results differ: $out/q$q-*.txt)"
+  printf "q%s %.3f %.3f%s\n" "$q" "$best_a" "$best_b" "$same"
 done | tee "$out/times.txt"
 awk '{ a += log($2); b += log($3); n++ } END { printf "geomean %.3f %.3f (B/A %.3f)\n", exp(a/n), exp(b/n), exp((b-a)/n) }' "$out/times.txt"

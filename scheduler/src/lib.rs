@@ -17,6 +17,9 @@ pub mod flight_sql;
 /// Planning and running client SQL as distributed jobs.
 pub mod query;
 pub mod result;
+/// Semi-join reduction: `EXISTS` and `IN (subquery)` over a large table
+/// without shuffling it.
+mod semi_join;
 /// The `system` schema (`system.model_calls`).
 pub mod system;
 
@@ -81,6 +84,10 @@ pub struct SchedulerOptions {
     /// Top-N lookups over tables of at least this many bytes on disk run in
     /// two passes (`u64::MAX`: never); see `QueryEngine::narrow_top_n`.
     pub top_n_narrowing_min_bytes: u64,
+    /// Reduce semi and anti joins (`EXISTS`, `NOT EXISTS`, `IN (subquery)`)
+    /// of a small side against a large one before they run, so the large
+    /// side is not shuffled; see the `semi_join` module.
+    pub semi_join_reduction: bool,
     /// Where clients read distributed results.
     pub result_endpoints: ResultEndpoints,
 }
@@ -115,6 +122,7 @@ impl SchedulerOptions {
             target_partitions: 0,
             settings: Vec::new(),
             top_n_narrowing_min_bytes: query::TOP_N_NARROWING_MIN_BYTES,
+            semi_join_reduction: true,
             result_endpoints: ResultEndpoints::Scheduler,
         }
     }
@@ -246,7 +254,8 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     let engine = Arc::new(
         query_engine(&ext, lake, addr, cancel_job, run_job, partitions, &options.settings)
             .await?
-            .with_top_n_narrowing(options.top_n_narrowing_min_bytes),
+            .with_top_n_narrowing(options.top_n_narrowing_min_bytes)
+            .with_semi_join_reduction(options.semi_join_reduction),
     );
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
@@ -337,9 +346,20 @@ async fn run_job(
 ///   rows on the other side no longer go through a shuffle (3.85 s to 1.96 s,
 ///   measured interleaved with Ballista's value by `benches/ab_settings.sh`,
 ///   results in `benches/results/broadcast-rows-sf10.txt`).
+/// * `ballista.optimizer.hash_join_max_build_partition_bytes` (Ballista: 64
+///   MiB): a shuffled join whose build side holds more than this in one
+///   partition runs as a sort-merge join (sorting both sides) instead of a
+///   hash join. At 64 MiB, TPC-H SF 10 Q7, Q9 (twice) and Q18 sorted `orders`
+///   or `lineitem` partitions of 90-435 MiB; at 1 GiB they hash, as
+///   single-process DataFusion does (Q9 9.78 s to 7.21 s, Q7 5.19 s to 5.00 s,
+///   Q18 17.0 s to 16.7 s, interleaved by `benches/ab_settings.sh`,
+///   `benches/results/hash-join-build-sf10.txt`). A hash join's build side
+///   cannot spill, so an executor needs memory for its largest one: the limit
+///   keeps that bounded.
 const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     (catalog::FORCE_VIEW_TYPES, "false"),
     (ballista_core::config::BALLISTA_BROADCAST_JOIN_THRESHOLD_ROWS, "20000000"),
+    (ballista_core::config::BALLISTA_HASH_JOIN_MAX_BUILD_PARTITION_BYTES, "1073741824"),
 ];
 
 /// The configuration every query is planned with: LakeLink's
@@ -418,6 +438,9 @@ mod tests {
     fn lakelink_defaults_apply_and_the_operator_overrides_them() {
         assert!(!planning_config(&[]).unwrap().options().execution.parquet.schema_force_view_types);
         assert_eq!(broadcast_rows(&[]), 20_000_000);
+        let config = planning_config(&[]).unwrap();
+        let ballista = config.options().extensions.get::<BallistaConfig>().unwrap();
+        assert_eq!(ballista.hash_join_max_build_partition_bytes(), 1 << 30);
         let operator = [(BALLISTA_BROADCAST_JOIN_THRESHOLD_ROWS.to_string(), "1000000".to_string())];
         assert_eq!(broadcast_rows(&operator), 1_000_000);
     }

@@ -156,6 +156,9 @@ pub struct QueryEngine {
     /// Top-N lookups over tables at least this big (bytes on disk) run in two
     /// passes, see [`QueryEngine::narrow_top_n`].
     top_n_narrowing_min_bytes: u64,
+    /// Semi and anti joins of a small side against a large one are reduced
+    /// first, see [`crate::semi_join`].
+    semi_join_reduction: bool,
 }
 
 /// The default for [`QueryEngine::with_top_n_narrowing`]: below this much
@@ -184,7 +187,15 @@ impl QueryEngine {
             nl,
             partitions,
             top_n_narrowing_min_bytes: TOP_N_NARROWING_MIN_BYTES,
+            semi_join_reduction: true,
         }
+    }
+
+    /// Whether semi and anti joins of a small side against a large one are
+    /// reduced first (the default), see [`crate::semi_join`].
+    pub fn with_semi_join_reduction(mut self, on: bool) -> Self {
+        self.semi_join_reduction = on;
+        self
     }
 
     /// Top-N lookups over tables of at least `min_bytes` on disk run in two
@@ -450,9 +461,12 @@ impl QueryEngine {
             finished: false,
         };
         let (state, plan) = self.narrow_top_n(df).await.into_parts();
-        let Some(optimized) = distributed_plan(&state, &plan)? else {
+        let Some(mut optimized) = distributed_plan(&state, &plan)? else {
             return Ok(Err((DataFrame::new(state, plan), guard)));
         };
+        if self.semi_join_reduction {
+            optimized = crate::semi_join::reduce_semi_joins(&state, optimized).await?;
+        }
         let files = (self.run_job)(options.query_id, state, optimized).await?;
         guard.finished = true;
         Ok(Ok(files))
@@ -671,7 +685,7 @@ fn nth_value(batches: &[RecordBatch], n: usize) -> Option<ScalarValue> {
 }
 
 /// Whether any expression of `plan` calls a volatile function (`random()`).
-fn has_volatile(plan: &LogicalPlan) -> bool {
+pub(crate) fn has_volatile(plan: &LogicalPlan) -> bool {
     let mut volatile = false;
     let _ = plan.apply_with_subqueries(|node| {
         for expr in node.expressions() {

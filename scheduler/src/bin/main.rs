@@ -49,6 +49,12 @@ struct Args {
     /// where they can matter. 0: always; "never": never.
     #[arg(long, default_value_t = lakelink_scheduler::query::TOP_N_NARROWING_MIN_BYTES, value_parser = parse_bytes_or_never)]
     top_n_narrowing_min_bytes: u64,
+    /// Semi and anti joins (EXISTS, NOT EXISTS, IN (subquery)) keeping the
+    /// rows of a small side against a large one first keep only the large
+    /// side's rows whose keys the small side holds, so the large side is not
+    /// shuffled: `on` or `off`.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    semi_join_reduction: String,
     /// Where clients read distributed results: `scheduler` (passed on by the
     /// scheduler; clients reach only it) or `executors` (read from the
     /// executors that wrote them; clients must reach every executor's Flight
@@ -87,6 +93,7 @@ async fn main() -> std::process::ExitCode {
     options.target_partitions = args.target_partitions;
     options.settings = args.settings;
     options.top_n_narrowing_min_bytes = args.top_n_narrowing_min_bytes;
+    options.semi_join_reduction = args.semi_join_reduction == "on";
     options.result_endpoints = match args.result_endpoints.as_str() {
         "executors" => ResultEndpoints::Executors,
         _ => ResultEndpoints::Scheduler,
