@@ -42,7 +42,7 @@ for q in $queries; do
     t=$(run 51000 "$q"); best_a=$(echo "if ($t < $best_a) $t else $best_a" | bc)
     t=$(run 52000 "$q"); best_b=$(echo "if ($t < $best_b) $t else $best_b" | bc)
   done
-  same=""; cmp -s "$out/q$q-51000.txt" "$out/q$q-52000.txt" || same=" (results differ: $out/q$q-*.txt)"
-  printf "q%s %.3f %.3f%s\n" "$q" "$best_a" "$best_b" "$same"
+  differ=""; cmp -s "$out/q$q-51000.txt" "$out/q$q-52000.txt" || differ=" (results differ: $out/q$q-*.txt)"
+  printf "q%s %.3f %.3f%s\n" "$q" "$best_a" "$best_b" "$differ"
 done | tee "$out/times.txt"
 awk '{ a += log($2); b += log($3); n++ } END { printf "geomean %.3f %.3f (B/A %.3f)\n", exp(a/n), exp(b/n), exp((b-a)/n) }' "$out/times.txt"

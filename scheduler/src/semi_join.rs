@@ -50,27 +50,27 @@ pub(crate) async fn reduce_semi_joins(state: &SessionState, plan: LogicalPlan) -
     let mut joins = Vec::new();
     collect_joins(&plan, &mut joins);
     let mut reduce = Vec::with_capacity(joins.len());
-    for join in &joins {
-        reduce.push(worth_reducing(state, join).await.unwrap_or_else(|e| {
-            tracing::warn!("semi join reduction skipped: cannot size the join's sides: {e}");
-            false
-        }));
+    for join in joins {
+        let worth = match Sides::of(join) {
+            Some(sides) => worth_reducing(state, &sides).await.unwrap_or_else(|e| {
+                tracing::warn!("semi join reduction skipped: cannot size the join's sides: {e}");
+                false
+            }),
+            None => false,
+        };
+        reduce.push(worth);
     }
     if !reduce.contains(&true) {
         return Ok(plan);
     }
-    let mut next = 0;
+    // `transform_up` meets the joins in the order they were collected in.
+    let mut reduce = reduce.into_iter();
     let reduced = plan.transform_up(|node| {
         let LogicalPlan::Join(join) = &node else { return Ok(Transformed::no(node)) };
-        if !is_candidate(join) {
+        let Some(sides) = reduce.next().unwrap_or(false).then(|| Sides::of(join)).flatten() else {
             return Ok(Transformed::no(node));
-        }
-        let index = next;
-        next += 1;
-        if !reduce[index] {
-            return Ok(Transformed::no(node));
-        }
-        match reduced_join(join) {
+        };
+        match reduced_join(join, &sides) {
             Ok(reduced) => Ok(Transformed::yes(reduced)),
             Err(e) => {
                 tracing::warn!("semi join reduction skipped: {e}");
@@ -81,59 +81,64 @@ pub(crate) async fn reduce_semi_joins(state: &SessionState, plan: LogicalPlan) -
     Ok(reduced.data)
 }
 
-/// The candidate joins of `plan`, children before parents (the order
-/// `transform_up` visits them in).
+/// Every join of `plan`, children before parents (the order `transform_up`
+/// visits them in).
 fn collect_joins<'a>(plan: &'a LogicalPlan, out: &mut Vec<&'a Join>) {
     for input in plan.inputs() {
         collect_joins(input, out);
     }
-    if let LogicalPlan::Join(join) = plan
-        && is_candidate(join)
-    {
+    if let LogicalPlan::Join(join) = plan {
         out.push(join);
     }
 }
 
-/// A semi or anti join on equal keys, K's keys plain columns, with SQL's
-/// `=` (NULL matches nothing) and not `NOT IN`'s null-aware form (where a
-/// NULL anywhere in P decides, so P's rows cannot be dropped). K must give
-/// the same rows when computed twice: no volatile function, no model call.
-fn is_candidate(join: &Join) -> bool {
-    let (kept_is_left, kept) = match join.join_type {
-        JoinType::LeftSemi | JoinType::LeftAnti => (true, &join.left),
-        JoinType::RightSemi | JoinType::RightAnti => (false, &join.right),
-        _ => return false,
-    };
-    !join.on.is_empty()
-        && !join.null_aware
-        && join.null_equality == NullEquality::NullEqualsNothing
-        && join.on.iter().all(|(l, r)| matches!(if kept_is_left { l } else { r }, Expr::Column(_)))
-        && !crate::query::has_volatile(kept)
-        && !lakelink_udf::planner::plan_calls_model(kept)
+/// The two sides of a join the reduction can apply to: K, whose rows it
+/// keeps, and P.
+struct Sides<'a> {
+    kept_is_left: bool,
+    kept: &'a Arc<LogicalPlan>,
+    probe: &'a Arc<LogicalPlan>,
+    /// K's key columns, in the order of the join's `on`.
+    keys: Vec<&'a Column>,
+    /// P's key expressions, in the same order.
+    probe_keys: Vec<&'a Expr>,
 }
 
-/// K (the side whose rows are kept) and P, K's key columns and P's key
-/// expressions.
-fn sides(join: &Join) -> (&Arc<LogicalPlan>, &Arc<LogicalPlan>, Vec<Column>, Vec<Expr>) {
-    let kept_is_left = matches!(join.join_type, JoinType::LeftSemi | JoinType::LeftAnti);
-    let (kept, probe) = if kept_is_left { (&join.left, &join.right) } else { (&join.right, &join.left) };
-    let (keys, probe_keys) = join
-        .on
-        .iter()
-        .map(|(l, r)| if kept_is_left { (l, r) } else { (r, l) })
-        .map(|(k, p)| match k {
-            Expr::Column(c) => (c.clone(), p.clone()),
-            _ => unreachable!("is_candidate admits column keys only"),
-        })
-        .unzip();
-    (kept, probe, keys, probe_keys)
+impl<'a> Sides<'a> {
+    /// The sides of a semi or anti join on equal keys, K's keys plain
+    /// columns, with SQL's `=` (NULL matches nothing) and not `NOT IN`'s
+    /// null-aware form (where a NULL anywhere in P decides, so P's rows cannot
+    /// be dropped); K must give the same rows when computed twice (no
+    /// volatile function, no model call). `None` for any other join.
+    fn of(join: &'a Join) -> Option<Self> {
+        let kept_is_left = match join.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => true,
+            JoinType::RightSemi | JoinType::RightAnti => false,
+            _ => return None,
+        };
+        if join.on.is_empty() || join.null_aware || join.null_equality != NullEquality::NullEqualsNothing {
+            return None;
+        }
+        let (kept, probe) = if kept_is_left { (&join.left, &join.right) } else { (&join.right, &join.left) };
+        let mut keys = Vec::with_capacity(join.on.len());
+        let mut probe_keys = Vec::with_capacity(join.on.len());
+        for (left, right) in &join.on {
+            let (key, probe_key) = if kept_is_left { (left, right) } else { (right, left) };
+            let Expr::Column(key) = key else { return None };
+            keys.push(key);
+            probe_keys.push(probe_key);
+        }
+        if crate::query::has_volatile(kept) || lakelink_udf::planner::plan_calls_model(kept) {
+            return None;
+        }
+        Some(Self { kept_is_left, kept, probe, keys, probe_keys })
+    }
 }
 
 /// Whether K is small enough to broadcast, P at least [`MIN_PROBE_RATIO`]
 /// times larger, and K's tables small against P (estimates from planning
 /// each side as it would run).
-async fn worth_reducing(state: &SessionState, join: &Join) -> Result<bool> {
-    let (kept, probe, _, _) = sides(join);
+async fn worth_reducing(state: &SessionState, sides: &Sides<'_>) -> Result<bool> {
     let broadcast_rows = state
         .config()
         .options()
@@ -144,8 +149,8 @@ async fn worth_reducing(state: &SessionState, join: &Join) -> Result<bool> {
     // DataFusion's own planner: the session's (Ballista's) answers a job
     // whose size it does not know.
     let planner = DefaultPhysicalPlanner::default();
-    let kept_plan = planner.create_physical_plan(kept, state).await?;
-    let probe_plan = planner.create_physical_plan(probe, state).await?;
+    let kept_plan = planner.create_physical_plan(sides.kept, state).await?;
+    let probe_plan = planner.create_physical_plan(sides.probe, state).await?;
     let stats = StatisticsContext::new();
     let (Some(kept_rows), Some(probe_rows), Some(kept_input_rows)) =
         (rows(&stats, kept_plan.as_ref()), rows(&stats, probe_plan.as_ref()), leaf_rows(&stats, kept_plan.as_ref()))
@@ -177,30 +182,20 @@ fn leaf_rows(stats: &StatisticsContext, plan: &dyn ExecutionPlan) -> Option<usiz
     children.into_iter().try_fold(0usize, |sum, child| Some(sum.saturating_add(leaf_rows(stats, child.as_ref())?)))
 }
 
-/// `join` with P replaced by the P rows whose keys are among K's.
-fn reduced_join(join: &Join) -> Result<LogicalPlan> {
-    let (kept, probe, keys, probe_keys) = sides(join);
-    let mut key_names: Vec<String> = Vec::with_capacity(keys.len());
-    let mut key_columns = Vec::with_capacity(keys.len());
-    let mut projection = Vec::with_capacity(keys.len());
-    for key in &keys {
-        let name = match key_names.iter().position(|n| *n == key.flat_name()) {
-            Some(i) => format!("k{i}"),
-            None => {
-                key_names.push(key.flat_name());
-                let name = format!("k{}", key_names.len() - 1);
-                projection.push(Expr::Column(key.clone()).alias(&name));
-                name
-            }
-        };
-        key_columns.push(Expr::Column(Column::new(Some(KEYS_ALIAS), name)));
-    }
-    let kept_keys = LogicalPlanBuilder::from(kept.as_ref().clone()).project(projection)?.alias(KEYS_ALIAS)?.build()?;
-    let reduced_probe = LogicalPlanBuilder::from(probe.as_ref().clone())
+/// `join` with P replaced by the P rows whose keys are among K's (K's key
+/// columns projected as `k0`, `k1`, ... under [`KEYS_ALIAS`]).
+fn reduced_join(join: &Join, sides: &Sides<'_>) -> Result<LogicalPlan> {
+    let names: Vec<String> = (0..sides.keys.len()).map(|i| format!("k{i}")).collect();
+    let projection = sides.keys.iter().zip(&names).map(|(key, name)| Expr::Column((*key).clone()).alias(name));
+    let kept_keys =
+        LogicalPlanBuilder::from(sides.kept.as_ref().clone()).project(projection)?.alias(KEYS_ALIAS)?.build()?;
+    let key_columns: Vec<Expr> = names.iter().map(|name| Expr::Column(Column::new(Some(KEYS_ALIAS), name))).collect();
+    let probe_keys: Vec<Expr> = sides.probe_keys.iter().map(|key| (*key).clone()).collect();
+    let reduced_probe = LogicalPlanBuilder::from(sides.probe.as_ref().clone())
         .join_with_expr_keys(kept_keys, JoinType::LeftSemi, (probe_keys, key_columns), None)?
         .build()?;
     let mut join = join.clone();
-    if matches!(join.join_type, JoinType::LeftSemi | JoinType::LeftAnti) {
+    if sides.kept_is_left {
         join.right = Arc::new(reduced_probe);
     } else {
         join.left = Arc::new(reduced_probe);
@@ -254,6 +249,8 @@ mod tests {
             ("SELECT * FROM k WHERE a IN (SELECT a FROM p WHERE c > 40) ORDER BY a", 3),
             ("SELECT * FROM k WHERE EXISTS (SELECT 1 FROM p WHERE p.a = k.a AND p.c > k.b * 20) ORDER BY a", 2),
             ("SELECT b FROM k WHERE NOT EXISTS (SELECT 1 FROM p WHERE p.a = k.a AND p.c < k.b) ORDER BY b", 2),
+            // One kept column is the key of two pairs.
+            ("SELECT * FROM k WHERE EXISTS (SELECT 1 FROM p WHERE p.a = k.a AND p.c = k.a) ORDER BY a", 3),
         ] {
             let (plain, reduced, applied) = both_ways(&ctx, sql).await;
             assert!(applied, "not reduced: {sql}");
