@@ -17,8 +17,9 @@ pub mod flight_sql;
 /// Planning and running client SQL as distributed jobs.
 pub mod query;
 pub mod result;
-/// Semi-join reduction: `EXISTS` and `IN (subquery)` over a large table
-/// without shuffling it.
+/// Semi-join reduction: joins made cheaper by semi joins that run first
+/// (semi joins moved below inner joins, join inputs reduced to the keys a
+/// small relation holds).
 mod semi_join;
 /// The `system` schema (`system.model_calls`).
 pub mod system;

@@ -465,7 +465,7 @@ impl QueryEngine {
             return Ok(Err((DataFrame::new(state, plan), guard)));
         };
         if self.semi_join_reduction {
-            optimized = crate::semi_join::reduce_semi_joins(&state, optimized).await?;
+            optimized = crate::semi_join::optimize(&state, optimized).await?;
         }
         let files = (self.run_job)(options.query_id, state, optimized).await?;
         guard.finished = true;
