@@ -15,12 +15,12 @@ fresh memory (page faults) and later ones reuse it:
   result is released;
 - first read: best of `--iterations` reads, each in a new process.
 
-Where the time goes: the fetch is split at its first batch into the query (the
-distributed job runs to its end before a result file can be served) and the
-transfer. When the cluster runs on this machine, the CPU seconds that its
-scheduler and executors, and this client, spend in each part are printed too
-(from /proc, best iteration), so a slow transfer can be told apart from a slow
-query and the busy process named.
+Where the time goes: the fetch is split at its first batch (the statement
+planned, its job started, and the first batch of the result written, read and
+sent) and the rest (the result streamed while the job still computes it).
+When the cluster runs on this machine, the CPU seconds that its scheduler and
+executors, and this client, spend in each part are printed too (from /proc,
+best iteration), so the busy process can be named.
 """
 
 import argparse
@@ -122,9 +122,9 @@ def timed_fetch(cur, sql: str, pids: dict[str, int]) -> tuple[pa.Table, dict]:
         batches.append(batch)
     t2, c2 = time.perf_counter(), cpu_seconds(pids)
     t1, c1 = (t1, c1) if t1 is not None else (t2, c2)
-    split = {"query_s": round(t1 - t0, 3), "transfer_s": round(t2 - t1, 3),
-             "query_cpu_s": {k: round(c1[k] - c0[k], 2) for k in c0 if k in c1},
-             "transfer_cpu_s": {k: round(c2[k] - c1[k], 2) for k in c1 if k in c2}}
+    split = {"first_batch_s": round(t1 - t0, 3), "rest_s": round(t2 - t1, 3),
+             "first_batch_cpu_s": {k: round(c1[k] - c0[k], 2) for k in c0 if k in c1},
+             "rest_cpu_s": {k: round(c2[k] - c1[k], 2) for k in c1 if k in c2}}
     return pa.Table.from_batches(batches, schema=reader.schema), split
 
 
@@ -163,9 +163,9 @@ def main() -> None:
             print(f"{table:<10} Flight SQL / local read: {flight_s / local_s:.2f}x (target: 2x or less)")
             print(f"{table:<10} first read in a new process: Flight SQL {flight_cold_s:.2f} s, pyarrow "
                   f"{local_cold_s:.2f} s, {flight_cold_s / local_cold_s:.2f}x")
-            for part in ("query", "transfer"):
+            for part, label in (("first_batch", "to the first batch"), ("rest", "the rest")):
                 cpu = ", ".join(f"{k} {v:.1f}" for k, v in split[f"{part}_cpu_s"].items())
-                print(f"{table:<10}   {part:<8} {split[f'{part}_s']:>6.2f} s   CPU s: {cpu}")
+                print(f"{table:<10}   {label:<18} {split[f'{part}_s']:>6.2f} s   CPU s: {cpu}")
             rows_out.append({"lake": args.lake, "table": table, "rows": rows, "mb": round(mb, 1),
                              "pyarrow_s": round(local_s, 3), "flight_sql_s": round(flight_s, 3),
                              "flight_rows_per_s": round(rows / flight_s),

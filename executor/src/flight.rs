@@ -8,13 +8,15 @@
 //! fetched). The file's messages are already valid Flight data (an IPC
 //! message header and body; a result file's are uncompressed, see
 //! [`crate::stage`]), so they are forwarded unchanged, and the scheduler
-//! passes them on to the client the same way. It also serves results to
-//! clients directly ([`crate::results`]): the scheduler's grants
-//! ([`GRANT_ACTION`]) and the clients' tickets for them. Every other request
-//! goes to Ballista's service.
+//! passes them on to the client the same way. A query's result partitions
+//! are read while their tasks still write them ([`crate::follow`], tickets
+//! from [`ResultPartition::ticket`]). It also serves results to clients
+//! directly ([`crate::results`]): the scheduler's grants ([`GRANT_ACTION`])
+//! and the clients' tickets for them. Every other request goes to Ballista's
+//! service.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -23,25 +25,17 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
     PollInfo, PutResult, SchemaResult, Ticket,
 };
-use ballista_core::execution_plans::create_shuffle_path;
 use ballista_core::execution_plans::sort_shuffle::is_sort_shuffle_output;
 use ballista_core::serde::decode_protobuf;
 use ballista_core::serde::scheduler::{Action as BallistaAction, ShuffleFileKind, ShuffleLayout};
 use ballista_executor::flight_service::BallistaFlightService;
+use bytes::Bytes;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use futures::{Stream, stream};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::results::{
-    self, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX, is_stream_file, next_header, send_messages,
-};
-
-/// The largest message forwarded as it is: below the 16 MiB a Ballista
-/// client accepts by default. A file holding a bigger message is served by
-/// Ballista's service, which splits batches.
-const MAX_RAW_MESSAGE: u64 = 12 * 1024 * 1024;
+use crate::follow::{Finish, ResultPartition, TaskKey, follow};
+use crate::results::{self, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX};
 
 type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -60,9 +54,10 @@ impl ExecutorFlightService {
         Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir, grants }
     }
 
-    /// The result file a `FetchPartition` action names: a whole data file of
-    /// a stage whose output is not repartitioned (a query's result).
-    fn result_file(&self, fetch: &[u8]) -> Result<PathBuf, Status> {
+    /// The result file a `FetchPartition` action names (a whole data file of
+    /// a stage whose output is not repartitioned, such as the input of a
+    /// final merge) and the task that wrote it.
+    fn result_file(&self, fetch: &[u8]) -> Result<(PathBuf, TaskKey), Status> {
         let action: BallistaAction = decode_protobuf(fetch)
             .map_err(|e| Status::invalid_argument(format!("not a FetchPartition action: {e}")))?;
         let BallistaAction::FetchPartition {
@@ -75,45 +70,51 @@ impl ExecutorFlightService {
             byte_ranges,
             ..
         } = action;
-        if !byte_ranges.is_empty() || file_kind != ShuffleFileKind::Data || layout != ShuffleLayout::Passthrough {
+        let (Some(task_id), true, ShuffleFileKind::Data, ShuffleLayout::Passthrough) =
+            (file_id, byte_ranges.is_empty(), file_kind, layout)
+        else {
             return Err(Status::invalid_argument(format!(
                 "job {job_id} stage {stage_id} partition {partition_id} is not a result file"
             )));
-        }
-        let path = create_shuffle_path(&self.work_dir, &job_id, stage_id, partition_id, file_id, false)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        };
+        let partition =
+            ResultPartition { job_id: job_id.to_string(), stage_id, partition_id, task_id: task_id as usize };
+        let path = partition.path(&self.work_dir)?;
         if is_sort_shuffle_output(&path) || !path.is_file() {
             return Err(Status::not_found(format!(
                 "no result file for job {job_id} stage {stage_id} partition {partition_id} on this executor"
             )));
         }
-        Ok(path)
+        Ok((path, partition.task(&self.work_dir)))
     }
 
-    /// Grants one client read of a result file (see [`crate::results`]).
-    fn grant(&self, body: &[u8]) -> Result<String, Status> {
+    /// Grants one client read of a result partition (see [`crate::results`]),
+    /// once its task has created the file.
+    async fn grant(&self, body: &[u8]) -> Result<String, Status> {
         use base64::Engine;
         let malformed = |what: &str| Status::invalid_argument(format!("malformed result grant request: {what}"));
         let request: GrantRequest = serde_json::from_slice(body).map_err(|e| malformed(&e.to_string()))?;
-        let decode = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| malformed("not base64"));
-        let path = self.result_file(&decode(&request.fetch)?)?;
-        let header = decode(&request.schema)?;
+        let header =
+            base64::engine::general_purpose::STANDARD.decode(&request.schema).map_err(|_| malformed("not base64"))?;
         let message = root_as_message(&header).map_err(|e| malformed(&e.to_string()))?;
         let schema = message
             .header_as_schema()
             .map(datafusion::arrow::ipc::convert::fb_to_schema)
             .ok_or_else(|| malformed("no schema message"))?;
+        let path = request.partition.path(&self.work_dir)?;
+        let task = request.partition.task(&self.work_dir);
+        crate::follow::wait_for_file(&path, &task).await?;
         self.grants
-            .grant(&path, std::sync::Arc::new(schema))
+            .grant(&path, task, std::sync::Arc::new(schema))
             .map_err(|e| Status::internal(format!("cannot keep {} for its client: {e}", path.display())))
     }
 
     /// The file a ticket asks for whole, when it can be forwarded message by
     /// message: a plain (not sort-based) shuffle file in the IPC stream
     /// format with no dictionaries and no message too big to forward.
-    fn raw_file(&self, ticket: &Ticket) -> Option<PathBuf> {
-        let path = self.result_file(&ticket.ticket).ok()?;
-        scan_messages(&path).ok()?.then_some(path)
+    fn raw_file(&self, ticket: &Ticket) -> Option<(PathBuf, TaskKey)> {
+        let (path, task) = self.result_file(&ticket.ticket).ok()?;
+        scan_messages(&path).ok()?.then_some((path, task))
     }
 }
 
@@ -126,7 +127,7 @@ fn scan_messages(path: &Path) -> std::io::Result<bool> {
     let mut reader = BufReader::new(File::open(path)?);
     while let Some((header, body_len)) = next_header(&mut reader)? {
         let dictionary = root_as_message(&header).is_ok_and(|m| m.header_type() == MessageHeader::DictionaryBatch);
-        if dictionary || header.len() as u64 + body_len > MAX_RAW_MESSAGE {
+        if dictionary || header.len() as u64 + body_len > crate::follow::MAX_RAW_MESSAGE as u64 {
             return Ok(false);
         }
         reader.seek_relative(body_len as i64)?;
@@ -134,16 +135,35 @@ fn scan_messages(path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Streams the messages of the file at `path` as Flight data.
-fn forward_file(path: PathBuf) -> BoxedStream<FlightData> {
-    let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(4);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = send_messages(&path, false, &tx) {
-            let _ =
-                tx.blocking_send(Err(Status::internal(format!("cannot read shuffle file {}: {e}", path.display()))));
-        }
-    });
-    Box::pin(ReceiverStream::new(rx))
+/// Reads the header of the next IPC message of a stream (flatbuffer, with
+/// padding) and says how long its body is. `None` at the end-of-stream marker
+/// or the end of the file.
+fn next_header(reader: &mut impl Read) -> std::io::Result<Option<(Bytes, u64)>> {
+    let mut word = [0u8; 4];
+    match reader.read_exact(&mut word) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if word == [0xff; 4] {
+        reader.read_exact(&mut word)?;
+    }
+    let len = i32::from_le_bytes(word);
+    if len <= 0 {
+        return Ok(None);
+    }
+    let mut header = vec![0u8; len as usize];
+    reader.read_exact(&mut header)?;
+    let message = root_as_message(&header).map_err(|e| std::io::Error::other(format!("not an IPC message: {e}")))?;
+    let body_len = message.bodyLength().max(0) as u64;
+    Ok(Some((Bytes::from(header), body_len)))
+}
+
+/// Whether the file at `path` is an IPC stream (not the IPC file format).
+fn is_stream_file(path: &Path) -> std::io::Result<bool> {
+    let mut magic = [0u8; 6];
+    let mut file = File::open(path)?;
+    Ok(file.read_exact(&mut magic).is_err() || &magic != b"ARROW1")
 }
 
 #[tonic::async_trait]
@@ -157,18 +177,26 @@ impl FlightService for ExecutorFlightService {
     type ListFlightsStream = BoxedStream<FlightInfo>;
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        if let Some(token) = request.get_ref().ticket.strip_prefix(TICKET_PREFIX.as_bytes()) {
+        let ticket = &request.get_ref().ticket;
+        if let Some(token) = ticket.strip_prefix(TICKET_PREFIX.as_bytes()) {
             let token = std::str::from_utf8(token).unwrap_or_default();
-            let (path, schema) = self.grants.take(token).ok_or_else(|| {
+            let granted = self.grants.take(token).ok_or_else(|| {
                 Status::not_found(
                     "unknown result ticket: it was already read, is older than ten minutes, or was issued by another \
                      executor process; run the statement again",
                 )
             })?;
-            return Ok(Response::new(results::serve(path, schema)));
+            return Ok(Response::new(results::serve(granted)));
+        }
+        if let Some(partition) = ResultPartition::from_ticket(ticket) {
+            let partition = partition?;
+            let path = partition.path(&self.work_dir)?;
+            // The scheduler checks the partition against the job's report.
+            return Ok(Response::new(follow(path, partition.task(&self.work_dir), Finish::Marker)));
         }
         match self.raw_file(request.get_ref()) {
-            Some(path) => Ok(Response::new(forward_file(path))),
+            // Files of stages that have ended (Ballista reads its inputs then).
+            Some((path, task)) => Ok(Response::new(follow(path, task, Finish::TaskSucceeded))),
             None => self.inner.do_get(request).await,
         }
     }
@@ -202,7 +230,7 @@ impl FlightService for ExecutorFlightService {
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         if request.get_ref().r#type == GRANT_ACTION {
-            let token = self.grant(&request.get_ref().body)?;
+            let token = self.grant(&request.get_ref().body).await?;
             let answer = arrow_flight::Result { body: token.into_bytes().into() };
             return Ok(Response::new(Box::pin(stream::once(async { Ok(answer) }))));
         }

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod flight;
+pub mod follow;
 pub mod results;
 pub mod stage;
 

@@ -3,45 +3,45 @@
 //! endpoints"), and the rules a result message must meet to reach a client
 //! as it lies, shared with the scheduler's relay (`lakelink_scheduler::result`).
 //!
-//! Once a job has ended, the scheduler asks the executor holding each result
-//! file for a *grant* ([`GRANT_ACTION`], naming the file and the schema the
-//! client was promised). The executor answers with a random token; the
-//! scheduler hands the client one endpoint per file, at that executor, whose
-//! ticket is [`TICKET_PREFIX`] and the token. A granted file is moved out of
-//! its job's folder, so the scheduler can remove the job's other files at
-//! once; a ticket is good for one read within [`GRANT_TTL`], and the file is
-//! removed once it has been read to its end, or after its grant has expired
-//! (at the executor's next grant or result ticket).
+//! Once every partition of a job's result stage is being written, the
+//! scheduler asks the executor writing each one for a *grant*
+//! ([`GRANT_ACTION`], naming the partition and the schema the client was
+//! promised). The executor answers with a random token; the scheduler hands
+//! the client one endpoint per partition, at that executor, whose ticket is
+//! [`TICKET_PREFIX`] and the token. A granted file gets a second name outside
+//! its job's folder, so removing the job's files leaves it; a ticket is good
+//! for one read within [`GRANT_TTL`], the file is read as its task writes it
+//! ([`crate::follow`]), and it is removed once read, or after its grant has
+//! expired (at the executor's next grant or result ticket).
 //!
-//! The client gets the promised schema, then the file's batch messages as
-//! they lie when every one of them meets [`forwardable`] and the file's
-//! column types are the promised ones; otherwise (dictionaries, compressed
-//! or oversized batches) the file is decoded, conformed and encoded again.
+//! The client gets the promised schema, then the file's batch messages
+//! ([`send_to_client`]): as they lie when the file's column types are the
+//! promised ones and a message meets [`forwardable`]; otherwise (dictionaries,
+//! compressed or oversized batches) decoded, conformed and encoded again.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightData, SchemaAsIpc};
-use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::ipc::reader::{FileReader, StreamReader};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use crate::follow::{Finish, ResultPartition, TaskKey};
 
 /// The largest message a client is sent as it lies. Flight clients accept at
 /// least 4 MiB by default (gRPC's default; ADBC accepts 16 MiB); bigger
@@ -60,13 +60,14 @@ pub const TICKET_PREFIX: &str = "lakelink-result:";
 /// at the executor's next grant or result ticket.
 pub const GRANT_TTL: Duration = Duration::from_secs(600);
 
-type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+/// A stream of Flight messages (or whatever else) that may fail with a gRPC status.
+pub type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// What the scheduler asks a grant for.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GrantRequest {
-    /// Ballista's `FetchPartition` action naming the file (protobuf, base64).
-    pub fetch: String,
+    /// The result partition.
+    pub partition: ResultPartition,
     /// The schema the client was promised (an IPC schema message, base64).
     pub schema: String,
 }
@@ -126,8 +127,19 @@ pub fn schema_message(schema: &Schema) -> FlightData {
 
 struct Grant {
     path: PathBuf,
+    task: TaskKey,
     schema: SchemaRef,
     expires: Instant,
+}
+
+/// A granted result: the file, the task writing it and the promised schema.
+pub struct Granted {
+    /// The file's name among the grants.
+    pub path: PathBuf,
+    /// The task writing it.
+    pub task: TaskKey,
+    /// The schema the client was promised.
+    pub schema: SchemaRef,
 }
 
 /// The result files this executor may serve to clients, by token, kept in
@@ -149,25 +161,26 @@ impl Grants {
         Self { dir, granted: Arc::default() }
     }
 
-    /// Grants one read of the file at `path` as `schema`, moving it into the
-    /// grants' folder; the token.
-    pub fn grant(&self, path: &Path, schema: SchemaRef) -> std::io::Result<String> {
+    /// Grants one read of the file at `path`, written by `task`, as
+    /// `schema`: the file gets a second name in the grants' folder (its task
+    /// may still be writing it, through the first); the token.
+    pub fn grant(&self, path: &Path, task: TaskKey, schema: SchemaRef) -> std::io::Result<String> {
         let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         std::fs::create_dir_all(&self.dir)?;
         let kept = self.dir.join(format!("{token}.arrow"));
-        std::fs::rename(path, &kept)?;
+        std::fs::hard_link(path, &kept)?;
         let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
         expire(&mut granted);
-        granted.insert(token.clone(), Grant { path: kept, schema, expires: Instant::now() + GRANT_TTL });
+        granted.insert(token.clone(), Grant { path: kept, task, schema, expires: Instant::now() + GRANT_TTL });
         Ok(token)
     }
 
-    /// The file and schema of an unexpired grant, which is used up.
-    pub fn take(&self, token: &str) -> Option<(PathBuf, SchemaRef)> {
+    /// An unexpired grant, which is used up.
+    pub fn take(&self, token: &str) -> Option<Granted> {
         let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
         expire(&mut granted);
         let grant = granted.remove(token)?;
-        Some((grant.path, grant.schema))
+        Some(Granted { path: grant.path, task: grant.task, schema: grant.schema })
     }
 }
 
@@ -183,187 +196,126 @@ fn expire(granted: &mut HashMap<String, Grant>) {
     });
 }
 
-/// Reads the header of the next IPC message of a stream (flatbuffer, with
-/// padding) and says how long its body is. `None` at the end-of-stream marker
-/// or the end of the file.
-pub(crate) fn next_header(reader: &mut impl Read) -> std::io::Result<Option<(Bytes, u64)>> {
-    let mut word = [0u8; 4];
-    match reader.read_exact(&mut word) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    if word == [0xff; 4] {
-        reader.read_exact(&mut word)?;
-    }
-    let len = i32::from_le_bytes(word);
-    if len <= 0 {
-        return Ok(None);
-    }
-    let mut header = vec![0u8; len as usize];
-    reader.read_exact(&mut header)?;
-    let message = root_as_message(&header).map_err(|e| std::io::Error::other(format!("not an IPC message: {e}")))?;
-    let body_len = message.bodyLength().max(0) as u64;
-    Ok(Some((Bytes::from(header), body_len)))
+/// Batch messages of a result passed on as they were written, and encoded
+/// anew.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sent {
+    /// Sent as the executor wrote them.
+    pub passed_on: usize,
+    /// Decoded, conformed and encoded again.
+    pub re_encoded: usize,
+    /// The rows of all of them.
+    pub rows: u64,
 }
 
-/// Sends the messages of the IPC stream file at `path` to `tx` as Flight
-/// data, as they lie in the file (its first, the schema, left out when
-/// `skip_schema`); `Ok(false)` when the reader went away. Blocks.
-pub(crate) fn send_messages(
-    path: &Path,
-    skip_schema: bool,
+/// Sends the batches of one result file, read as the Flight messages
+/// `messages` (its schema first, as [`crate::follow::follow`] reads them), to
+/// `tx` in the `promised` schema: each batch message as it is when the file's
+/// column types are the promised ones and the message meets [`forwardable`];
+/// otherwise decoded, conformed and encoded again (the whole file when its
+/// types differ: dictionaries need the decoder's state). `Ok(false)` when the
+/// client has gone away.
+pub async fn send_to_client(
+    mut messages: BoxedStream<FlightData>,
+    promised: &SchemaRef,
     tx: &mpsc::Sender<Result<FlightData, Status>>,
-) -> std::io::Result<bool> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let mut skip = skip_schema;
-    while let Some((header, body_len)) = next_header(&mut reader)? {
-        let mut body = vec![0u8; body_len as usize];
-        reader.read_exact(&mut body)?;
-        if std::mem::take(&mut skip) {
-            continue;
+    sent: &mut Sent,
+) -> Result<bool, Status> {
+    let Some(first) = messages.next().await.transpose()? else {
+        return Err(Status::internal("a result file without a schema"));
+    };
+    let file_schema = Arc::new(
+        Schema::try_from(&first).map_err(|e| Status::internal(format!("a result file without a schema: {e}")))?,
+    );
+    if !same_types(&file_schema, promised) {
+        let data =
+            futures::stream::once(async { Ok(first) }).chain(messages.map_err(|e| FlightError::Tonic(Box::new(e))));
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
+        while let Some(batch) = batches.try_next().await.map_err(Status::from)? {
+            sent.re_encoded += 1;
+            sent.rows += batch.num_rows() as u64;
+            if !send_encoded(batch, promised, tx).await? {
+                return Ok(false);
+            }
         }
-        let data = FlightData { data_header: header, data_body: Bytes::from(body), ..Default::default() };
-        if tx.blocking_send(Ok(data)).is_err() {
+        return Ok(true);
+    }
+    while let Some(data) = messages.next().await.transpose()? {
+        let delivered = if forwardable(&data.data_header, data.data_body.len()) {
+            sent.passed_on += 1;
+            sent.rows += batch_rows(&data.data_header);
+            tx.send(Ok(data)).await.is_ok()
+        } else {
+            sent.re_encoded += 1;
+            let batch = arrow_flight::utils::flight_data_to_arrow_batch(&data, file_schema.clone(), &HashMap::new())
+                .map_err(|e| Status::internal(format!("a result file holds a bad batch: {e}")))?;
+            sent.rows += batch.num_rows() as u64;
+            send_encoded(batch, promised, tx).await?
+        };
+        if !delivered {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// Whether the file at `path` is an IPC stream (not the IPC file format).
-pub(crate) fn is_stream_file(path: &Path) -> std::io::Result<bool> {
-    let mut magic = [0u8; 6];
-    let mut file = File::open(path)?;
-    Ok(file.read_exact(&mut magic).is_err() || &magic != b"ARROW1")
+/// The rows of a record batch message (0 for any other message).
+fn batch_rows(header: &[u8]) -> u64 {
+    root_as_message(header)
+        .ok()
+        .and_then(|m| m.header_as_record_batch())
+        .map_or(0, |batch| batch.length().max(0) as u64)
 }
 
-/// Whether the file at `path` can go to a client message by message as
-/// `promised`: a stream whose schema has the promised types and whose every
-/// other message meets [`forwardable`] (reads the headers only).
-fn sendable_as_is(path: &Path, promised: &Schema) -> std::io::Result<bool> {
-    if !is_stream_file(path)? {
-        return Ok(false);
-    }
-    let mut reader = BufReader::new(File::open(path)?);
-    let Some((header, body_len)) = next_header(&mut reader)? else { return Ok(false) };
-    let message = root_as_message(&header).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let Some(schema) = message.header_as_schema() else { return Ok(false) };
-    if !same_types(&datafusion::arrow::ipc::convert::fb_to_schema(schema), promised) {
-        return Ok(false);
-    }
-    reader.seek_relative(body_len as i64)?;
-    while let Some((header, body_len)) = next_header(&mut reader)? {
-        if !forwardable(&header, body_len as usize) {
+/// Conforms `batch` to `schema`, encodes it (split into messages of about
+/// 2 MiB) and sends it; `false` when the client has gone away.
+async fn send_encoded(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    tx: &mpsc::Sender<Result<FlightData, Status>>,
+) -> Result<bool, Status> {
+    let batch = conform(batch, schema).map_err(|e| Status::internal(format!("a result batch does not fit: {e}")))?;
+    // The schema was sent once already.
+    let mut encoded = FlightDataEncoderBuilder::new()
+        .with_schema(schema.clone())
+        .build(futures::stream::once(async { Ok(batch) }))
+        .skip(1);
+    while let Some(data) = encoded.next().await {
+        if tx.send(Ok(data.map_err(Status::from)?)).await.is_err() {
             return Ok(false);
         }
-        reader.seek_relative(body_len as i64)?;
     }
     Ok(true)
 }
 
-/// Streams the result file at `path` to a client as `schema`, then removes it.
-pub fn serve(path: PathBuf, schema: SchemaRef) -> BoxedStream<FlightData> {
+/// Streams a granted result file to a client: the promised schema, then
+/// the file's batches as its task writes them; the file is removed once the
+/// read ends, whichever way (the ticket is used up).
+pub fn serve(granted: Granted) -> BoxedStream<FlightData> {
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(4);
     tokio::spawn(async move {
-        let failed =
-            |e: &dyn std::fmt::Display| Status::internal(format!("cannot read result file {}: {e}", path.display()));
-        let as_is = {
-            let (path, schema) = (path.clone(), schema.clone());
-            tokio::task::spawn_blocking(move || sendable_as_is(&path, &schema)).await
-        };
-        let sent = match as_is {
-            Ok(Ok(true)) => send_as_is(path.clone(), &schema, &tx).await,
-            Ok(Ok(false)) => send_encoded(path.clone(), &schema, &tx).await,
-            Ok(Err(e)) => Err(failed(&e)),
-            Err(e) => Err(failed(&e)),
-        };
-        match sent {
-            Ok(true) => {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!("cannot remove the result file {} after it was read: {e}", path.display());
-                }
-            }
-            Ok(false) => {} // the client went away
-            Err(status) => {
+        let Granted { path, task, schema } = granted;
+        if tx.send(Ok(schema_message(&schema))).await.is_ok() {
+            let messages = crate::follow::follow(path.clone(), task, Finish::TaskSucceeded);
+            if let Err(status) = send_to_client(messages, &schema, &tx, &mut Sent::default()).await {
                 let _ = tx.send(Err(status)).await;
             }
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("cannot remove the result file {} after it was read: {e}", path.display());
         }
     });
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// Sends the promised schema, then the file's batch messages as they lie;
-/// `Ok(false)` when the client went away.
-async fn send_as_is(
-    path: PathBuf,
-    schema: &Schema,
-    tx: &mpsc::Sender<Result<FlightData, Status>>,
-) -> Result<bool, Status> {
-    if tx.send(Ok(schema_message(schema))).await.is_err() {
-        return Ok(false);
-    }
-    let tx = tx.clone();
-    // The file's own schema is left out: the promised one was sent.
-    let read = tokio::task::spawn_blocking(move || send_messages(&path, true, &tx));
-    match read.await {
-        Ok(result) => result.map_err(|e| Status::internal(format!("cannot read result file: {e}"))),
-        Err(e) => Err(Status::internal(format!("cannot read result file: {e}"))),
-    }
-}
-
-/// Decodes the file, conforms every batch to `schema` and encodes it again;
-/// `Ok(false)` when the client went away.
-async fn send_encoded(
-    path: PathBuf,
-    schema: &SchemaRef,
-    tx: &mpsc::Sender<Result<FlightData, Status>>,
-) -> Result<bool, Status> {
-    let (batch_tx, batch_rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(2);
-    let promised = schema.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        let batches: Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>>> = match is_stream_file(&path) {
-            Ok(true) => {
-                match File::open(&path).map_err(ArrowError::from).and_then(|f| StreamReader::try_new_buffered(f, None))
-                {
-                    Ok(reader) => Box::new(reader),
-                    Err(e) => Box::new(std::iter::once(Err(e))),
-                }
-            }
-            Ok(false) => {
-                match File::open(&path).map_err(ArrowError::from).and_then(|f| FileReader::try_new_buffered(f, None)) {
-                    Ok(reader) => Box::new(reader),
-                    Err(e) => Box::new(std::iter::once(Err(e))),
-                }
-            }
-            Err(e) => Box::new(std::iter::once(Err(ArrowError::from(e)))),
-        };
-        for batch in batches {
-            let batch = batch.and_then(|b| conform(b, &promised)).map_err(FlightError::Arrow);
-            if batch_tx.blocking_send(batch).is_err() {
-                return;
-            }
-        }
-    });
-    let mut encoded = FlightDataEncoderBuilder::new().with_schema(schema.clone()).build(ReceiverStream::new(batch_rx));
-    while let Some(data) = encoded.next().await {
-        let data = data.map_err(|e| Status::internal(format!("cannot read result file: {e}")))?;
-        if tx.send(Ok(data)).await.is_err() {
-            return Ok(false);
-        }
-    }
-    reader.await.map_err(|e| Status::internal(format!("cannot read result file: {e}")))?;
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
     use super::*;
-    use arrow_flight::decode::FlightRecordBatchStream;
     use datafusion::arrow::array::{Array, DictionaryArray, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Int32Type};
     use datafusion::arrow::ipc::writer::StreamWriter;
-    use futures::TryStreamExt;
 
     fn write(path: &Path, batches: &[RecordBatch]) {
         let mut writer = StreamWriter::try_new(File::create(path).unwrap(), &batches[0].schema()).unwrap();
@@ -373,27 +325,39 @@ mod tests {
         writer.finish().unwrap();
     }
 
-    async fn read(path: PathBuf, schema: SchemaRef) -> Vec<RecordBatch> {
-        let data: Vec<FlightData> = serve(path, schema).try_collect().await.unwrap();
-        FlightRecordBatchStream::new_from_flight_data(futures::stream::iter(data.into_iter().map(Ok)))
+    /// A task this executor never ran: its finished files are read to their end.
+    fn finished_task() -> TaskKey {
+        TaskKey { work_dir: "nowhere".into(), job_id: "job".into(), stage_id: 1, task_id: 0 }
+    }
+
+    /// What a client reads of a granted file, and what was passed on as written.
+    async fn read(path: PathBuf, schema: SchemaRef) -> (Vec<RecordBatch>, Sent) {
+        let mut sent = Sent::default();
+        let (tx, rx) = mpsc::channel(64);
+        let messages = crate::follow::follow(path.clone(), finished_task(), Finish::TaskSucceeded);
+        assert!(send_to_client(messages, &schema, &tx, &mut sent).await.unwrap());
+        drop(tx);
+        let header = schema_message(&schema);
+        let data = futures::stream::once(async move { Ok(header) }).chain(ReceiverStream::new(rx));
+        let batches = FlightRecordBatchStream::new_from_flight_data(data.map_err(|e| FlightError::Tonic(Box::new(e))))
             .try_collect()
             .await
-            .unwrap()
+            .unwrap();
+        (batches, sent)
     }
 
     #[tokio::test]
-    async fn a_file_of_promised_types_is_sent_and_removed() {
+    async fn batches_of_the_promised_types_are_sent_as_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.arrow");
         let file_schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(file_schema, vec![Arc::new(Int64Array::from_iter_values(0..1000))]).unwrap();
         write(&path, &[batch.clone(), batch.slice(0, 10)]);
         let promised = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
-        assert!(sendable_as_is(&path, &promised).unwrap());
-        let got = read(path.clone(), promised.clone()).await;
+        let (got, sent) = read(path.clone(), promised.clone()).await;
         assert_eq!(got.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![1000, 10]);
         assert_eq!(got[0].schema(), promised);
-        assert!(!path.exists(), "the result file stays after it was read");
+        assert_eq!((sent.passed_on, sent.re_encoded, sent.rows), (2, 0, 1010));
     }
 
     #[tokio::test]
@@ -404,27 +368,42 @@ mod tests {
         let file_schema = Arc::new(Schema::new(vec![Field::new("d", dict.data_type().clone(), true)]));
         write(&path, &[RecordBatch::try_new(file_schema, vec![Arc::new(dict)]).unwrap()]);
         let promised = Arc::new(Schema::new(vec![Field::new("d", DataType::Utf8, true)]));
-        assert!(!sendable_as_is(&path, &promised).unwrap());
-        let got = read(path, promised).await;
+        let (got, sent) = read(path, promised).await;
         let values = got[0].column(0).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(values.iter().flatten().collect::<Vec<_>>(), vec!["a", "b", "a"]);
+        assert_eq!((sent.passed_on, sent.re_encoded, sent.rows), (0, 1, 3));
     }
 
-    #[test]
-    fn a_granted_file_leaves_its_job_folder_and_is_read_once() {
+    #[tokio::test]
+    async fn a_granted_file_outlives_its_job_folder_is_read_once_and_removed() {
         let dir = tempfile::tempdir().unwrap();
         let job_file = dir.path().join("job-1").join("data.arrow");
         std::fs::create_dir_all(job_file.parent().unwrap()).unwrap();
-        std::fs::write(&job_file, b"x").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+        write(&job_file, &[batch]);
         let grants = Grants::new(dir.path().join("results"));
-        let token = grants.grant(&job_file, Arc::new(Schema::empty())).unwrap();
-        assert!(!job_file.exists(), "the granted file is still in its job's folder");
+        let token = grants.grant(&job_file, finished_task(), schema).unwrap();
+        std::fs::remove_dir_all(job_file.parent().unwrap()).unwrap(); // the job's clean-up
         assert!(grants.take("not-a-token").is_none());
-        let (kept, _) = grants.take(&token).unwrap();
+        let granted = grants.take(&token).unwrap();
+        let kept = granted.path.clone();
         assert!(kept.starts_with(dir.path().join("results")) && kept.exists());
         assert!(grants.take(&token).is_none());
+        let data: Vec<FlightData> = serve(granted).try_collect().await.unwrap();
+        let rows: usize =
+            FlightRecordBatchStream::new_from_flight_data(futures::stream::iter(data.into_iter().map(Ok)))
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum();
+        assert_eq!(rows, 3);
+        assert!(!kept.exists(), "the result file stays after it was read");
         // A new process starts with no leftovers.
+        std::fs::write(dir.path().join("results").join("left.arrow"), b"x").unwrap();
         Grants::new(dir.path().join("results"));
-        assert!(!kept.exists());
+        assert!(!dir.path().join("results").exists());
     }
 }

@@ -1,5 +1,7 @@
 //! How the executor runs a query stage: Ballista's engine, except that a
-//! stage whose output is not repartitioned writes it without compression.
+//! stage whose output is not repartitioned writes it without compression,
+//! and says when its tasks end (so its files can be read while they are
+//! written, see [`crate::follow`]).
 //!
 //! Such a stage (Ballista's passthrough `ShuffleWriterExec`) holds a query's
 //! result, or the input of a final merge: each file is read once, whole, and
@@ -25,6 +27,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::prelude::SessionConfig;
 
+use crate::follow::{self, TaskKey};
+
 /// See the module documentation.
 #[derive(Default)]
 pub struct StageEngine {
@@ -43,6 +47,7 @@ impl ExecutionEngine for StageEngine {
         config: &SessionConfig,
     ) -> Result<Arc<dyn QueryStageExecutor>> {
         let unpartitioned = plan.downcast_ref::<ShuffleWriterExec>().is_some();
+        let task = TaskKey { work_dir: work_dir.to_string(), job_id: job_id.to_string(), stage_id, task_id };
         let stage = self.inner.create_query_stage_exec(
             job_id,
             stage_id,
@@ -52,44 +57,74 @@ impl ExecutionEngine for StageEngine {
             work_dir,
             config,
         )?;
-        Ok(if unpartitioned { Arc::new(Uncompressed(stage)) } else { stage })
+        if !unpartitioned {
+            return Ok(stage);
+        }
+        follow::task_started(task.clone());
+        Ok(Arc::new(ResultStage { stage, task }))
     }
 }
 
-/// A stage writing its output without compression, whatever the session's codec.
+/// A stage whose output is not repartitioned: written without compression,
+/// whatever the session's codec, and its end recorded for readers following
+/// its files.
 #[derive(Debug)]
-struct Uncompressed(Arc<dyn QueryStageExecutor>);
+struct ResultStage {
+    stage: Arc<dyn QueryStageExecutor>,
+    task: TaskKey,
+}
 
-impl fmt::Display for Uncompressed {
+impl fmt::Display for ResultStage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (written uncompressed)", self.0)
+        write!(f, "{} (written uncompressed)", self.stage)
     }
 }
 
 #[async_trait::async_trait]
-impl QueryStageExecutor for Uncompressed {
+impl QueryStageExecutor for ResultStage {
     async fn execute_query_stage(
         &self,
         task_id: usize,
         context: Arc<TaskContext>,
     ) -> Result<Vec<ShuffleWritePartition>> {
-        self.0.execute_query_stage(task_id, Arc::new(without_compression(&context)?)).await
+        // Ballista aborts a cancelled task by dropping this future: the
+        // guard records that end too.
+        let mut ended = EndOnDrop(Some(self.task.clone()));
+        let written = match without_compression(&context) {
+            Ok(context) => self.stage.execute_query_stage(task_id, Arc::new(context)).await,
+            Err(e) => Err(e),
+        };
+        if let Some(task) = ended.0.take() {
+            follow::task_ended(task, written.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        written
     }
 
     fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
-        self.0.collect_plan_metrics()
+        self.stage.collect_plan_metrics()
     }
 
     fn collect_runtime_stats_reports(&self) -> Vec<RuntimeStatsReport> {
-        self.0.collect_runtime_stats_reports()
+        self.stage.collect_runtime_stats_reports()
     }
 
     fn collect_window_state_reports(&self) -> Result<Vec<WindowStateReport>> {
-        self.0.collect_window_state_reports()
+        self.stage.collect_window_state_reports()
     }
 
     fn collect_column_stats(&self) -> Vec<TaskColumnStats> {
-        self.0.collect_column_stats()
+        self.stage.collect_column_stats()
+    }
+}
+
+/// Records a result task as ended by cancellation unless it ended otherwise.
+struct EndOnDrop(Option<TaskKey>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            follow::task_ended(task, Err("the task was cancelled".into()));
+        }
     }
 }
 

@@ -38,7 +38,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::ResultEndpoints;
 use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
-use crate::query::{CATALOG, QueryEngine, QueryResult, ResultFiles, SCHEMA, SettingChange, result_schema};
+use crate::job::RunningJob;
+use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, result_schema};
 
 /// A prepared statement unused for this long is forgotten.
 const PREPARED_TTL: Duration = Duration::from_secs(60 * 60);
@@ -162,9 +163,9 @@ impl LakeLinkFlightSql {
         // A statement answered here (catalog reads, EXPLAIN ANALYZE) runs
         // when its ticket is read, as without executor endpoints.
         if self.endpoints == ResultEndpoints::Executors
-            && let Some(files) = self.engine.run_as_job(df).await.map_err(query_status)?
+            && let Some(job) = self.engine.run_as_job(df).await.map_err(query_status)?
         {
-            return executor_endpoints(files, &schema, descriptor).await;
+            return executor_endpoints(job, &schema, descriptor).await;
         }
         let ticket = TicketPayload::new(sql, params, settings)?.into_ticket()?;
         flight_info(&schema, ticket, descriptor)
@@ -180,7 +181,7 @@ impl LakeLinkFlightSql {
         let df = self.engine.plan(sql, params, settings).await.map_err(query_status)?;
         let schema = result_schema(&df);
         match self.engine.execute(df, schema.clone()).await.map_err(query_status)? {
-            QueryResult::Files(files) => Ok(Response::new(crate::result::forward(files, schema))),
+            QueryResult::Job(job) => Ok(Response::new(crate::result::forward(job, schema))),
             QueryResult::Batches(batches) => {
                 let batches = batches.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
                 let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
@@ -260,21 +261,24 @@ fn change_batch(change: &SettingChange) -> Result<RecordBatch, Status> {
 }
 
 /// The answer for a distributed result read from the executors: one
-/// endpoint per result file, in order, each at the executor holding it with a
-/// ticket for one read (`lakelink_executor::results`). The schema is the one
-/// the executors send (dictionaries as their values), so that every endpoint
-/// matches it.
+/// endpoint per result partition, in order, each at the executor writing it
+/// with a ticket for one read (`lakelink_executor::results`), given once
+/// every partition's task has started. The schema is the one the executors
+/// send (dictionaries as their values), so that every endpoint matches it.
 async fn executor_endpoints(
-    files: ResultFiles,
+    mut job: RunningJob,
     schema: &SchemaRef,
     descriptor: FlightDescriptor,
 ) -> Result<Response<FlightInfo>, Status> {
     let sent = crate::result::sent_schema(schema).await?;
-    let endpoints =
-        futures::future::try_join_all(files.locations.iter().map(|f| crate::result::grant(f, &sent))).await?;
-    // Granted files have left their jobs' folders: the jobs' other files go
-    // now, as `files` drops.
-    drop(files);
+    let mut endpoints = vec![];
+    while let Some(located) = job.partition(endpoints.len()).await.map_err(query_status)? {
+        endpoints.push(crate::result::grant(&located, &sent).await?);
+    }
+    // The clients read the partitions from the executors: the job runs on,
+    // and its files go once it has ended (granted ones have a name of their
+    // own until they are read).
+    job.detach();
     let info =
         FlightInfo::new().try_with_schema(&sent).map_err(internal)?.with_descriptor(descriptor).with_ordered(true);
     Ok(Response::new(endpoints.into_iter().fold(info, FlightInfo::with_endpoint)))

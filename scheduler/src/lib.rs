@@ -14,8 +14,11 @@ pub mod catalog;
 pub mod error;
 /// The Arrow Flight SQL service.
 pub mod flight_sql;
+/// A distributed query's job, followed while it runs.
+pub mod job;
 /// Planning and running client SQL as distributed jobs.
 pub mod query;
+/// A distributed query's result on its way to the client.
 pub mod result;
 /// Semi-join reduction: joins made cheaper by semi joins that run first
 /// (semi joins moved below inner joins, join inputs reduced to the keys a
@@ -31,14 +34,13 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista::prelude::SessionContextExt;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::protobuf::JobStatus;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
-use ballista_core::serde::protobuf::{JobStatus, job_status};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::create_scheduler;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
-use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
@@ -303,34 +305,19 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
 }
 
 /// Submits `plan` to `scheduler` as job `name` of session `session_id` and
-/// waits for it to end: its result files (removed from the executors once
-/// the result has been read), or why it failed.
+/// answers the job, followed while it runs (see [`job`]).
 async fn run_job(
     scheduler: &SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     name: &str,
     session_id: &str,
     config: &SessionConfig,
     plan: &LogicalPlan,
-) -> datafusion::error::Result<query::ResultFiles> {
+) -> datafusion::error::Result<job::RunningJob> {
     let ballista = |e: ballista_core::error::BallistaError| e.into_datafusion();
     let ctx = scheduler.state.session_manager.create_or_update_session(session_id, config).await.map_err(ballista)?;
-    let (subscriber, mut statuses) = tokio::sync::mpsc::channel::<JobStatus>(16);
+    let (subscriber, statuses) = tokio::sync::mpsc::channel::<JobStatus>(16);
     let job_id = scheduler.submit_job(name, ctx, plan, Some(subscriber)).await.map_err(ballista)?;
-    while let Some(status) = statuses.recv().await {
-        match status.status {
-            Some(job_status::Status::Successful(job)) => {
-                let executors = scheduler.state.executor_manager.clone();
-                return Ok(query::ResultFiles::new(job.partition_location, move || {
-                    executors.clean_up_job_data(job_id);
-                }));
-            }
-            Some(job_status::Status::Failed(failed)) => {
-                return Err(DataFusionError::Execution(format!("Job {job_id} failed: {}", failed.error)));
-            }
-            _ => {}
-        }
-    }
-    Err(DataFusionError::Execution(format!("Job {job_id} ended without saying how")))
+    Ok(job::follow(scheduler.clone(), job_id, statuses))
 }
 
 /// Settings LakeLink plans with instead of DataFusion's or Ballista's

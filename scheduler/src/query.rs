@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ballista_core::serde::protobuf::PartitionLocation;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -29,6 +28,7 @@ use futures::StreamExt;
 use lakelink_udf::nl::NlEnv;
 
 use crate::catalog::LakeSchema;
+use crate::job::RunningJob;
 
 /// The catalog name clients see.
 pub const CATALOG: &str = "lakelink";
@@ -80,47 +80,21 @@ pub struct SettingChange {
 /// every job after its query).
 pub type JobCanceller = Arc<dyn Fn(String) + Send + Sync>;
 
-/// Runs a query's plan as a distributed job in this scheduler (the job's
+/// Submits a query's plan as a distributed job to this scheduler (the job's
 /// name, the query's session, whose id and configuration the job takes, and
-/// its optimized logical plan) and answers, once the job has succeeded, where
-/// its result files lie; a failed job is an error reading "Job ID failed: WHY".
+/// its optimized logical plan) and answers the running job, whose result is
+/// read while it runs.
 pub type JobRunner = Arc<
-    dyn Fn(String, SessionState, LogicalPlan) -> futures::future::BoxFuture<'static, Result<ResultFiles>> + Send + Sync,
+    dyn Fn(String, SessionState, LogicalPlan) -> futures::future::BoxFuture<'static, Result<RunningJob>> + Send + Sync,
 >;
 
-/// A query's result: the files a distributed job wrote (sent on to the client
-/// by the transport, see `crate::result`), or batches computed here.
+/// A query's result: a distributed job's (read from the executors while the
+/// job runs, see `crate::result`), or batches computed here.
 pub enum QueryResult {
-    /// The job's result files.
-    Files(ResultFiles),
+    /// The running job.
+    Job(RunningJob),
     /// Batches in the advertised schema.
     Batches(SendableRecordBatchStream),
-}
-
-/// The result files of a finished job, in order, each on an executor. They
-/// are removed from the executors when this is dropped: a result is read
-/// once (fetching the same statement again runs it again), and a large one
-/// would otherwise fill the executors' disks until Ballista's clean-up five
-/// minutes after the job.
-pub struct ResultFiles {
-    /// Where each file lies.
-    pub locations: Vec<PartitionLocation>,
-    remove: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl ResultFiles {
-    /// Files at `locations`, removed by `remove`.
-    pub fn new(locations: Vec<PartitionLocation>, remove: impl FnOnce() + Send + 'static) -> Self {
-        Self { locations, remove: Some(Box::new(remove)) }
-    }
-}
-
-impl Drop for ResultFiles {
-    fn drop(&mut self) {
-        if let Some(remove) = self.remove.take() {
-            remove();
-        }
-    }
 }
 
 /// Counts the task slots of the executors registered now.
@@ -425,24 +399,24 @@ impl QueryEngine {
     /// cancels the query: its distributed job and its model requests; so does
     /// one that stops reading batches computed here before their end.
     ///
-    /// A distributed job is submitted to the scheduler in this process, and
-    /// its result is answered as the files it wrote, so that their messages
-    /// can reach the client as the executors send them. Statements Ballista
-    /// answers without a job of its own (catalog reads, `EXPLAIN ANALYZE`, an
-    /// empty relation) run through its planner as before.
+    /// A distributed job is submitted to the scheduler in this process and
+    /// answered while it runs, so that its result's messages can reach the
+    /// client as the executors write them. Statements Ballista answers
+    /// without a job of its own (catalog reads, `EXPLAIN ANALYZE`, an empty
+    /// relation) run through its planner as before.
     pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<QueryResult> {
         match self.job_or_here(df).await? {
-            Ok(files) => Ok(QueryResult::Files(files)),
+            Ok(job) => Ok(QueryResult::Job(job)),
             Err((df, guard)) => self.execute_here(df, schema, guard).await,
         }
     }
 
-    /// Runs `df` as a distributed job, as [`QueryEngine::execute`] does, and
-    /// answers its result files; `None`, without running anything, for a
+    /// Submits `df` as a distributed job, as [`QueryEngine::execute`] does,
+    /// and answers the running job; `None`, without running anything, for a
     /// statement Ballista answers without a job of its own.
-    pub async fn run_as_job(&self, df: DataFrame) -> Result<Option<ResultFiles>> {
+    pub async fn run_as_job(&self, df: DataFrame) -> Result<Option<RunningJob>> {
         Ok(match self.job_or_here(df).await? {
-            Ok(files) => Some(files),
+            Ok(job) => Some(job),
             Err((_, mut guard)) => {
                 guard.finished = true; // nothing was started
                 None
@@ -450,9 +424,10 @@ impl QueryEngine {
         })
     }
 
-    /// The result files of `df` run as a distributed job, or (unrun) the
-    /// statement to run here with the guard that cancels it.
-    async fn job_or_here(&self, df: DataFrame) -> Result<std::result::Result<ResultFiles, (DataFrame, CancelOnDrop)>> {
+    /// The running job of `df` submitted as a distributed job (dropped
+    /// before it ends, it cancels the query), or (unrun) the statement to run
+    /// here with the guard that cancels it.
+    async fn job_or_here(&self, df: DataFrame) -> Result<std::result::Result<RunningJob, (DataFrame, CancelOnDrop)>> {
         let options = lakelink_udf::LlmOptions::from_config(df.task_ctx().session_config().options());
         let mut guard = CancelOnDrop {
             query_id: options.query_id.clone(),
@@ -467,9 +442,11 @@ impl QueryEngine {
         if self.semi_join_reduction {
             optimized = crate::semi_join::optimize(&state, optimized).await?;
         }
-        let files = (self.run_job)(options.query_id, state, optimized).await?;
+        let mut job = (self.run_job)(options.query_id, state, optimized).await?;
+        // From here on the job's handle cancels the query when abandoned.
         guard.finished = true;
-        Ok(Ok(files))
+        job.on_abandon(move || guard.cancel());
+        Ok(Ok(job))
     }
 
     /// Runs a statement through DataFusion's (and Ballista's) planner here.
@@ -707,12 +684,21 @@ struct CancelOnDrop {
     finished: bool,
 }
 
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if !self.finished && !self.query_id.is_empty() {
+impl CancelOnDrop {
+    /// Cancels the query: its distributed job and its model requests.
+    fn cancel(&self) {
+        if !self.query_id.is_empty() {
             tracing::info!("query {} abandoned by its client: cancelling it", self.query_id);
             lakelink_udf::llm::engine::cancel_query(&self.trail_dir, &self.query_id);
             (self.cancel_job)(self.query_id.clone());
+        }
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancel();
         }
     }
 }

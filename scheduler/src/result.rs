@@ -1,91 +1,165 @@
-//! A distributed query's result on its way to the client: each result file is
-//! fetched from the executor that wrote it, in order, and its Arrow IPC
-//! messages are passed on as they arrive, without decoding a batch and
-//! encoding it again.
+//! A distributed query's result on its way to the client: each partition of
+//! the result is read, in order, from the executor whose task writes it,
+//! while the task writes it ([`crate::job`]), and its Arrow IPC messages are
+//! passed on as they arrive, without decoding a batch and encoding it again.
 //!
 //! Executors send a result file's messages as they lie in the file
-//! (`lakelink_executor::flight`), and a result stage writes them
+//! (`lakelink_executor::follow`), and a result stage writes them
 //! uncompressed (`lakelink_executor::stage`), so a batch message is already
 //! what a Flight client reads. The client first gets the advertised schema;
 //! then every batch message whose columns have the advertised types, that is
-//! uncompressed and no bigger than [`lakelink_executor::results::MAX_CLIENT_MESSAGE`] goes on
-//! unchanged. Any other batch (compressed, over the limit, or of a file whose
-//! column types differ from the advertised ones, e.g. dictionaries) is decoded,
-//! conformed to the advertised schema and encoded again (README, "Result
-//! transfer", for what it saves). The rules are the executors' own
-//! (`lakelink_executor::results`), which serve results to clients directly
-//! when the scheduler hands out executor endpoints ([`grant`]).
+//! uncompressed and no bigger than
+//! [`lakelink_executor::results::MAX_CLIENT_MESSAGE`] goes on unchanged. Any
+//! other batch (compressed, over the limit, or of a file whose column types
+//! differ from the advertised ones, e.g. dictionaries) is decoded, conformed
+//! to the advertised schema and encoded again (README, "Result transfer",
+//! for what it saves). The rules are the executors' own
+//! ([`lakelink_executor::results::send_to_client`]), which serve results to
+//! clients directly when the scheduler hands out executor endpoints
+//! ([`grant`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{FlightData, FlightEndpoint, Ticket};
-use ballista_core::serde::protobuf::{self, PartitionLocation};
-use ballista_core::serde::scheduler::{Action, ShuffleFileKind};
-use datafusion::arrow::array::RecordBatch;
+use arrow_flight::{FlightData, FlightEndpoint};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use futures::{StreamExt, TryStreamExt, stream};
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Status, Streaming};
 
-use lakelink_executor::results::{GRANT_ACTION, GrantRequest, TICKET_PREFIX, same_types};
+use lakelink_executor::results::{GRANT_ACTION, GrantRequest, Sent, TICKET_PREFIX, send_to_client};
 
-use crate::query::{ResultFiles, conform};
+use crate::error::query_status;
+use crate::job::{Located, RunningJob};
 
 /// Largest message accepted from an executor (a result file's messages are
-/// at most 12 MiB, Ballista's own encoding at most 16 MiB).
+/// as the result stage wrote them; Ballista's own encoding at most 16 MiB).
 const MAX_EXECUTOR_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// How long a failed read of a partition waits for the job to say how it
+/// ended, so that the client gets the job's own error (the task's) rather
+/// than the read's.
+const JOB_ERROR_WAIT: Duration = Duration::from_secs(30);
 
 /// Flight messages of a result.
 pub type FlightDataStream = futures::stream::BoxStream<'static, Result<FlightData, Status>>;
 
-/// Streams the result files `files`, in order, as Flight data in `schema`.
-/// A client that stops reading stops the fetching; either way the files are
-/// removed once the stream ends.
-pub fn forward(files: ResultFiles, schema: SchemaRef) -> FlightDataStream {
+/// Streams the result of `job`, partition by partition as the job writes
+/// them, as Flight data in `schema`. A client that stops reading stops the
+/// reading (and, before the job has ended, cancels the query); the job's
+/// files are removed once the stream ends.
+pub fn forward(job: RunningJob, schema: SchemaRef) -> FlightDataStream {
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(4);
     tokio::spawn(async move {
-        let result = async {
-            // The schema message exactly as the encoder of re-encoded batches
-            // writes it (dictionaries become their value types), and the
-            // schema the client reads from it.
-            let header = schema_message(&schema).await?;
-            let sent = Schema::try_from(&header).map_err(|e| Status::internal(e.to_string()))?;
-            if tx.send(Ok(header)).await.is_err() {
-                return Ok(());
-            }
-            let mut count = Count::default();
-            for file in &files.locations {
-                forward_file(file, &schema, &sent, &tx, &mut count).await?;
-            }
-            tracing::debug!(
-                "result sent from {} file(s): {} messages passed on, {} re-encoded",
-                files.locations.len(),
-                count.passed_on,
-                count.re_encoded
-            );
-            Ok(())
-        };
-        if let Err(e) = result.await {
-            let _ = tx.send(Err(e)).await;
+        // A client that goes away while nothing is sent (the job is still
+        // computing) is noticed at once: the job is dropped, which cancels it.
+        tokio::select! {
+            sent = send_result(job, &schema, &tx) => if let Err(e) = sent {
+                let _ = tx.send(Err(e)).await;
+            },
+            _ = tx.closed() => {}
         }
     });
     ReceiverStream::new(rx).boxed()
 }
 
-/// Batch messages passed on unchanged and written anew.
-#[derive(Default)]
-struct Count {
-    passed_on: usize,
-    re_encoded: usize,
+async fn send_result(
+    mut job: RunningJob,
+    schema: &SchemaRef,
+    tx: &mpsc::Sender<Result<FlightData, Status>>,
+) -> Result<(), Status> {
+    // The schema message exactly as the encoder of re-encoded batches writes
+    // it (dictionaries become their value types), and the schema the client
+    // reads from it.
+    let header = schema_message(schema).await?;
+    let sent_schema = Arc::new(Schema::try_from(&header).map_err(|e| Status::internal(e.to_string()))?);
+    if tx.send(Ok(header)).await.is_err() {
+        return Ok(());
+    }
+    let mut sent = Sent::default();
+    // Each partition as read: where from, and how many rows.
+    let mut read_from: Vec<(Located, u64)> = vec![];
+    while let Some(located) = job.partition(read_from.len()).await.map_err(query_status)? {
+        let before = sent;
+        let n = read_from.len();
+        let read = match fetch(&located).await {
+            Ok(messages) => send_to_client(messages, &sent_schema, tx, &mut sent).await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(true) => read_from.push((located, sent.rows - before.rows)),
+            Ok(false) => return Ok(()), // the client went away
+            Err(status) => {
+                // The task's failure fails the job: its error is the one to
+                // report. A partition whose task was run again after a failure
+                // is read again, unless part of it was sent already.
+                let ended = tokio::time::timeout(JOB_ERROR_WAIT, job.ended()).await;
+                match ended {
+                    Ok(Err(e)) => return Err(query_status(e)),
+                    Ok(Ok(())) if sent.passed_on + sent.re_encoded == before.passed_on + before.re_encoded => {
+                        tracing::info!("result partition {n} of job {} is read again: {status}", job.id());
+                    }
+                    _ => {
+                        return Err(Status::aborted(format!(
+                            "the query's result failed while it was being sent, after some of its rows: {}; run \
+                             the statement again",
+                            status.message()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    job.ended().await.map_err(query_status)?;
+    check_as_reported(&read_from, &job.reported())?;
+    tracing::debug!(
+        "result sent from {} partition(s): {} messages passed on, {} re-encoded",
+        read_from.len(),
+        sent.passed_on,
+        sent.re_encoded
+    );
+    Ok(())
+}
+
+/// Checks the partitions sent against what the job reported when it ended:
+/// the same rows from each (or, where it reported no count, the same task).
+/// A partition is read to its file's end without waiting for its task, which
+/// may write other partitions too; a task that failed after closing a file
+/// (Ballista's writer closes it on a failure too) and was run again would
+/// show here, after its rows were sent, and fails the query rather than
+/// leave the client a wrong result.
+fn check_as_reported(read_from: &[(Located, u64)], reported: &[Option<Located>]) -> Result<(), Status> {
+    let changed = || {
+        Status::aborted(
+            "the query's result changed while it was being sent (a task writing it failed and was run again); \
+             run the statement again",
+        )
+    };
+    if read_from.len() != reported.len() {
+        return Err(changed());
+    }
+    for ((read, rows), reported) in read_from.iter().zip(reported) {
+        let Some(reported) = reported else { return Err(changed()) };
+        let same = match reported.rows {
+            Some(reported_rows) => reported_rows == *rows,
+            None => reported.partition == read.partition && reported.host == read.host && reported.port == read.port,
+        };
+        if !same {
+            tracing::warn!(
+                "result partition {} sent {rows} rows from task {}, the job reports {:?} rows from task {}",
+                read.partition.partition_id,
+                read.partition.task_id,
+                reported.rows,
+                reported.partition.task_id
+            );
+            return Err(changed());
+        }
+    }
+    Ok(())
 }
 
 /// The schema a client of a result in `schema` reads (dictionaries become
@@ -99,99 +173,15 @@ async fn schema_message(schema: &SchemaRef) -> Result<FlightData, Status> {
     encoder.next().await.ok_or_else(|| Status::internal("no schema message"))?.map_err(Status::from)
 }
 
-/// Sends the batches of one result file to `tx`; `Ok` also when the client
-/// has gone away.
-async fn forward_file(
-    file: &PartitionLocation,
-    schema: &SchemaRef,
-    sent: &Schema,
-    tx: &mpsc::Sender<Result<FlightData, Status>>,
-    count: &mut Count,
-) -> Result<(), Status> {
-    let mut messages = fetch(file).await?;
-    let Some(first) = messages.message().await? else {
-        return Err(Status::internal(format!("{} sent no schema", describe(file))));
-    };
-    let file_schema = Arc::new(
-        Schema::try_from(&first).map_err(|e| Status::internal(format!("{} sent no schema: {e}", describe(file))))?,
-    );
-    if !same_types(&file_schema, sent) {
-        // Decoded whole: dictionaries and casts need the decoder's state.
-        let data = stream::once(async { Ok(first) }).chain(messages.map_err(|e| FlightError::Tonic(Box::new(e))));
-        let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
-        while let Some(batch) = batches.try_next().await.map_err(Status::from)? {
-            count.re_encoded += 1;
-            if !send_encoded(batch, schema, tx).await? {
-                return Ok(());
-            }
-        }
-        return Ok(());
-    }
-    while let Some(data) = messages.message().await? {
-        let sent = if forwardable(&data) {
-            count.passed_on += 1;
-            tx.send(Ok(data)).await.is_ok()
-        } else {
-            count.re_encoded += 1;
-            let batch = arrow_flight::utils::flight_data_to_arrow_batch(&data, file_schema.clone(), &HashMap::new())
-                .map_err(|e| Status::internal(format!("{}: bad batch: {e}", describe(file))))?;
-            send_encoded(batch, schema, tx).await?
-        };
-        if !sent {
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-/// Whether a message from an executor can go to the client as it is: an
-/// uncompressed record batch no bigger than [`lakelink_executor::results::MAX_CLIENT_MESSAGE`].
-fn forwardable(data: &FlightData) -> bool {
-    lakelink_executor::results::forwardable(&data.data_header, data.data_body.len())
-}
-
-/// Conforms `batch` to `schema`, encodes it (split into messages of about
-/// 2 MiB) and sends it; `false` when the client has gone away.
-async fn send_encoded(
-    batch: RecordBatch,
-    schema: &SchemaRef,
-    tx: &mpsc::Sender<Result<FlightData, Status>>,
-) -> Result<bool, Status> {
-    let batch = conform(batch, schema).map_err(crate::error::query_status)?;
-    let mut encoded =
-        FlightDataEncoderBuilder::new().with_schema(schema.clone()).build(stream::once(async { Ok(batch) })).skip(1); // the schema, sent once already
-    while let Some(data) = encoded.next().await {
-        if tx.send(Ok(data.map_err(Status::from)?)).await.is_err() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Ballista's action naming a result file, and a client of the executor
-/// holding it.
-async fn executor_for(file: &PartitionLocation) -> Result<(Vec<u8>, FlightServiceClient<Channel>), Status> {
-    let (Some(executor), Some(id)) = (&file.executor_meta, &file.partition_id) else {
-        return Err(Status::internal("a result file without its executor or partition"));
-    };
-    let action = Action::FetchPartition {
-        job_id: id.job_id.clone().into(),
-        stage_id: id.stage_id as usize,
-        partition_id: id.partition_id as usize,
-        host: executor.host.clone(),
-        port: executor.port as u16,
-        file_id: file.file_id,
-        layout: file.layout(),
-        file_kind: ShuffleFileKind::Data,
-        byte_ranges: Vec::new(),
-    };
-    let action: protobuf::Action = action.try_into().map_err(|e| Status::internal(format!("{e}")))?;
-    let unreachable = |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot fetch {}: {e}", describe(file)));
+/// A client of the executor writing `located`.
+async fn executor_client(located: &Located) -> Result<FlightServiceClient<Channel>, Status> {
+    let unreachable =
+        |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot reach {}: {e}", describe(located)));
     // Ballista's own fetches use the same limits: an executor not reached
     // within 20 s, or whose connection stops answering keep-alive pings (one
     // every five minutes, 20 s to answer), fails the query instead of
     // stalling it.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", executor.host, executor.port))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", located.host, located.port))
         .map_err(|e| unreachable(&e))?
         .connect_timeout(Duration::from_secs(20))
         .tcp_keepalive(Some(Duration::from_secs(3600)))
@@ -200,92 +190,89 @@ async fn executor_for(file: &PartitionLocation) -> Result<(Vec<u8>, FlightServic
         .connect()
         .await
         .map_err(|e| unreachable(&e))?;
-    let client = FlightServiceClient::new(channel).max_decoding_message_size(MAX_EXECUTOR_MESSAGE);
-    Ok((action.encode_to_vec(), client))
+    Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_EXECUTOR_MESSAGE))
 }
 
-/// Asks the executor holding a result file for it.
-async fn fetch(file: &PartitionLocation) -> Result<Streaming<FlightData>, Status> {
-    let (action, mut client) = executor_for(file).await?;
-    let response = client
-        .do_get(Ticket::new(action))
+/// Reads a result partition from the executor writing it, as it is written.
+async fn fetch(located: &Located) -> Result<lakelink_executor::results::BoxedStream<FlightData>, Status> {
+    let response = executor_client(located)
+        .await?
+        .do_get(located.partition.ticket())
         .await
-        .map_err(|e| Status::unavailable(format!("cannot fetch {}: {e}", describe(file))))?;
-    Ok(response.into_inner())
+        .map_err(|e| Status::unavailable(format!("cannot read {}: {e}", describe(located))))?;
+    let what = describe(located);
+    Ok(response.into_inner().map_err(move |e| Status::unavailable(format!("reading {what}: {e}"))).boxed())
 }
 
-/// Where a client reads one result file itself: the executor holding it,
-/// with a ticket for one read as `schema` (`lakelink_executor::results`).
-pub async fn grant(file: &PartitionLocation, schema: &Schema) -> Result<FlightEndpoint, Status> {
+/// Where a client reads one result partition itself: the executor writing
+/// it, with a ticket for one read as `schema` (`lakelink_executor::results`).
+/// The executor answers once the partition's task has started writing it.
+pub async fn grant(located: &Located, schema: &Schema) -> Result<FlightEndpoint, Status> {
     use base64::Engine;
-    let (action, mut client) = executor_for(file).await?;
-    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let request = GrantRequest {
-        fetch: encode(&action),
-        schema: encode(&lakelink_executor::results::schema_message(schema).data_header),
+        partition: located.partition.clone(),
+        schema: base64::engine::general_purpose::STANDARD
+            .encode(&lakelink_executor::results::schema_message(schema).data_header),
     };
     let body = serde_json::to_vec(&request).map_err(|e| Status::internal(e.to_string()))?;
-    let refused =
-        |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot hand {} to the client: {e}", describe(file)));
-    let mut answers =
-        client.do_action(arrow_flight::Action::new(GRANT_ACTION, body)).await.map_err(|e| refused(&e))?.into_inner();
+    let refused = |e: &dyn std::fmt::Display| {
+        Status::unavailable(format!("cannot hand {} to the client: {e}", describe(located)))
+    };
+    let mut answers = executor_client(located)
+        .await?
+        .do_action(arrow_flight::Action::new(GRANT_ACTION, body))
+        .await
+        .map_err(|e| refused(&e))?
+        .into_inner();
     let token = answers.message().await.map_err(|e| refused(&e))?.ok_or_else(|| refused(&"no token"))?.body;
-    let executor = file.executor_meta.as_ref().expect("checked by executor_for");
     let ticket = [TICKET_PREFIX.as_bytes(), &token].concat();
     Ok(FlightEndpoint::new()
-        .with_ticket(Ticket::new(ticket))
-        .with_location(format!("grpc://{}:{}", executor.host, executor.port)))
+        .with_ticket(arrow_flight::Ticket::new(ticket))
+        .with_location(format!("grpc://{}:{}", located.host, located.port)))
 }
 
-fn describe(file: &PartitionLocation) -> String {
-    let executor = file.executor_meta.as_ref().map(|e| format!("{}:{}", e.host, e.port)).unwrap_or_default();
-    let partition = file.partition_id.as_ref().map(|p| p.partition_id).unwrap_or_default();
-    format!("result partition {partition} on executor {executor}")
+fn describe(located: &Located) -> String {
+    format!("result partition {} on executor {}:{}", located.partition.partition_id, located.host, located.port)
 }
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field};
-    use datafusion::arrow::ipc::CompressionType;
-    use datafusion::arrow::ipc::writer::IpcWriteOptions;
 
     use super::*;
 
-    /// One batch of `rows` numbers as the message an executor would send.
-    async fn batch_message(options: IpcWriteOptions, rows: i64) -> FlightData {
-        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..rows))]).unwrap();
-        let mut data: Vec<FlightData> = FlightDataEncoderBuilder::new()
-            .with_options(options)
-            .with_max_flight_data_size(usize::MAX)
-            .build(stream::once(async { Ok(batch) }))
-            .try_collect()
-            .await
-            .unwrap();
-        data.pop().unwrap()
+    fn located(task_id: usize, rows: Option<u64>) -> Located {
+        Located {
+            host: "h".into(),
+            port: 1,
+            partition: lakelink_executor::follow::ResultPartition {
+                job_id: "j".into(),
+                stage_id: 2,
+                partition_id: 0,
+                task_id,
+            },
+            rows,
+        }
+    }
+
+    #[test]
+    fn partitions_sent_must_match_the_jobs_report() {
+        // The same rows, whichever task the job names.
+        assert!(check_as_reported(&[(located(1, None), 10)], &[Some(located(4, Some(10)))]).is_ok());
+        // Fewer rows sent than the job wrote: a file closed by a failure.
+        let err = check_as_reported(&[(located(1, None), 7)], &[Some(located(4, Some(10)))]).unwrap_err();
+        assert!(err.message().contains("run the statement again"), "{}", err.message());
+        // No count reported: the task must be the one read.
+        assert!(check_as_reported(&[(located(1, None), 7)], &[Some(located(1, None))]).is_ok());
+        assert!(check_as_reported(&[(located(1, None), 7)], &[Some(located(2, None))]).is_err());
+        // A partition more or less than reported.
+        assert!(check_as_reported(&[(located(1, None), 7)], &[]).is_err());
     }
 
     #[tokio::test]
-    async fn only_small_uncompressed_batches_are_forwarded() {
-        assert!(forwardable(&batch_message(IpcWriteOptions::default(), 1000).await));
-        let lz4 = IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME)).unwrap();
-        assert!(!forwardable(&batch_message(lz4, 1000).await));
-        assert!(!forwardable(&batch_message(IpcWriteOptions::default(), 1 << 20).await), "an 8 MiB batch");
-        assert!(!forwardable(&schema_message(&Arc::new(Schema::empty())).await.unwrap()));
-    }
-
-    #[tokio::test]
-    async fn types_must_match_those_sent_and_dictionaries_are_sent_as_values() {
-        let plain = Schema::new(vec![Field::new("a", DataType::Utf8, false)]);
-        let renamed = Schema::new(vec![Field::new("b", DataType::Utf8, true)]);
-        assert!(same_types(&plain, &renamed));
-        let view = Schema::new(vec![Field::new("a", DataType::Utf8View, true)]);
-        assert!(!same_types(&view, &plain));
+    async fn dictionaries_are_sent_as_values() {
         let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
         let dicts = Arc::new(Schema::new(vec![Field::new("a", dict, true)]));
-        let sent = Schema::try_from(&schema_message(&dicts).await.unwrap()).unwrap();
-        assert_eq!(sent.field(0).data_type(), &DataType::Utf8);
-        assert!(!same_types(&dicts, &sent));
+        assert_eq!(sent_schema(&dicts).await.unwrap().field(0).data_type(), &DataType::Utf8);
     }
 }

@@ -1,7 +1,7 @@
 //! A scripted OpenAI-compatible model server on a loopback port: the one
 //! test double LakeLink's tests use, at the model boundary. It answers
 //! `/v1/chat/completions` and `/v1/embeddings` with a script, counts the
-//! requests, and can fail, stall or vanish on demand.
+//! requests, and can fail, stall, hold some answers back or vanish on demand.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +43,9 @@ pub struct Chat {
 
 type Script = dyn Fn(&Chat) -> String + Send + Sync;
 
+/// Which chat requests are held back until released.
+type Hold = dyn Fn(&Chat) -> bool + Send + Sync;
+
 struct Shared {
     script: Box<Script>,
     mode: Mutex<Mode>,
@@ -51,6 +54,9 @@ struct Shared {
     embedded_texts: AtomicUsize,
     delay_ms: AtomicU64,
     log: Mutex<Vec<Chat>>,
+    hold: Mutex<Option<Box<Hold>>>,
+    held: AtomicUsize,
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running scripted server.
@@ -71,6 +77,9 @@ impl ModelDouble {
             embedded_texts: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
             log: Mutex::default(),
+            hold: Mutex::default(),
+            held: AtomicUsize::new(0),
+            released: tokio::sync::watch::Sender::new(false),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -116,6 +125,23 @@ impl ModelDouble {
     /// Delays every answer.
     pub fn set_delay(&self, delay: Duration) {
         self.shared.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Holds back the answers to the chat requests `hold` picks until
+    /// [`ModelDouble::release`].
+    pub fn hold(&self, hold: impl Fn(&Chat) -> bool + Send + Sync + 'static) {
+        *self.shared.hold.lock().unwrap() = Some(Box::new(hold));
+    }
+
+    /// Chat requests being held back now.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::Relaxed)
+    }
+
+    /// Answers the held requests, and holds no more.
+    pub fn release(&self) {
+        self.shared.hold.lock().unwrap().take();
+        self.shared.released.send_replace(true);
     }
 
     /// Chat requests received.
@@ -166,6 +192,12 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
         model: body["model"].as_str().unwrap_or_default().to_string(),
     };
     shared.log.lock().unwrap().push(request.clone());
+    let held = shared.hold.lock().unwrap().as_ref().is_some_and(|hold| hold(&request));
+    if held {
+        shared.held.fetch_add(1, Ordering::Relaxed);
+        let _ = shared.released.subscribe().wait_for(|released| *released).await;
+        shared.held.fetch_sub(1, Ordering::Relaxed);
+    }
     let delay = shared.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

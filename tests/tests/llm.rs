@@ -342,6 +342,45 @@ async fn an_abandoned_query_stops_its_model_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_rows_arrive_while_the_query_still_runs() {
+    use futures::StreamExt;
+    let s = Setup::new().await;
+    // The answers for the second file's reviews (10-19) wait until released,
+    // so the query cannot end before the client has read the first file's rows.
+    s.model.hold(|chat| (10..20).any(|i| chat.user.contains(&format!("review {i}:"))));
+    // Both executors run in this process and share its requests in flight:
+    // room for all 20 texts, so the held ones cannot keep the others waiting.
+    let mut conn = s.connect(&["SET lakelink.llm.concurrency = 32"]).await;
+    let result = conn.query("SELECT id, llm_complete('Describe: ' || review) AS d FROM reviews").await.unwrap();
+    let mut batches = result.batches;
+    let mut early = vec![];
+    while early.iter().map(RecordBatch::num_rows).sum::<usize>() < 100 {
+        let batch = tokio::time::timeout(Duration::from_secs(120), batches.next())
+            .await
+            .expect("the first file's rows reach the client while the query runs")
+            .expect("a batch")
+            .unwrap();
+        early.push(batch);
+    }
+    let ids = |batches: &[RecordBatch]| -> Vec<i32> {
+        batches
+            .iter()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int32Array>().unwrap().values().to_vec())
+            .collect()
+    };
+    assert!(ids(&early).iter().all(|id| *id < 100), "{:?}", ids(&early));
+    assert!(s.model.held() > 0, "the second file's answers are held back");
+    s.model.release();
+    let mut rest = vec![];
+    while let Some(batch) = batches.next().await {
+        rest.push(batch.unwrap());
+    }
+    let mut all = [ids(&early), ids(&rest)].concat();
+    all.sort();
+    assert_eq!(all, (0..200).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_cannot_choose_an_endpoint_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     lake(&dir.path().join("lake"));

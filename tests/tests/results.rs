@@ -66,6 +66,13 @@ async fn results_pass_through_the_scheduler_as_the_executors_wrote_them() {
     let (_, re_encoded) = last_result(&log);
     assert!(re_encoded > 0, "{sql}: nothing re-encoded");
 
+    // Batches of about 24 MiB, over what the executors send in one message:
+    // sliced there.
+    let sql = "SELECT id, repeat(tag, 3000) AS long FROM t";
+    let answer = sorted(lakelink_tests::run(&mut conn, sql).await);
+    assert_eq!(answer.len(), 30_000);
+    assert_eq!(answer, local(sql).await);
+
     // An empty result still carries its schema.
     let sql = "SELECT id, tag FROM t WHERE id < 0";
     assert!(lakelink_tests::run(&mut conn, sql).await.is_empty());
@@ -126,6 +133,7 @@ async fn results_read_from_the_executors_match_and_each_ticket_reads_once() {
         "SELECT * FROM t",
         "SELECT id, arrow_cast(tag, 'Dictionary(Int32, Utf8)') AS d FROM t WHERE id % 5 = 0",
         "SELECT id, repeat(tag, 1000) AS long FROM t",
+        "SELECT id, repeat(tag, 3000) AS long FROM t",
         "SELECT id, tag FROM t WHERE id < 0",
     ] {
         let answer = sorted(lakelink_tests::run(&mut conn, sql).await);
