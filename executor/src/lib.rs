@@ -190,7 +190,9 @@ pub async fn start_in_process(
     {
         let service = flight_service(work_dir.clone());
         let mut stop = shutdown.subscribe_for_shutdown();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(flight_listener);
+        // A listener bound here keeps none of the server's TCP settings:
+        // without no-delay, a small response waits ~40 ms for an acknowledgement.
+        let incoming = tonic::transport::server::TcpIncoming::from(flight_listener).with_nodelay(Some(true));
         tokio::spawn(async move {
             ballista_core::utils::create_grpc_server(&Default::default())
                 .add_service(service)
