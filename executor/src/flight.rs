@@ -16,9 +16,8 @@
 //! service.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
@@ -29,15 +28,12 @@ use ballista_core::execution_plans::sort_shuffle::is_sort_shuffle_output;
 use ballista_core::serde::decode_protobuf;
 use ballista_core::serde::scheduler::{Action as BallistaAction, ShuffleFileKind, ShuffleLayout};
 use ballista_executor::flight_service::BallistaFlightService;
-use bytes::Bytes;
-use datafusion::arrow::ipc::{MessageHeader, root_as_message};
-use futures::{Stream, stream};
+use datafusion::arrow::ipc::root_as_message;
+use futures::stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::follow::{Finish, ResultPartition, TaskKey, follow};
-use crate::results::{self, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX};
-
-type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+use crate::follow::{Finish, MAX_RAW_MESSAGE, Next, ResultPartition, TaskKey, follow, next_header};
+use crate::results::{self, BoxedStream, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX};
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -124,39 +120,15 @@ fn scan_messages(path: &Path) -> std::io::Result<bool> {
     if !is_stream_file(path)? {
         return Ok(false); // the IPC file format (range shuffle)
     }
-    let mut reader = BufReader::new(File::open(path)?);
-    while let Some((header, body_len)) = next_header(&mut reader)? {
-        let dictionary = root_as_message(&header).is_ok_and(|m| m.header_type() == MessageHeader::DictionaryBatch);
-        if dictionary || header.len() as u64 + body_len > crate::follow::MAX_RAW_MESSAGE as u64 {
+    let file = File::open(path)?;
+    let mut offset = 0;
+    while let Next::Message { header, body_at, body_len, dictionary } = next_header(&file, offset)? {
+        if dictionary || header.len() as u64 + body_len > MAX_RAW_MESSAGE as u64 {
             return Ok(false);
         }
-        reader.seek_relative(body_len as i64)?;
+        offset = body_at + body_len;
     }
     Ok(true)
-}
-
-/// Reads the header of the next IPC message of a stream (flatbuffer, with
-/// padding) and says how long its body is. `None` at the end-of-stream marker
-/// or the end of the file.
-fn next_header(reader: &mut impl Read) -> std::io::Result<Option<(Bytes, u64)>> {
-    let mut word = [0u8; 4];
-    match reader.read_exact(&mut word) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    if word == [0xff; 4] {
-        reader.read_exact(&mut word)?;
-    }
-    let len = i32::from_le_bytes(word);
-    if len <= 0 {
-        return Ok(None);
-    }
-    let mut header = vec![0u8; len as usize];
-    reader.read_exact(&mut header)?;
-    let message = root_as_message(&header).map_err(|e| std::io::Error::other(format!("not an IPC message: {e}")))?;
-    let body_len = message.bodyLength().max(0) as u64;
-    Ok(Some((Bytes::from(header), body_len)))
 }
 
 /// Whether the file at `path` is an IPC stream (not the IPC file format).

@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,12 +31,13 @@ use ballista_core::execution_plans::create_shuffle_path;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::ipc::root_as_message;
-use futures::Stream;
+use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use crate::results::BoxedStream;
 
 /// How a follow ticket begins; the partition, as JSON, follows.
 pub const FOLLOW_TICKET_PREFIX: &str = "lakelink-follow:";
@@ -59,8 +59,6 @@ pub const MAX_RAW_MESSAGE: usize = 12 * 1024 * 1024;
 
 /// The size a batch over [`MAX_RAW_MESSAGE`] is sliced to.
 const SLICE_BYTES: usize = 2 * 1024 * 1024;
-
-type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// One partition of a job's result stage, as written by one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,10 +184,11 @@ pub fn follow(path: PathBuf, task: TaskKey, finish: Finish) -> BoxedStream<Fligh
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// What the next look at a file found.
-enum Next {
-    /// A whole message (header, body) ending at the offset given.
-    Message(Bytes, Bytes, u64),
+/// What a look at an IPC stream file at an offset found.
+pub(crate) enum Next {
+    /// A message whose header is whole: the header, where its body starts,
+    /// how long the body is, and whether it is a dictionary batch.
+    Message { header: Vec<u8>, body_at: u64, body_len: u64, dictionary: bool },
     /// The end-of-stream marker.
     End,
     /// Not yet written whole.
@@ -216,11 +215,17 @@ fn send_as_written(
     let mut wait = Waiting::new();
     let mut schema: Option<SchemaRef> = None;
     loop {
-        match next_message(&file, offset).map_err(|e| failed(&e))? {
-            Next::Message(header, body, end) => {
-                offset = end;
+        match next_header(&file, offset).map_err(|e| failed(&e))? {
+            Next::Message { header, body_at, body_len, .. } => {
+                let mut body = vec![0u8; body_len as usize];
+                if read_at_most(&file, &mut body, body_at).map_err(|e| failed(&e))? < body.len() {
+                    wait.pause(task, "the file stopped growing", path)?;
+                    continue;
+                }
+                offset = body_at + body_len;
                 wait = Waiting::new();
-                let data = FlightData { data_header: header, data_body: body, ..Default::default() };
+                let data =
+                    FlightData { data_header: Bytes::from(header), data_body: Bytes::from(body), ..Default::default() };
                 let schema = match &schema {
                     Some(schema) => schema,
                     None => schema.insert(Arc::new(Schema::try_from(&data).map_err(|e| failed(&e))?)),
@@ -332,8 +337,9 @@ pub async fn wait_for_file(path: &Path, task: &TaskKey) -> Result<(), Status> {
     Ok(())
 }
 
-/// The message of the IPC stream `file` at `offset`, if it is whole.
-fn next_message(file: &File, offset: u64) -> std::io::Result<Next> {
+/// The header of the message of the IPC stream `file` at `offset`, if it is
+/// whole (the body may not be yet).
+pub(crate) fn next_header(file: &File, offset: u64) -> std::io::Result<Next> {
     let mut prefix = [0u8; 8];
     let read = read_at_most(file, &mut prefix, offset)?;
     if read < 4 {
@@ -357,13 +363,9 @@ fn next_message(file: &File, offset: u64) -> std::io::Result<Next> {
         return Ok(Next::Partial);
     }
     let message = root_as_message(&header).map_err(|e| std::io::Error::other(format!("not an IPC message: {e}")))?;
-    let body_at = header_at + header.len() as u64;
-    let mut body = vec![0u8; message.bodyLength().max(0) as usize];
-    if read_at_most(file, &mut body, body_at)? < body.len() {
-        return Ok(Next::Partial);
-    }
-    let end = body_at + body.len() as u64;
-    Ok(Next::Message(Bytes::from(header), Bytes::from(body), end))
+    let body_len = message.bodyLength().max(0) as u64;
+    let dictionary = message.header_type() == MessageHeader::DictionaryBatch;
+    Ok(Next::Message { body_at: header_at + header.len() as u64, body_len, dictionary, header })
 }
 
 /// Reads into `buf` from `offset` until it is full or the file ends; how
@@ -379,4 +381,62 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::Field;
+    use datafusion::arrow::ipc::writer::StreamWriter;
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    /// A whole result file of two batches, and a task of its own.
+    fn written(name: &str) -> (tempfile::TempDir, PathBuf, TaskKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.arrow");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..10))]).unwrap();
+        let mut writer = StreamWriter::try_new(File::create(&path).unwrap(), &schema).unwrap();
+        writer.write(&batch).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let task = TaskKey { work_dir: dir.path().display().to_string(), job_id: name.into(), stage_id: 1, task_id: 0 };
+        (dir, path, task)
+    }
+
+    #[tokio::test]
+    async fn a_read_to_the_marker_ends_there_while_its_task_still_runs() {
+        let (_dir, path, task) = written("marker");
+        task_started(task.clone());
+        let data: Vec<FlightData> = follow(path, task, Finish::Marker).try_collect().await.unwrap();
+        assert_eq!(data.len(), 3, "the schema and two batches");
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_for_its_task_ends_when_the_task_succeeds() {
+        let (_dir, path, task) = written("succeeds");
+        task_started(task.clone());
+        let mut read = follow(path, task.clone(), Finish::TaskSucceeded);
+        let mut got = vec![];
+        for _ in 0..3 {
+            got.push(read.try_next().await.unwrap().unwrap());
+        }
+        let pending = tokio::time::timeout(Duration::from_millis(100), read.try_next()).await;
+        assert!(pending.is_err(), "the read ended while its task was running");
+        task_ended(task, Ok(()));
+        assert!(read.try_next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_whole_file_of_a_failed_task_fails_the_read_with_the_tasks_error() {
+        let (_dir, path, task) = written("fails");
+        task_started(task.clone());
+        task_ended(task.clone(), Err("disk full".into()));
+        for finish in [Finish::Marker, Finish::TaskSucceeded] {
+            let err = follow(path.clone(), task.clone(), finish).try_collect::<Vec<_>>().await.unwrap_err();
+            assert!(err.message().contains("disk full"), "{}", err.message());
+        }
+    }
 }

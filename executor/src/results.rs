@@ -16,7 +16,8 @@
 //!
 //! The client gets the promised schema, then the file's batch messages
 //! ([`send_to_client`]): as they lie when the file's column types are the
-//! promised ones and a message meets [`forwardable`]; otherwise (dictionaries,
+//! promised ones and a message is an uncompressed record batch of at most
+//! [`MAX_CLIENT_MESSAGE`]; otherwise (dictionaries,
 //! compressed or oversized batches) decoded, conformed and encoded again.
 
 use std::collections::HashMap;
@@ -33,8 +34,8 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::root_as_message;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
-use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -73,21 +74,20 @@ pub struct GrantRequest {
 }
 
 /// Whether `file`'s columns have the types of `promised`.
-pub fn same_types(file: &Schema, promised: &Schema) -> bool {
+fn same_types(file: &Schema, promised: &Schema) -> bool {
     file.fields().len() == promised.fields().len()
         && file.fields().iter().zip(promised.fields()).all(|(f, s)| f.data_type() == s.data_type())
 }
 
-/// Whether an IPC message (its flatbuffer `header` and a body of `body_len`
-/// bytes) can go to a client as it is: an uncompressed record batch no bigger
-/// than [`MAX_CLIENT_MESSAGE`].
-pub fn forwardable(header: &[u8], body_len: usize) -> bool {
+/// The rows of an IPC message (its flatbuffer `header` and a body of
+/// `body_len` bytes) that can go to a client as it is: an uncompressed record
+/// batch no bigger than [`MAX_CLIENT_MESSAGE`]; `None` for any other.
+fn forwardable_rows(header: &[u8], body_len: usize) -> Option<u64> {
     if header.len() + body_len > MAX_CLIENT_MESSAGE {
-        return false;
+        return None;
     }
-    let Ok(message) = root_as_message(header) else { return false };
-    message.header_type() == MessageHeader::RecordBatch
-        && message.header_as_record_batch().is_some_and(|batch| batch.compression().is_none())
+    let batch = root_as_message(header).ok()?.header_as_record_batch()?;
+    batch.compression().is_none().then(|| batch.length().max(0) as u64)
 }
 
 /// `batch` with the promised `schema`: columns of another type (dictionaries,
@@ -208,10 +208,18 @@ pub struct Sent {
     pub rows: u64,
 }
 
+impl Sent {
+    /// Batch messages sent, either way.
+    pub fn messages(&self) -> usize {
+        self.passed_on + self.re_encoded
+    }
+}
+
 /// Sends the batches of one result file, read as the Flight messages
 /// `messages` (its schema first, as [`crate::follow::follow`] reads them), to
 /// `tx` in the `promised` schema: each batch message as it is when the file's
-/// column types are the promised ones and the message meets [`forwardable`];
+/// column types are the promised ones and the message is an uncompressed
+/// batch of at most [`MAX_CLIENT_MESSAGE`];
 /// otherwise decoded, conformed and encoded again (the whole file when its
 /// types differ: dictionaries need the decoder's state). `Ok(false)` when the
 /// client has gone away.
@@ -241,9 +249,9 @@ pub async fn send_to_client(
         return Ok(true);
     }
     while let Some(data) = messages.next().await.transpose()? {
-        let delivered = if forwardable(&data.data_header, data.data_body.len()) {
+        let delivered = if let Some(rows) = forwardable_rows(&data.data_header, data.data_body.len()) {
             sent.passed_on += 1;
-            sent.rows += batch_rows(&data.data_header);
+            sent.rows += rows;
             tx.send(Ok(data)).await.is_ok()
         } else {
             sent.re_encoded += 1;
@@ -257,14 +265,6 @@ pub async fn send_to_client(
         }
     }
     Ok(true)
-}
-
-/// The rows of a record batch message (0 for any other message).
-fn batch_rows(header: &[u8]) -> u64 {
-    root_as_message(header)
-        .ok()
-        .and_then(|m| m.header_as_record_batch())
-        .map_or(0, |batch| batch.length().max(0) as u64)
 }
 
 /// Conforms `batch` to `schema`, encodes it (split into messages of about

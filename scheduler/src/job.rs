@@ -47,10 +47,9 @@ pub struct Located {
 /// What is known of a job's result.
 #[derive(Debug, Clone, Default)]
 struct Progress {
-    /// How many partitions the result has, once known.
-    partitions: Option<usize>,
-    /// Where each partition is written, where known.
-    located: Vec<Option<Located>>,
+    /// Where each partition of the result is written, where known; `None`
+    /// until the result stage (and so its partition count) is known.
+    located: Option<Vec<Option<Located>>>,
     /// How the job ended: its error message when it failed.
     ended: Option<Result<(), String>>,
 }
@@ -82,14 +81,10 @@ impl RunningJob {
         let lost = self.lost();
         let progress = self
             .progress
-            .wait_for(|p| {
-                p.located.get(n).is_some_and(Option::is_some)
-                    || p.partitions.is_some_and(|count| n >= count)
-                    || p.ended.is_some()
-            })
+            .wait_for(|p| p.located.as_ref().is_some_and(|l| l.get(n).is_none_or(Option::is_some)) || p.ended.is_some())
             .await
             .map_err(|_| lost)?;
-        if let Some(Some(located)) = progress.located.get(n) {
+        if let Some(Some(located)) = progress.located.as_ref().and_then(|l| l.get(n)) {
             return Ok(Some(located.clone()));
         }
         match &progress.ended {
@@ -102,7 +97,7 @@ impl RunningJob {
     /// reported when it ended; empty before.
     pub fn reported(&self) -> Vec<Option<Located>> {
         let progress = self.progress.borrow();
-        if progress.ended.is_some() { progress.located.clone() } else { vec![] }
+        if progress.ended.is_some() { progress.located.clone().unwrap_or_default() } else { vec![] }
     }
 
     /// Waits for the job to end; its error when it failed.
@@ -189,8 +184,7 @@ async fn watch_job(
                         })
                         .collect::<Vec<_>>();
                     tx.send_modify(|p| {
-                        p.partitions = Some(located.len());
-                        p.located = located;
+                        p.located = Some(located);
                         p.ended = Some(Ok(()));
                     });
                     return;
@@ -206,11 +200,10 @@ async fn watch_job(
                 }
             },
             _ = tokio::time::sleep(pause) => {
-                if let Some((partitions, located)) = result_stage(scheduler, job_id).await {
+                if let Some(located) = result_stage(scheduler, job_id).await {
                     tx.send_if_modified(|p| {
-                        let changed = p.partitions != Some(partitions) || p.located != located;
-                        p.partitions = Some(partitions);
-                        p.located = located;
+                        let changed = p.located.as_ref() != Some(&located);
+                        p.located = Some(located);
                         changed
                     });
                 }
@@ -220,13 +213,13 @@ async fn watch_job(
     }
 }
 
-/// The partition count of the job's running result stage and where each
-/// partition is being written, as far as its tasks have been placed; `None`
-/// while the result stage is not running (or cannot be told).
+/// Where each partition of the job's running result stage is being written,
+/// as far as its tasks have been placed; `None` while the result stage is not
+/// running (or cannot be told).
 async fn result_stage(
     scheduler: &SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     job_id: &JobId,
-) -> Option<(usize, Vec<Option<Located>>)> {
+) -> Option<Vec<Option<Located>>> {
     let jobs = scheduler.state.task_manager.get_running_job_cache();
     let graph = jobs.get(job_id)?.execution_graph.clone();
     let placed: Vec<Option<(String, ResultPartition)>> = {
@@ -267,7 +260,7 @@ async fn result_stage(
             None => None,
         });
     }
-    Some((located.len(), located))
+    Some(located)
 }
 
 /// The id of `graph`'s result stage, when it can be told (see the module
@@ -316,10 +309,7 @@ mod tests {
             partition: ResultPartition { job_id: "j".into(), stage_id: 3, partition_id: n, task_id: n },
             rows: None,
         };
-        tx.send_modify(|p| {
-            p.partitions = Some(2);
-            p.located = vec![Some(at(0)), None];
-        });
+        tx.send_modify(|p| p.located = Some(vec![Some(at(0)), None]));
         assert_eq!(job.partition(0).await.unwrap(), Some(at(0)));
         assert_eq!(job.partition(2).await.unwrap(), None);
         tx.send_modify(|p| p.ended = Some(Err("Job j failed: boom".into())));

@@ -100,7 +100,7 @@ async fn send_result(
                 let ended = tokio::time::timeout(JOB_ERROR_WAIT, job.ended()).await;
                 match ended {
                     Ok(Err(e)) => return Err(query_status(e)),
-                    Ok(Ok(())) if sent.passed_on + sent.re_encoded == before.passed_on + before.re_encoded => {
+                    Ok(Ok(())) if sent.messages() == before.messages() => {
                         tracing::info!("result partition {n} of job {} is read again: {status}", job.id());
                     }
                     _ => {

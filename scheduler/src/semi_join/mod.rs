@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, NullEquality, Result};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Distinct, Expr, Join, JoinType, LogicalPlan};
@@ -223,12 +223,7 @@ fn unrepeatable(plan: &LogicalPlan) -> bool {
 /// Whether `plan` reads a table (a relation made of values alone, or an
 /// empty one, is left to DataFusion).
 fn reads_a_table(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|node| {
-        found = matches!(node, LogicalPlan::TableScan(_));
-        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
-    });
-    found
+    plan.exists(|node| Ok(matches!(node, LogicalPlan::TableScan(_)))).unwrap_or(false)
 }
 
 #[cfg(test)]

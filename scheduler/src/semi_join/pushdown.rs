@@ -16,8 +16,8 @@
 
 use std::collections::HashMap;
 
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result};
+use datafusion::logical_expr::expr_rewriter::replace_col;
 use datafusion::logical_expr::{Expr, Join, JoinType, LogicalPlan};
 
 use super::estimate::Sizes;
@@ -93,18 +93,8 @@ async fn move_join_down(sizes: &mut Sizes<'_>, join: &Join) -> Result<Option<Log
     }
     let Some((path, columns)) = point else { return Ok(None) };
 
-    let renamed: HashMap<Column, Column> = used.into_iter().zip(columns).collect();
-    let rename = |expr: &Expr| -> Result<Expr> {
-        expr.clone()
-            .transform(|e| match &e {
-                Expr::Column(c) => match renamed.get(c) {
-                    Some(new) => Ok(Transformed::yes(Expr::Column(new.clone()))),
-                    None => Ok(Transformed::no(e)),
-                },
-                _ => Ok(Transformed::no(e)),
-            })
-            .map(|t| t.data)
-    };
+    let renamed: HashMap<&Column, &Column> = used.iter().zip(&columns).collect();
+    let rename = |expr: &Expr| replace_col(expr.clone(), &renamed);
     let on = join
         .on
         .iter()

@@ -34,7 +34,7 @@
 //! null-aware anti join (`NOT IN`, where a NULL key in the subquery decides
 //! every row), or for joins matching NULL with NULL.
 
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, NullEquality, Result};
 use datafusion::logical_expr::{Expr, Join, JoinType, LogicalPlan, LogicalPlanBuilder};
 
@@ -266,17 +266,16 @@ fn semi_join(target: LogicalPlan, key: &Column, source: LogicalPlan, source_key:
 /// Whether `source` keeps only some of the rows it reads: a condition, a
 /// semi join or a limit somewhere in it.
 fn selects(source: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = source.apply(|node| {
-        found = match node {
-            LogicalPlan::Filter(_) | LogicalPlan::Limit(_) => true,
-            LogicalPlan::TableScan(scan) => !scan.filters.is_empty() || scan.fetch.is_some(),
-            LogicalPlan::Join(join) => matches!(join.join_type, JoinType::LeftSemi | JoinType::RightSemi),
-            _ => false,
-        };
-        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
-    });
-    found
+    source
+        .exists(|node| {
+            Ok(match node {
+                LogicalPlan::Filter(_) | LogicalPlan::Limit(_) => true,
+                LogicalPlan::TableScan(scan) => !scan.filters.is_empty() || scan.fetch.is_some(),
+                LogicalPlan::Join(join) => matches!(join.join_type, JoinType::LeftSemi | JoinType::RightSemi),
+                _ => false,
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// The source of a reducing semi join this module made, or `None` for any
