@@ -71,6 +71,10 @@ enum Datagen {
 }
 
 fn main() -> ExitCode {
+    if let Some(missing) = lakelink_model::cpu::missing_features() {
+        eprintln!("lakelink: {missing}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -80,7 +80,7 @@ pub struct ExecutorOptions {
 
 /// Runs an executor until it is stopped (Ctrl-C, SIGTERM, or the scheduler).
 pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
-    lakelink_udf::llm::config::check_process_defaults().map_err(|e| ExecutorError::Config(e.to_string()))?;
+    lakelink_model::config::check_process_defaults().map_err(|e| ExecutorError::Config(e.to_string()))?;
     let (host, port) = options
         .scheduler
         .rsplit_once(':')

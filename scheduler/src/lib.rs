@@ -178,7 +178,7 @@ impl RunningScheduler {
 
 /// Starts a scheduler and returns once it is listening.
 pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, SchedulerError> {
-    lakelink_udf::llm::config::check_process_defaults().map_err(|e| SchedulerError::Config(e.to_string()))?;
+    lakelink_model::config::check_process_defaults().map_err(|e| SchedulerError::Config(e.to_string()))?;
     let lake = Arc::new(LakeSchema::open(&options.lake)?);
     let tables = lake.entries();
     tracing::info!("lake {} holds {} table(s)", lake.root().display(), tables.len());

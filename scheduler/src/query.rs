@@ -200,7 +200,7 @@ impl QueryEngine {
             )));
         };
         if !SESSION_KEYS.contains(&key) {
-            return Err(DataFusionError::Plan(if lakelink_udf::llm::config::KEYS.iter().any(|(k, _)| *k == key) {
+            return Err(DataFusionError::Plan(if lakelink_model::config::KEYS.iter().any(|(k, _)| *k == key) {
                 format!(
                     "lakelink.llm.{key} is set by the operator in the process configuration, not by a session; \
                      sessions may set: {}",
@@ -689,7 +689,7 @@ impl CancelOnDrop {
     fn cancel(&self) {
         if !self.query_id.is_empty() {
             tracing::info!("query {} abandoned by its client: cancelling it", self.query_id);
-            lakelink_udf::llm::engine::cancel_query(&self.trail_dir, &self.query_id);
+            lakelink_model::engine::cancel_query(&self.trail_dir, &self.query_id);
             (self.cancel_job)(self.query_id.clone());
         }
     }

@@ -17,8 +17,8 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use lakelink_model::trail;
 use lakelink_udf::LlmOptions;
-use lakelink_udf::llm::trail;
 
 /// The schema name.
 pub const SCHEMA: &str = "system";

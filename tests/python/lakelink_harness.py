@@ -104,6 +104,11 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def hostname() -> str:
+    """This host's name as LakeLink's trail writes it."""
+    return socket.gethostname() or "localhost"
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.suppress(OSError):
         with socket.create_connection((host, port), timeout=0.5):
@@ -133,10 +138,12 @@ class Proc:
     cmd: list[str]
     log: Path
     popen: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, cwd: Path) -> "Proc":
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.env)
         with open(self.log, "ab") as fh:
             fh.write(("$ " + " ".join(self.cmd) + "\n").encode())
             fh.flush()
@@ -371,6 +378,9 @@ class Cluster:
     password: str | None = None
     port: int = 0
     scheduler_args: list[str] = field(default_factory=list)
+    executor_args: list[str] = field(default_factory=list)
+    # Extra environment of every process of the cluster.
+    env: dict[str, str] = field(default_factory=dict)
     scheduler: Proc | None = None
     executors: list[Proc] = field(default_factory=list)
 
@@ -422,7 +432,7 @@ class Cluster:
         if self.user is not None:
             cmd += ["--user", self.user, "--password", self.password]
         cmd += self.scheduler_args
-        self.scheduler = Proc("scheduler", cmd, self.workdir / "scheduler.log").start(self.workdir)
+        self.scheduler = Proc("scheduler", cmd, self.workdir / "scheduler.log", env=self.env).start(self.workdir)
         self._wait_port(self.scheduler, self.port)
         for i in range(self.executors_wanted):
             fport, gport = ports[1 + 2 * i], ports[2 + 2 * i]
@@ -431,7 +441,8 @@ class Cluster:
             edir = self.workdir / f"executor-{i}"
             edir.mkdir(exist_ok=True)
             ecmd += ["--work-dir", str(edir / "work")]
-            ex = Proc(f"executor-{i}", ecmd, self.workdir / f"executor-{i}.log").start(edir)
+            ecmd += self.executor_args
+            ex = Proc(f"executor-{i}", ecmd, self.workdir / f"executor-{i}.log", env=self.env).start(edir)
             ex.flight_port = fport  # type: ignore[attr-defined]
             ex.work_dir = edir / "work"  # type: ignore[attr-defined]
             self.executors.append(ex)

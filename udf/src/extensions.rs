@@ -16,7 +16,7 @@ use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use datafusion::optimizer::OptimizerRule;
 
 use crate::codec::{LakeLinkLogicalCodec, LakeLinkPhysicalCodec};
-use crate::llm::config::LlmOptions;
+use lakelink_model::config::LlmOptions;
 
 /// A scalar function that carries state (an endpoint, a model name, options)
 /// which must reach the executors together with the plan.
@@ -91,9 +91,9 @@ impl fmt::Debug for Extensions {
 impl Extensions {
     /// The functions LakeLink ships: the `llm_*` functions and their
     /// planning rule. The model settings come from the process defaults
-    /// ([`crate::llm::config`]) and each session's `lakelink.llm.*` options.
+    /// ([`lakelink_model::config`]) and each session's `lakelink.llm.*` options.
     pub fn lakelink() -> Self {
-        Self::lakelink_with(crate::llm::config::process_defaults().clone())
+        Self::lakelink_with(lakelink_model::config::process_defaults().clone())
     }
 
     /// The functions LakeLink ships, with `defaults` in place of the process
@@ -226,7 +226,7 @@ impl Extensions {
             config
         } else {
             let defaults = self.llm_defaults.clone();
-            config.with_option_extension(defaults.unwrap_or_else(|| crate::llm::config::process_defaults().clone()))
+            config.with_option_extension(defaults.unwrap_or_else(|| lakelink_model::config::process_defaults().clone()))
         };
         config
             .with_ballista_logical_extension_codec(self.logical_codec())

@@ -13,8 +13,6 @@ pub mod codec;
 pub mod extensions;
 /// The `llm_*` SQL functions.
 pub mod functions;
-/// The model layer behind the `llm_*` functions.
-pub mod llm;
 /// The NL compiler behind `nl_query`, `nl_filter` and `nl_sql`.
 pub mod nl;
 /// Planning rules for the `llm_*` functions.
@@ -22,4 +20,4 @@ pub mod planner;
 
 pub use codec::{LakeLinkLogicalCodec, LakeLinkPhysicalCodec};
 pub use extensions::{Extensions, StatefulAggregateUDF, StatefulScalarUDF};
-pub use llm::config::LlmOptions;
+pub use lakelink_model::config::LlmOptions;

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{Aggregate, AggregateUDF, Expr, Filter, LogicalPla
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 use crate::functions::LlmSummarize;
-use crate::llm::config::LlmOptions;
+use lakelink_model::config::LlmOptions;
 
 /// Whether this node (not its children) is a scalar model call.
 fn is_model_scalar(e: &Expr) -> bool {

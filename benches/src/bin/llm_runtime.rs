@@ -1,8 +1,11 @@
 //! `lakelink-llm-runtime`: speed of the local model runtime on this machine,
-//! next to llama.cpp's figures for the same model.
+//! next to llama.cpp's figures for the same model, in this process and
+//! through the host's model process (where LakeLink runs it).
 //!
 //! * prefill and decode tokens/s of the default GGUF model (a cold prompt of
 //!   about 500 tokens; 128 generated tokens);
+//! * the model process's cost per call: a call's time at the caller minus
+//!   the worker's time for it;
 //! * the prompt cache: the latency of a classification-style call whose
 //!   instructions were computed by the previous call, against a cold one;
 //! * the local embedder's sentences/s.
@@ -18,9 +21,10 @@
 use std::time::Instant;
 
 use clap::Parser;
+use lakelink_model::local::{LocalEmbedder, LocalGenerator, Timing};
+use lakelink_model::model::{Embedder, Prompt};
+use lakelink_model::process::client::{ModelProcess, ProcessGenerator};
 use lakelink_udf::LlmOptions;
-use lakelink_udf::llm::local::{LocalEmbedder, LocalGenerator, Timing};
-use lakelink_udf::llm::model::{Embedder, Prompt};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -46,10 +50,24 @@ struct Args {
 /// llama.cpp on this machine, same model (FACTS.md): prefill, decode tokens/s.
 const FACTS_LLAMA_CPP: (f64, f64) = (214.0, 39.0);
 
-fn long_prompt() -> Prompt {
+/// A prompt whose first words differ per `run`, so no cached prefix helps.
+fn long_prompt_run(run: usize) -> Prompt {
     let facts =
         "The warehouse ships orders every weekday, and each order lists its items, prices, discounts and taxes. ";
-    Prompt { system: "You are a careful assistant.".into(), user: facts.repeat(22), max_tokens: 1, sample: None }
+    Prompt {
+        system: format!("Run {run}. You are a careful assistant."),
+        user: facts.repeat(22),
+        max_tokens: 1,
+        sample: None,
+    }
+}
+
+fn long_prompt() -> Prompt {
+    long_prompt_run(0)
+}
+
+fn decode_prompt_run(run: usize) -> Prompt {
+    Prompt { system: format!("Run {run}. You are a careful assistant."), ..decode_prompt() }
 }
 
 fn decode_prompt() -> Prompt {
@@ -118,6 +136,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // The same through the host's model process.
+    let process = ProcessGenerator::new(ModelProcess::for_threads(args.threads)?, &options.model_path(), false);
+    process.generate(&decode_prompt_run(1000)).await?;
+    let mut p_prefill = Vec::new();
+    let mut p_decode = Vec::new();
+    for i in 0..args.iterations {
+        p_prefill.push(process.generate(&long_prompt_run(2000 + i)).await?.1);
+        p_decode.push(process.generate(&decode_prompt_run(3000 + i)).await?.1);
+    }
+    let p_prefill_tps = best(&p_prefill, |t| t.prefill_tokens as f64 / t.prefill.as_secs_f64());
+    let p_decode_tps = best(&p_decode, |t| t.decode_tokens as f64 / t.decode.as_secs_f64());
+    let mut overheads = Vec::new();
+    let mut p_warm_ms = f64::MAX;
+    process.generate(&classify("The app crashes on start.")).await?;
+    for i in 0..50 {
+        let (c, _, wall) = process.generate(&classify(&format!("Ticket {i}: export to Excel fails."))).await?;
+        overheads.push((wall - c.usage.latency).as_secs_f64() * 1000.0);
+        p_warm_ms = p_warm_ms.min(wall.as_secs_f64() * 1000.0);
+    }
+    overheads.sort_by(f64::total_cmp);
+    let overhead_median = overheads[overheads.len() / 2];
+    let overhead_p90 = overheads[overheads.len() * 9 / 10];
+
     let (reference, source) = match &args.llama_server {
         Some(url) => (llama_server(url).await?, format!("llama-server at {url}, same run")),
         None => (FACTS_LLAMA_CPP, "llama.cpp on this machine (FACTS.md)".to_string()),
@@ -134,17 +175,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let embed_per_s = sentences.len() as f64 / t.elapsed().as_secs_f64();
 
     println!();
-    println!("| measure | LakeLink local | {source} | LakeLink / llama.cpp |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| measure | in this process | through the model process | {source} | model process / llama.cpp |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     println!(
-        "| prefill tokens/s ({prompt_tokens}-token prompt) | {prefill_tps:.1} | {:.1} | {:.2} |",
+        "| prefill tokens/s ({prompt_tokens}-token prompt) | {prefill_tps:.1} | {p_prefill_tps:.1} | {:.1} | {:.2} |",
         reference.0,
-        prefill_tps / reference.0
+        p_prefill_tps / reference.0
     );
     println!(
-        "| decode tokens/s ({decoded} tokens) | {decode_tps:.1} | {:.1} | {:.2} |",
+        "| decode tokens/s ({decoded} tokens) | {decode_tps:.1} | {p_decode_tps:.1} | {:.1} | {:.2} |",
         reference.1,
-        decode_tps / reference.1
+        p_decode_tps / reference.1
+    );
+    println!("| classification call, instructions cached (ms) | {warm_ms:.0} | {p_warm_ms:.0} | | |");
+    println!();
+    println!(
+        "model process cost per call (time at the caller minus the worker's time, 50 classification calls): \
+         median {overhead_median:.2} ms, p90 {overhead_p90:.2} ms"
     );
     println!();
     println!(
@@ -157,6 +204,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.json {
         let figures = json!({
             "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
+            "model_process": {"prefill_tokens_per_s": p_prefill_tps, "decode_tokens_per_s": p_decode_tps,
+                "classify_warm_ms": p_warm_ms, "overhead_ms_median": overhead_median, "overhead_ms_p90": overhead_p90},
             "reference": {"source": source, "prefill_tokens_per_s": reference.0, "decode_tokens_per_s": reference.1},
             "cache": {"cold_ms": cold_ms, "warm_ms": warm_ms, "cold_tokens": cold.prefill_tokens, "warm_tokens": warm.prefill_tokens, "reused_tokens": warm.cached_tokens},
             "embedder_sentences_per_s": embed_per_s,

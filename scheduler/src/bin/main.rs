@@ -81,6 +81,10 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if let Some(missing) = lakelink_model::cpu::missing_features() {
+        eprintln!("lakelink-scheduler: {missing}");
+        return std::process::ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();

@@ -18,9 +18,9 @@ use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::ColumnarValue;
 
 use super::{Distinct, SemanticFunction, constant};
-use crate::llm::config::LlmOptions;
-use crate::llm::engine;
-use crate::llm::prompt::{Task, clip, word};
+use lakelink_model::config::LlmOptions;
+use lakelink_model::engine;
+use lakelink_model::prompt::{Task, clip, word};
 
 /// The `llm_classify` function.
 #[derive(Debug, PartialEq, Eq, Hash)]

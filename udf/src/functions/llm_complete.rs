@@ -15,9 +15,9 @@ use datafusion::common::Result;
 use datafusion::logical_expr::ColumnarValue;
 
 use super::{Distinct, SemanticFunction};
-use crate::llm::config::LlmOptions;
-use crate::llm::engine;
-use crate::llm::prompt::Task;
+use lakelink_model::config::LlmOptions;
+use lakelink_model::engine;
+use lakelink_model::prompt::Task;
 
 /// The `llm_complete` function.
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -16,8 +16,8 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::ColumnarValue;
 
 use super::{Distinct, SemanticFunction};
-use crate::llm::config::LlmOptions;
-use crate::llm::engine;
+use lakelink_model::config::LlmOptions;
+use lakelink_model::engine;
 
 /// The `llm_embed` function; its vectors have `dim` dimensions.
 #[derive(Debug, PartialEq, Eq, Hash)]

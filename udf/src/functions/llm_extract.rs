@@ -16,9 +16,9 @@ use datafusion::common::Result;
 use datafusion::logical_expr::ColumnarValue;
 
 use super::{Distinct, SemanticFunction, constant};
-use crate::llm::config::LlmOptions;
-use crate::llm::engine;
-use crate::llm::prompt::{Task, word};
+use lakelink_model::config::LlmOptions;
+use lakelink_model::engine;
+use lakelink_model::prompt::{Task, word};
 
 /// The `llm_extract` function.
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -19,9 +19,9 @@ use datafusion::common::Result;
 use datafusion::logical_expr::ColumnarValue;
 
 use super::{Distinct, SemanticFunction, constant};
-use crate::llm::config::LlmOptions;
-use crate::llm::engine;
-use crate::llm::prompt::{Task, word};
+use lakelink_model::config::LlmOptions;
+use lakelink_model::engine;
+use lakelink_model::prompt::{Task, word};
 
 /// The `llm_filter` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -49,7 +49,7 @@ impl Task for FilterTask {
         match word(answer).to_ascii_lowercase().as_str() {
             "true" | "yes" => Ok(Some("true".into())),
             "false" | "no" => Ok(Some("false".into())),
-            _ => Err(format!("'{}' is not true or false", crate::llm::prompt::clip(answer))),
+            _ => Err(format!("'{}' is not true or false", lakelink_model::prompt::clip(answer))),
         }
     }
 }

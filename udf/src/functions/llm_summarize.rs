@@ -26,9 +26,9 @@ use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatil
 use datafusion::physical_expr::expressions::Literal;
 
 use crate::extensions::StatefulAggregateUDF;
-use crate::llm::config::{LlmOptions, process_defaults};
-use crate::llm::engine;
-use crate::llm::prompt::Task;
+use lakelink_model::config::{LlmOptions, process_defaults};
+use lakelink_model::engine;
+use lakelink_model::prompt::Task;
 
 /// Characters of text per summarising request.
 const CHUNK_CHARS: usize = 6_000;
@@ -116,7 +116,7 @@ impl AggregateUDFImpl for LlmSummarize {
 impl StatefulAggregateUDF for LlmSummarize {
     fn encode_state(&self) -> Result<Vec<u8>> {
         let pairs: Vec<(&str, String)> =
-            crate::llm::config::KEYS.iter().filter_map(|(k, _)| Some((*k, self.options.get_key(k)?))).collect();
+            lakelink_model::config::KEYS.iter().filter_map(|(k, _)| Some((*k, self.options.get_key(k)?))).collect();
         serde_json::to_vec(&pairs).map_err(|e| DataFusionError::Internal(e.to_string()))
     }
     fn decode_state(state: &[u8]) -> Result<Self> {

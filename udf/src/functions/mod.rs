@@ -2,7 +2,7 @@
 //!
 //! Scalar functions are asynchronous (DataFusion runs them in an
 //! `AsyncFuncExec` on the executors): each batch sends only its distinct
-//! values to the model layer ([`crate::llm::engine`]), which dedupes across
+//! values to the model layer ([`lakelink_model::engine`]), which dedupes across
 //! batches, caches, batches rows into requests and enforces the budget.
 //! Every function is volatile, so the planner never folds it into a constant.
 
@@ -35,7 +35,7 @@ pub use llm_filter::LlmFilter;
 pub use llm_similarity::LlmSimilarity;
 pub use llm_summarize::LlmSummarize;
 
-use crate::llm::config::LlmOptions;
+use lakelink_model::config::LlmOptions;
 
 /// What each scalar `llm_*` function defines; [`Semantic`] turns it into a
 /// DataFusion async UDF.

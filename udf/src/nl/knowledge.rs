@@ -19,7 +19,7 @@ use datafusion::execution::SessionState;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
-use crate::llm::cache;
+use lakelink_model::cache;
 
 /// The file of table and column descriptions and joins, in the metadata folder.
 pub const CATALOG_FILE: &str = "catalog.toml";

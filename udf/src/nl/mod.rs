@@ -38,10 +38,10 @@ use self::check::{Checked, Policy, Problem};
 use self::knowledge::Knowledge;
 use self::retrieve::Retrieved;
 use self::strategy::{Attempt, PromptInput, Target};
-use crate::llm::cache::{self, Answer, DiskCache};
-use crate::llm::config::LlmOptions;
-use crate::llm::hub;
-use crate::llm::trail::{self, ModelCall};
+use lakelink_model::cache::{self, Answer, DiskCache};
+use lakelink_model::config::LlmOptions;
+use lakelink_model::hub;
+use lakelink_model::trail::{self, ModelCall};
 
 pub use rewrite::{expand, mentions_nl};
 

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use datafusion::common::{DataFusionError, Result};
 
 use super::knowledge::{Knowledge, TableInfo, stem};
-use crate::llm::cache::{self, Answer, DiskCache};
-use crate::llm::config::LlmOptions;
-use crate::llm::hub;
+use lakelink_model::cache::{self, Answer, DiskCache};
+use lakelink_model::config::LlmOptions;
+use lakelink_model::hub;
 
 /// A value of a column that the question mentions.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use super::knowledge::{ColumnInfo, Knowledge, TableInfo};
 use super::retrieve::Retrieved;
-use crate::llm::model::Prompt;
+use lakelink_model::model::Prompt;
 
 /// What the compiler is asked for.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::llm::trail;
+use lakelink_model::trail;
 
 /// One compiled (or failed) `nl_*` call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::config::{DEFAULT_EMBEDDER_DIR, DEFAULT_EMBEDDER_SHA256, DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256};
 use super::model::{
-    Completion, Embedder, Embeddings, Generator, ModelError, Prompt, SAMPLE_TEMPERATURE, Usage, normalize,
+    Completion, Embedder, Embeddings, Generator, ModelError, Prompt, SAMPLE_TEMPERATURE, Served, Usage, normalize,
 };
 
 const FETCH_HINT: &str = "run scripts/fetch-models.sh to fetch the default models";
@@ -160,6 +160,17 @@ impl LocalGenerator {
     pub async fn generate(&self, prompt: &Prompt, fresh: bool) -> Result<(Completion, Timing), ModelError> {
         let cancel = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancel.clone());
+        self.generate_until(prompt, fresh, cancel).await
+    }
+
+    /// [`Self::generate`], stopped at the next token once `cancel` is set
+    /// (the call then fails as cancelled).
+    pub async fn generate_until(
+        &self,
+        prompt: &Prompt,
+        fresh: bool,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<(Completion, Timing), ModelError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { prompt: prompt.clone(), fresh, cancel, reply };
         let stopped = || ModelError::Setup("the local model thread stopped".into());
@@ -306,7 +317,10 @@ impl Worker {
             completion_tokens: timing.decode_tokens as u64,
             latency: start.elapsed(),
         };
-        Ok((Completion { text: String::from_utf8_lossy(&answer).into_owned(), usage }, timing))
+        Ok((
+            Completion { text: String::from_utf8_lossy(&answer).into_owned(), usage, served: Served::default() },
+            timing,
+        ))
     }
 }
 
@@ -382,6 +396,7 @@ impl LocalEmbedder {
         Ok(Embeddings {
             vectors,
             usage: Usage { prompt_tokens: tokens as u64, completion_tokens: 0, latency: start.elapsed() },
+            served: Served::default(),
         })
     }
 }

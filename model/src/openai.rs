@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::config::LlmOptions;
-use super::model::{Completion, Embedder, Embeddings, Generator, ModelError, Prompt, Usage, normalize};
+use super::model::{Completion, Embedder, Embeddings, Generator, ModelError, Prompt, Served, Usage, normalize};
 
 /// A client of one endpoint and model.
 #[derive(Debug)]
@@ -180,7 +180,7 @@ impl Generator for OpenAi {
                 ))
             })?
             .to_string();
-        Ok(Completion { text, usage: usage(&value, latency) })
+        Ok(Completion { text, usage: usage(&value, latency), served: Served::default() })
     }
 }
 
@@ -217,6 +217,6 @@ impl Embedder for OpenAi {
             normalize(&mut v);
             *slot = v;
         }
-        Ok(Embeddings { vectors, usage: usage(&value, latency) })
+        Ok(Embeddings { vectors, usage: usage(&value, latency), served: Served::default() })
     }
 }

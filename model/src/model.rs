@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 /// Tokens and time one model call took.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -21,7 +22,7 @@ pub const SAMPLE_TEMPERATURE: f32 = 0.7;
 
 /// A chat prompt: fixed instructions (the same for every call of a
 /// function, so runtimes can keep them cached) and the call's own text.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prompt {
     /// Instructions, identical across calls of one function and argument set.
     pub system: String,
@@ -41,6 +42,21 @@ pub struct Completion {
     pub text: String,
     /// What the call cost.
     pub usage: Usage,
+    /// Which runtime computed it, and whether for this call alone.
+    pub served: Served,
+}
+
+/// Where an answer was computed: the host's model process (`host:pid` of
+/// its worker) for the local backend, nothing for an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    /// The model process that computed the answer (`host:pid`); empty when
+    /// the model ran elsewhere (an endpoint) or in this process.
+    pub by: String,
+    /// Whether the answer was computed for an identical request of another
+    /// caller (in flight at the same time, or answered moments before): this
+    /// call cost the model nothing.
+    pub shared: bool,
 }
 
 /// Vectors for a list of texts, in order.
@@ -50,10 +66,12 @@ pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     /// What the call cost.
     pub usage: Usage,
+    /// Which runtime computed them.
+    pub served: Served,
 }
 
 /// Why a model call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum ModelError {
     /// The model or its files are not usable (missing, corrupt, misconfigured).
     #[error("{0}")]
@@ -67,6 +85,10 @@ pub enum ModelError {
     /// The answer arrived but is not what the protocol promises.
     #[error("{0}")]
     Protocol(String),
+    /// The host's model process failed while answering (a native fault, an
+    /// out-of-memory kill, a hang); it has been restarted.
+    #[error("{0}")]
+    Process(String),
 }
 
 /// A generative model.

@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use datafusion::common::{DataFusionError, Result};
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared, WeakShared, join_all};
+use futures::future::{BoxFuture, Shared, WeakShared, join_all, try_join_all};
 
 use super::cache::{Answer, DiskCache, key};
 use super::config::{LlmOptions, OnError};
 use super::hub;
-use super::model::{Embedder, Generator, ModelError, Usage};
+use super::model::{Embedder, Generator, ModelError, Served, Usage};
 use super::prompt::{self, Task};
 use super::trail::{self, ModelCall};
 
@@ -186,7 +186,13 @@ enum Failure {
 
 impl Scope {
     fn trail(&self, rows: usize, usage: Usage, cache_hit: bool, outcome: &str) {
+        self.trail_served(rows, usage, &Served::default(), cache_hit, outcome)
+    }
+
+    fn trail_served(&self, rows: usize, usage: Usage, served: &Served, cache_hit: bool, outcome: &str) {
         let mut call = ModelCall::now(&self.options.query_id, self.function, &self.model, self.backend);
+        call.served_by = served.by.clone();
+        call.shared = served.shared;
         call.rows = rows as u64;
         call.prompt_tokens = usage.prompt_tokens;
         call.completion_tokens = usage.completion_tokens;
@@ -351,15 +357,19 @@ impl Scope {
                 }
             }
         }
-        let outcomes = join_all(waiting.iter().map(|(_, p)| p.clone())).await;
-        {
-            let mut memo = self.state.memo();
-            for ((i, _), outcome) in waiting.iter().zip(&outcomes) {
-                memo.insert(keys[*i].clone(), Memo::Done(outcome.clone()));
-            }
-        }
-        for ((i, _), outcome) in waiting.into_iter().zip(outcomes) {
-            results[i] = Some(outcome.map_err(execution)?);
+        // Each answer enters the memo as it arrives; the first failure fails
+        // the batch at once, and dropping the other requests cancels them.
+        let answers = try_join_all(waiting.iter().map(|(i, pending)| {
+            let (key, state) = (keys[*i].clone(), self.state.clone());
+            pending.clone().map(move |outcome| {
+                state.memo().insert(key, Memo::Done(outcome.clone()));
+                outcome
+            })
+        }))
+        .await
+        .map_err(execution)?;
+        for ((i, _), answer) in waiting.into_iter().zip(answers) {
+            results[i] = Some(answer);
         }
         Ok(results.into_iter().map(Option::flatten).collect())
     }
@@ -435,7 +445,8 @@ async fn text_batch_inner(
         };
         match prompt::parse(task.as_ref(), &completion.text, n) {
             Ok(values) => {
-                scope.trail(n, completion.usage, false, if attempt == 0 { "ok" } else { "ok after retry" });
+                let outcome = if attempt == 0 { "ok" } else { "ok after retry" };
+                scope.trail_served(n, completion.usage, &completion.served, false, outcome);
                 let answers: Vec<Option<Answer>> = values.into_iter().map(|v| Some(Answer::Text(v))).collect();
                 if let Some(cache) = scope.cache() {
                     for (k, a) in keys.iter().zip(&answers) {
@@ -447,7 +458,13 @@ async fn text_batch_inner(
                 return Ok(answers);
             }
             Err(reason) => {
-                scope.trail(n, completion.usage, false, &format!("unusable answer: {reason}"));
+                scope.trail_served(
+                    n,
+                    completion.usage,
+                    &completion.served,
+                    false,
+                    &format!("unusable answer: {reason}"),
+                );
                 problem = format!("{reason} (answer: '{}')", prompt::clip(&completion.text));
                 prompt.user.push_str(&format!(
                     "\n\nYour previous answer could not be used: {reason}. Answer again, exactly in the requested format."
@@ -525,7 +542,7 @@ async fn embed_batch(scope: Scope, embedder: Arc<dyn Embedder>, items: Vec<Strin
         scope.trail(n, result.usage, false, &format!("unusable answer: {reason}"));
         return scope.policy(Failure::Model(reason), n);
     }
-    scope.trail(n, result.usage, false, "ok");
+    scope.trail_served(n, result.usage, &result.served, false, "ok");
     let answers: Vec<Option<Answer>> = result.vectors.into_iter().map(|v| Some(Answer::Vector(v))).collect();
     if let Some(cache) = scope.cache() {
         for (k, a) in keys.iter().zip(&answers) {

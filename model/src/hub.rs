@@ -1,15 +1,18 @@
-//! The models of this process: loaded once per configuration and shared by
-//! every query, with one request limiter per model.
+//! The models of this process: one client per configuration, shared by
+//! every query, with one request limiter per model. The local backend's
+//! models are clients of the host's model process ([`crate::process`])
+//! unless `model_process` is off.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Semaphore;
 
-use super::config::{Backend, LlmOptions};
-use super::local::{LocalEmbedder, LocalGenerator};
-use super::model::{Embedder, Generator, ModelError};
-use super::openai::OpenAi;
+use crate::config::{Backend, LlmOptions};
+use crate::local::{LocalEmbedder, LocalGenerator};
+use crate::model::{Embedder, Generator, ModelError};
+use crate::openai::OpenAi;
+use crate::process::client::{ModelProcess, ProcessEmbedder, ProcessGenerator};
 
 #[derive(Default)]
 struct Hub {
@@ -26,7 +29,7 @@ fn hub() -> &'static Mutex<Hub> {
 /// Everything that makes two configurations load different clients.
 fn generator_key(o: &LlmOptions) -> String {
     match o.backend {
-        Backend::Local => format!("local|{}|{}", o.model_path().display(), o.threads),
+        Backend::Local => format!("local|{}|{}|{}|{}", o.model_path().display(), o.threads, o.model_process, o.cache),
         Backend::OpenAi => {
             format!("openai|{}|{}|{}|{}|{}", o.base_url, o.model, o.api_key_env, o.timeout_ms, o.retries)
         }
@@ -35,7 +38,9 @@ fn generator_key(o: &LlmOptions) -> String {
 
 fn embedder_key(o: &LlmOptions) -> String {
     match o.backend {
-        Backend::Local => format!("local|{}", o.embedder_path().display()),
+        Backend::Local => {
+            format!("local|{}|{}|{}|{}", o.embedder_path().display(), o.threads, o.model_process, o.cache)
+        }
         Backend::OpenAi => {
             format!("openai|{}|{}|{}|{}|{}", o.base_url, o.embedding_model, o.api_key_env, o.timeout_ms, o.retries)
         }
@@ -73,7 +78,11 @@ pub async fn generator(options: &LlmOptions) -> Result<Arc<dyn Generator>, Model
         |h| &mut h.generators,
         move || {
             Ok(match o.backend {
-                Backend::Local => Arc::new(LocalGenerator::load(&o.model_path(), o.threads)?) as Arc<dyn Generator>,
+                Backend::Local if o.model_process => {
+                    Arc::new(ProcessGenerator::new(ModelProcess::for_threads(o.threads)?, &o.model_path(), o.cache))
+                        as Arc<dyn Generator>
+                }
+                Backend::Local => Arc::new(LocalGenerator::load(&o.model_path(), o.threads)?),
                 Backend::OpenAi => Arc::new(OpenAi::generator(&o)?),
             })
         },
@@ -89,7 +98,11 @@ pub async fn embedder(options: &LlmOptions) -> Result<Arc<dyn Embedder>, ModelEr
         |h| &mut h.embedders,
         move || {
             Ok(match o.backend {
-                Backend::Local => Arc::new(LocalEmbedder::load(&o.embedder_path())?) as Arc<dyn Embedder>,
+                Backend::Local if o.model_process => {
+                    Arc::new(ProcessEmbedder::new(ModelProcess::for_threads(o.threads)?, &o.embedder_path(), o.cache))
+                        as Arc<dyn Embedder>
+                }
+                Backend::Local => Arc::new(LocalEmbedder::load(&o.embedder_path())?),
                 Backend::OpenAi => Arc::new(OpenAi::embedder(&o)?),
             })
         },

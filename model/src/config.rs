@@ -103,6 +103,10 @@ pub struct LlmOptions {
     pub trail_dir: String,
     /// Threads of the local model.
     pub threads: usize,
+    /// Whether the local models run in the host's model process (the
+    /// default) or inside this process (a native fault in a model then ends
+    /// this process; for measurements and debugging only).
+    pub model_process: bool,
     /// Dimensions of `llm_embed`'s vectors (384 for the default embedder).
     pub embedding_dim: usize,
     /// Whether client sessions may point `base_url` at another endpoint
@@ -150,6 +154,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache_dir", "Answer cache folder"),
     ("trail_dir", "Folder of the model-call trail read by system.model_calls"),
     ("threads", "CPU threads of the local model"),
+    (
+        "model_process",
+        "Run the local models in the host's model process (true) or in each process (false; a fault there ends the process)",
+    ),
     ("embedding_dim", "Dimensions of llm_embed vectors"),
     ("allow_session_endpoints", "Whether sessions may SET base_url: true or false"),
     ("query_id", "Set by the scheduler for each query"),
@@ -193,6 +201,7 @@ impl Default for LlmOptions {
             cache_dir: cache.join("llm-cache").display().to_string(),
             trail_dir: cache.join("trail").display().to_string(),
             threads,
+            model_process: true,
             embedding_dim: 384,
             allow_session_endpoints: false,
             query_id: String::new(),
@@ -262,6 +271,7 @@ impl LlmOptions {
             "cache_dir" => self.cache_dir = v.to_string(),
             "trail_dir" => self.trail_dir = v.to_string(),
             "threads" => self.threads = positive(key, value)?.min(256) as usize,
+            "model_process" => self.model_process = parse(key, &v.to_ascii_lowercase(), "true or false")?,
             "embedding_dim" => self.embedding_dim = positive(key, value)?.min(65_536) as usize,
             "allow_session_endpoints" => {
                 self.allow_session_endpoints = parse(key, &v.to_ascii_lowercase(), "true or false")?
@@ -318,6 +328,7 @@ impl LlmOptions {
             "cache_dir" => self.cache_dir.clone(),
             "trail_dir" => self.trail_dir.clone(),
             "threads" => self.threads.to_string(),
+            "model_process" => self.model_process.to_string(),
             "embedding_dim" => self.embedding_dim.to_string(),
             "allow_session_endpoints" => self.allow_session_endpoints.to_string(),
             "query_id" => self.query_id.clone(),

@@ -41,6 +41,14 @@ pub struct ModelCall {
     pub outcome: String,
     /// The process that made it (`host:pid`).
     pub process: String,
+    /// The model process that computed the answer (`host:pid` of its
+    /// worker); empty for endpoints and cache hits.
+    #[serde(default)]
+    pub served_by: String,
+    /// Whether the answer was computed for an identical request of another
+    /// process (or moments before) and cost the model nothing here.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 impl ModelCall {
@@ -59,6 +67,8 @@ impl ModelCall {
             cache_hit: false,
             outcome: "ok".into(),
             process: process_name().to_string(),
+            served_by: String::new(),
+            shared: false,
         }
     }
 }
@@ -68,13 +78,22 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// This host's name (`localhost` when it has none).
+pub fn host_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        if host.is_empty() { "localhost".into() } else { host }
+    })
+}
+
 /// This process, as `host:pid`.
 pub fn process_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        format!("{}:{}", if host.is_empty() { "localhost" } else { &host }, std::process::id())
-    })
+    NAME.get_or_init(|| format!("{}:{}", host_name(), std::process::id()))
 }
 
 type Writers = Mutex<Vec<(PathBuf, Arc<Mutex<std::fs::File>>)>>;
@@ -162,6 +181,8 @@ pub fn schema() -> SchemaRef {
         Field::new("cache_hit", DataType::Boolean, false),
         Field::new("outcome", DataType::Utf8, false),
         Field::new("process", DataType::Utf8, false),
+        Field::new("served_by", DataType::Utf8, false),
+        Field::new("shared", DataType::Boolean, false),
     ]))
 }
 
@@ -182,6 +203,8 @@ pub fn to_batch(calls: &[ModelCall]) -> datafusion::common::Result<RecordBatch> 
         Arc::new(BooleanArray::from_iter(calls.iter().map(|c| Some(c.cache_hit)))),
         text(|c| &c.outcome),
         text(|c| &c.process),
+        text(|c| &c.served_by),
+        Arc::new(BooleanArray::from_iter(calls.iter().map(|c| Some(c.shared)))),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
