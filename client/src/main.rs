@@ -68,6 +68,17 @@ enum Datagen {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// An online shop: customers, products, orders, order items and
+    /// customer reviews in plain sentences (with their known sentiment and
+    /// topic), for the llm_* functions and a second NL vocabulary.
+    Shop {
+        /// Scale factor: 1 is 200,000 orders and 50,000 reviews.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Folder to write the lake into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,12 +106,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> Result<(), ClientError> {
-    if let Some(Command::Datagen { kind: Datagen::Tpch { scale, out } }) = &cli.command {
+    if let Some(Command::Datagen { kind }) = &cli.command {
         let started = std::time::Instant::now();
-        for (table, files, rows) in datagen::tpch(*scale, out)? {
-            eprintln!("{table:<10} {rows:>12} rows in {files} file(s)");
+        let (name, scale, out, summary) = match kind {
+            Datagen::Tpch { scale, out } => ("TPC-H", scale, out, datagen::tpch(*scale, out)?),
+            Datagen::Shop { scale, out } => ("shop", scale, out, datagen::shop::shop(*scale, out)?),
+        };
+        for (table, files, rows) in summary {
+            eprintln!("{table:<12} {rows:>12} rows in {files} file(s)");
         }
-        eprintln!("TPC-H SF {scale} written to {} in {:.1} s", out.display(), started.elapsed().as_secs_f64());
+        eprintln!("{name} SF {scale} written to {} in {:.1} s", out.display(), started.elapsed().as_secs_f64());
         return Ok(());
     }
     let (url, _cluster) = match (&cli.host, &cli.lake) {

@@ -182,6 +182,9 @@ enum Failure {
     Stop(String),
     /// The model failed: the error policy decides.
     Model(String),
+    /// The model cannot answer this kind of request (answer probabilities):
+    /// the caller asks another way.
+    Unsupported,
 }
 
 impl Scope {
@@ -189,7 +192,19 @@ impl Scope {
         self.trail_served(rows, usage, &Served::default(), cache_hit, outcome)
     }
 
+    /// Records a scored answer and the probability of the answer chosen.
+    fn trail_choice(&self, usage: Usage, served: &Served, confidence: f64) {
+        let mut call = self.record(1, usage, served, false, "ok");
+        call.confidence = Some(confidence);
+        trail::record(&self.options.trail_dir, &call);
+    }
+
     fn trail_served(&self, rows: usize, usage: Usage, served: &Served, cache_hit: bool, outcome: &str) {
+        let call = self.record(rows, usage, served, cache_hit, outcome);
+        trail::record(&self.options.trail_dir, &call);
+    }
+
+    fn record(&self, rows: usize, usage: Usage, served: &Served, cache_hit: bool, outcome: &str) -> ModelCall {
         let mut call = ModelCall::now(&self.options.query_id, self.function, &self.model, self.backend);
         call.served_by = served.by.clone();
         call.shared = served.shared;
@@ -199,7 +214,7 @@ impl Scope {
         call.latency_ms = usage.latency.as_secs_f64() * 1000.0;
         call.cache_hit = cache_hit;
         call.outcome = outcome.to_string();
-        trail::record(&self.options.trail_dir, &call);
+        call
     }
 
     fn cache(&self) -> Option<DiskCache> {
@@ -258,6 +273,11 @@ impl Scope {
                 self.state.tokens.fetch_add(u.prompt_tokens + u.completion_tokens, Ordering::Relaxed);
                 Ok(value)
             }
+            Err(ModelError::Unsupported(_)) => {
+                // Not spent: the same row is asked again another way.
+                self.state.calls.fetch_sub(1, Ordering::Relaxed);
+                Err(Failure::Unsupported)
+            }
             Err(e) => {
                 self.trail(rows, Usage::default(), false, &format!("error: {e}"));
                 Err(Failure::Model(format!("{}: model {} failed: {e}", self.function, self.model)))
@@ -269,6 +289,7 @@ impl Scope {
     fn policy(&self, failure: Failure, rows: usize) -> BatchOutcome {
         match failure {
             Failure::Stop(m) => Err(m.into()),
+            Failure::Unsupported => Err(format!("{}: the model cannot answer this request", self.function).into()),
             Failure::Model(m) => match self.options.on_error {
                 OnError::Fail => Err(format!("{m} (SET lakelink.llm.on_error = 'null' to return NULL instead)").into()),
                 OnError::Null => {
@@ -401,7 +422,13 @@ pub async fn answers(options: &LlmOptions, task: Arc<dyn Task>, inputs: Vec<Stri
     let version = task.version().to_string();
     let keys =
         inputs.iter().map(|input| key(&[generator.id(), task.function(), &version, &instructions, input])).collect();
-    let batch_size = if task.batchable() { options.rows_per_request() } else { 1 };
+    // Closed answers are scored one row per request unless the session
+    // asked for batches (which trade the probabilities for fewer requests).
+    let batch_size = match (task.allowed(), options.batch_size) {
+        (Some(_), 0) => 1,
+        _ if task.batchable() => options.rows_per_request(),
+        _ => 1,
+    };
     let answers = scope
         .resolve(keys, inputs, batch_size, |items, keys| {
             text_batch(scope.clone(), generator.clone(), task.clone(), items, keys)
@@ -437,6 +464,25 @@ async fn text_batch_inner(
 ) -> BatchOutcome {
     let n = items.len();
     let mut prompt = prompt::build(task.as_ref(), &items, scope.options.max_output_tokens);
+    if n == 1
+        && let Some(allowed) = task.allowed()
+    {
+        let spellings: Vec<Vec<String>> = allowed.iter().map(|a| a.spellings.clone()).collect();
+        match scope.request(n, generator.choose(&prompt, &spellings), |c| c.usage).await {
+            Ok(choice) => {
+                let (best, p) = choice.best().unwrap_or((0, 0.0));
+                scope.trail_choice(choice.usage, &choice.served, p);
+                let answer = Some(Answer::Text(allowed.get(best).and_then(|a| a.value.clone())));
+                if let Some(cache) = scope.cache() {
+                    cache.put(&keys[0], answer.as_ref().expect("an answer"));
+                }
+                return Ok(vec![answer]);
+            }
+            // Asked for a text answer below instead.
+            Err(Failure::Unsupported) => {}
+            Err(failure) => return scope.policy(failure, n),
+        }
+    }
     let mut problem = String::new();
     for attempt in 0..2 {
         let completion = match scope.request(n, generator.complete(&prompt), |c| c.usage).await {

@@ -30,7 +30,8 @@ use tokio::sync::oneshot;
 
 use super::config::{DEFAULT_EMBEDDER_DIR, DEFAULT_EMBEDDER_SHA256, DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256};
 use super::model::{
-    Completion, Embedder, Embeddings, Generator, ModelError, Prompt, SAMPLE_TEMPERATURE, Served, Usage, normalize,
+    Choice, Completion, Embedder, Embeddings, Generator, ModelError, Prompt, SAMPLE_TEMPERATURE, Served, Usage,
+    normalize,
 };
 
 const FETCH_HINT: &str = "run scripts/fetch-models.sh to fetch the default models";
@@ -99,12 +100,20 @@ pub struct Timing {
     pub cached_tokens: usize,
 }
 
+/// What a job computes after reading its prompt.
+enum Work {
+    /// An answer, token by token.
+    Generate(oneshot::Sender<Result<(Completion, Timing), ModelError>>),
+    /// The probability of each allowed answer (each given by its spellings).
+    Choose(Vec<Vec<String>>, oneshot::Sender<Result<(Choice, Timing), ModelError>>),
+}
+
 struct Job {
     prompt: Prompt,
     /// Start from an empty cache (benchmarks measure a cold prompt).
     fresh: bool,
     cancel: Arc<AtomicBool>,
-    reply: oneshot::Sender<Result<(Completion, Timing), ModelError>>,
+    work: Work,
 }
 
 /// A GGUF model on the CPU.
@@ -172,11 +181,28 @@ impl LocalGenerator {
         cancel: Arc<AtomicBool>,
     ) -> Result<(Completion, Timing), ModelError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { prompt: prompt.clone(), fresh, cancel, reply };
-        let stopped = || ModelError::Setup("the local model thread stopped".into());
+        let job = Job { prompt: prompt.clone(), fresh, cancel, work: Work::Generate(reply) };
         self.jobs.send(job).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+
+    /// The probability of each of `answers` (each given by its spellings) as
+    /// the reply to `prompt`, stopped once `cancel` is set.
+    pub async fn choose_until(
+        &self,
+        prompt: &Prompt,
+        answers: &[Vec<String>],
+        cancel: Arc<AtomicBool>,
+    ) -> Result<(Choice, Timing), ModelError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { prompt: prompt.clone(), fresh: false, cancel, work: Work::Choose(answers.to_vec(), reply) };
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> ModelError {
+    ModelError::Setup("the local model thread stopped".into())
 }
 
 #[async_trait]
@@ -191,6 +217,12 @@ impl Generator for LocalGenerator {
 
     async fn complete(&self, prompt: &Prompt) -> Result<Completion, ModelError> {
         Ok(self.generate(prompt, false).await?.0)
+    }
+
+    async fn choose(&self, prompt: &Prompt, answers: &[Vec<String>]) -> Result<Choice, ModelError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _guard = CancelOnDrop(cancel.clone());
+        Ok(self.choose_until(prompt, answers, cancel).await?.0)
     }
 }
 
@@ -208,13 +240,25 @@ impl Worker {
             if job.cancel.load(Ordering::Relaxed) {
                 continue;
             }
-            let result = self.generate(&job.prompt, job.fresh, &job.cancel);
-            if result.is_err() {
+            let failed = match job.work {
+                Work::Generate(reply) => {
+                    let result = self.generate(&job.prompt, job.fresh, &job.cancel);
+                    let failed = result.is_err();
+                    let _ = reply.send(result);
+                    failed
+                }
+                Work::Choose(answers, reply) => {
+                    let result = self.choose(&job.prompt, &answers, &job.cancel);
+                    let failed = result.is_err();
+                    let _ = reply.send(result);
+                    failed
+                }
+            };
+            if failed {
                 // Leave no half-written state behind.
                 self.ctx.clear_kv_cache();
                 self.cached.clear();
             }
-            let _ = job.reply.send(result);
         }
     }
 
@@ -229,22 +273,25 @@ impl Worker {
             .map_err(|e| ModelError::Protocol(format!("cannot apply the model's chat template: {e}")))
     }
 
-    fn generate(
+    /// Reads the prompt into the KV cache, reusing the prefix it shares with
+    /// the previous prompt; the logits of its last token are then at the
+    /// returned batch index.
+    fn prefill(
         &mut self,
         prompt: &Prompt,
+        answer_tokens: u32,
         fresh: bool,
         cancel: &AtomicBool,
-    ) -> Result<(Completion, Timing), ModelError> {
+    ) -> Result<(usize, i32, Timing), ModelError> {
         let start = Instant::now();
         let text = self.chat_text(prompt)?;
         let vocab = self.model.vocab();
         let tokens = vocab.tokenize(text.as_bytes(), true, true);
-        let limit = CONTEXT_TOKENS as usize - prompt.max_tokens as usize;
+        let limit = CONTEXT_TOKENS as usize - answer_tokens as usize;
         if tokens.len() > limit {
             return Err(ModelError::Protocol(format!(
-                "the prompt is {} tokens, more than the local model's {limit} (context {CONTEXT_TOKENS} minus {} for the answer)",
+                "the prompt is {} tokens, more than the local model's {limit} (context {CONTEXT_TOKENS} minus {answer_tokens} for the answer)",
                 tokens.len(),
-                prompt.max_tokens
             )));
         }
         if fresh {
@@ -260,7 +307,6 @@ impl Worker {
 
         let mut timing = Timing { cached_tokens: common, ..Timing::default() };
         let mut batch = LlamaBatch::new(PREFILL_BATCH, 1);
-        let decode_error = |e: llama_cpp_2::DecodeError| ModelError::Protocol(format!("llama.cpp decode failed: {e}"));
         let rest = &tokens[common..];
         for (chunk_index, chunk) in rest.chunks(PREFILL_BATCH).enumerate() {
             if cancel.load(Ordering::Relaxed) {
@@ -270,16 +316,26 @@ impl Worker {
             let base = common + chunk_index * PREFILL_BATCH;
             for (i, token) in chunk.iter().enumerate() {
                 let pos = base + i;
-                batch
-                    .add(*token, pos as i32, &[0], pos == tokens.len() - 1)
-                    .map_err(|e| ModelError::Protocol(format!("llama.cpp batch: {e}")))?;
+                batch.add(*token, pos as i32, &[0], pos == tokens.len() - 1).map_err(batch_error)?;
             }
             self.ctx.decode(&mut batch).map_err(decode_error)?;
             self.cached.extend_from_slice(chunk);
         }
         timing.prefill_tokens = rest.len();
         timing.prefill = start.elapsed();
+        Ok((tokens.len(), batch.n_tokens() - 1, timing))
+    }
 
+    fn generate(
+        &mut self,
+        prompt: &Prompt,
+        fresh: bool,
+        cancel: &AtomicBool,
+    ) -> Result<(Completion, Timing), ModelError> {
+        let start = Instant::now();
+        let (prompt_tokens, mut last_index, mut timing) = self.prefill(prompt, prompt.max_tokens, fresh, cancel)?;
+        let vocab = self.model.vocab();
+        let mut batch = LlamaBatch::new(PREFILL_BATCH, 1);
         let decode_start = Instant::now();
         let mut sampler = match prompt.sample {
             None => LlamaSampler::greedy(),
@@ -290,7 +346,6 @@ impl Worker {
             ]),
         };
         let mut answer = Vec::<u8>::new();
-        let mut last_index = batch.n_tokens() - 1;
         for _ in 0..prompt.max_tokens {
             if cancel.load(Ordering::Relaxed) {
                 return Err(ModelError::Timeout("cancelled".into()));
@@ -304,16 +359,14 @@ impl Worker {
             timing.decode_tokens += 1;
             batch.clear();
             let pos = self.cached.len();
-            batch
-                .add(token, pos as i32, &[0], true)
-                .map_err(|e| ModelError::Protocol(format!("llama.cpp batch: {e}")))?;
+            batch.add(token, pos as i32, &[0], true).map_err(batch_error)?;
             self.ctx.decode(&mut batch).map_err(decode_error)?;
             self.cached.push(token);
             last_index = 0;
         }
         timing.decode = decode_start.elapsed();
         let usage = Usage {
-            prompt_tokens: tokens.len() as u64,
+            prompt_tokens: prompt_tokens as u64,
             completion_tokens: timing.decode_tokens as u64,
             latency: start.elapsed(),
         };
@@ -322,6 +375,95 @@ impl Worker {
             timing,
         ))
     }
+
+    /// The probability of each answer as the reply: the sum over its
+    /// spellings of the probability of their tokens, one after the other,
+    /// right after the prompt; normalized over the answers.
+    fn choose(
+        &mut self,
+        prompt: &Prompt,
+        answers: &[Vec<String>],
+        cancel: &AtomicBool,
+    ) -> Result<(Choice, Timing), ModelError> {
+        let start = Instant::now();
+        let vocab = self.model.vocab();
+        let spellings: Vec<Vec<Vec<LlamaToken>>> = answers
+            .iter()
+            .map(|forms| {
+                forms.iter().map(|f| vocab.tokenize(f.as_bytes(), false, false)).filter(|t| !t.is_empty()).collect()
+            })
+            .collect();
+        let longest = spellings.iter().flatten().map(Vec::len).max().unwrap_or(1);
+        let (prompt_tokens, last_index, mut timing) = self.prefill(prompt, longest as u32, false, cancel)?;
+        let decode_start = Instant::now();
+        // Every spelling's first token, read before any spelling is decoded.
+        let firsts: Vec<Vec<f64>> = {
+            let next = Next::of(self.ctx.get_logits_ith(last_index));
+            spellings.iter().map(|forms| forms.iter().map(|t| next.log_prob(t[0])).collect()).collect()
+        };
+        let base = self.cached.len();
+        let mut batch = LlamaBatch::new(longest.max(1), 1);
+        let mut scored = 0usize;
+        let mut totals = Vec::with_capacity(answers.len());
+        for (forms, firsts) in spellings.iter().zip(&firsts) {
+            let mut total = 0.0f64;
+            for (tokens, first) in forms.iter().zip(firsts) {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(ModelError::Timeout("cancelled".into()));
+                }
+                let mut logp = *first;
+                if tokens.len() > 1 {
+                    batch.clear();
+                    for (i, t) in tokens[..tokens.len() - 1].iter().enumerate() {
+                        batch.add(*t, (base + i) as i32, &[0], true).map_err(batch_error)?;
+                    }
+                    self.ctx.decode(&mut batch).map_err(decode_error)?;
+                    for (i, next) in tokens[1..].iter().enumerate() {
+                        logp += Next::of(self.ctx.get_logits_ith(i as i32)).log_prob(*next);
+                    }
+                    scored += tokens.len() - 1;
+                    // The prompt stays cached; the spelling's tokens go.
+                    let _ = self.ctx.clear_kv_cache_seq(Some(0), Some(base as u32), None);
+                }
+                total += logp.exp();
+            }
+            totals.push(total);
+        }
+        timing.decode_tokens = scored;
+        timing.decode = decode_start.elapsed();
+        let mass: f64 = totals.iter().sum();
+        let probabilities =
+            totals.iter().map(|t| if mass > 0.0 { t / mass } else { 1.0 / totals.len().max(1) as f64 }).collect();
+        let usage = Usage { prompt_tokens: prompt_tokens as u64, completion_tokens: 1, latency: start.elapsed() };
+        Ok((Choice { probabilities, mass, usage, served: Served::default() }, timing))
+    }
+}
+
+/// The distribution of the next token, from its logits.
+struct Next<'a> {
+    logits: &'a [f32],
+    log_sum: f64,
+}
+
+impl<'a> Next<'a> {
+    fn of(logits: &'a [f32]) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|l| f64::from(l - max).exp()).sum();
+        Self { logits, log_sum: f64::from(max) + sum.ln() }
+    }
+
+    /// The log-probability of `token`.
+    fn log_prob(&self, token: LlamaToken) -> f64 {
+        self.logits.get(token.0 as usize).map_or(f64::NEG_INFINITY, |l| f64::from(*l) - self.log_sum)
+    }
+}
+
+fn batch_error(e: llama_cpp_2::llama_batch::BatchAddError) -> ModelError {
+    ModelError::Protocol(format!("llama.cpp batch: {e}"))
+}
+
+fn decode_error(e: llama_cpp_2::DecodeError) -> ModelError {
+    ModelError::Protocol(format!("llama.cpp decode failed: {e}"))
 }
 
 /// A BERT-style sentence embedder (mean pooling, unit length) on the CPU.

@@ -59,6 +59,28 @@ pub struct Served {
     pub shared: bool,
 }
 
+/// How likely each allowed answer is as the model's reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// One probability per allowed answer, in order, summing to 1.
+    pub probabilities: Vec<f64>,
+    /// The probability the model gives the allowed answers together before
+    /// normalizing (near 1: it would have answered one of them; near 0: it
+    /// wanted to say something else).
+    pub mass: f64,
+    /// What the call cost.
+    pub usage: Usage,
+    /// Which runtime computed it.
+    pub served: Served,
+}
+
+impl Choice {
+    /// The most probable answer's index and probability.
+    pub fn best(&self) -> Option<(usize, f64)> {
+        self.probabilities.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
 /// Vectors for a list of texts, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
@@ -89,6 +111,9 @@ pub enum ModelError {
     /// out-of-memory kill, a hang); it has been restarted.
     #[error("{0}")]
     Process(String),
+    /// The model cannot do what was asked (such as report probabilities).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A generative model.
@@ -100,6 +125,13 @@ pub trait Generator: Send + Sync + std::fmt::Debug {
     fn backend(&self) -> &'static str;
     /// Answers one prompt: greedily (temperature 0) unless the prompt asks for a sample.
     async fn complete(&self, prompt: &Prompt) -> Result<Completion, ModelError>;
+    /// The probability of each allowed answer (each given by its spellings,
+    /// such as `yes`, `Yes`) as the reply to `prompt`. Runtimes that cannot
+    /// tell fail with [`ModelError::Unsupported`]; callers then read a text answer.
+    async fn choose(&self, prompt: &Prompt, answers: &[Vec<String>]) -> Result<Choice, ModelError> {
+        let _ = (prompt, answers);
+        Err(ModelError::Unsupported(format!("{} does not report answer probabilities", self.id())))
+    }
 }
 
 /// A text embedder.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::config::LlmOptions;
-use super::model::{Completion, Embedder, Embeddings, Generator, ModelError, Prompt, Served, Usage, normalize};
+use super::model::{Choice, Completion, Embedder, Embeddings, Generator, ModelError, Prompt, Served, Usage, normalize};
 
 /// A client of one endpoint and model.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct OpenAi {
     timeout: Duration,
     retries: u32,
     http: reqwest::Client,
+    /// Set once the endpoint answered without usable log-probabilities.
+    no_logprobs: std::sync::atomic::AtomicBool,
 }
 
 impl OpenAi {
@@ -65,6 +67,7 @@ impl OpenAi {
             timeout: Duration::from_millis(options.timeout_ms),
             retries: options.retries,
             http,
+            no_logprobs: Default::default(),
         })
     }
 
@@ -181,6 +184,69 @@ impl Generator for OpenAi {
             })?
             .to_string();
         Ok(Completion { text, usage: usage(&value, latency), served: Served::default() })
+    }
+
+    /// Reads the probabilities of the reply's first token (`logprobs`, top
+    /// 20): each candidate token counts for the one answer whose spelling
+    /// starts with it (or that it starts with); a token that fits several
+    /// answers counts for none. An endpoint without log-probabilities, or
+    /// whose candidates fit no answer, is reported as unsupported (once:
+    /// later calls do not ask again).
+    async fn choose(&self, prompt: &Prompt, answers: &[Vec<String>]) -> Result<Choice, ModelError> {
+        let unsupported = || ModelError::Unsupported(format!("{} reports no usable answer probabilities", self.id));
+        if self.no_logprobs.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(unsupported());
+        }
+        let body = json!({
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            "temperature": 0,
+            "max_tokens": 1,
+            "logprobs": true,
+            "top_logprobs": 20,
+        });
+        let (value, latency) = self.post("chat/completions", &body).await?;
+        let candidates = value.pointer("/choices/0/logprobs/content/0/top_logprobs").and_then(Value::as_array);
+        let mut totals = vec![0.0f64; answers.len()];
+        for candidate in candidates.into_iter().flatten() {
+            let (Some(token), Some(logprob)) =
+                (candidate.get("token").and_then(Value::as_str), candidate.get("logprob").and_then(Value::as_f64))
+            else {
+                continue;
+            };
+            let token = token.trim().to_lowercase();
+            if token.is_empty() {
+                continue;
+            }
+            let fits: Vec<usize> = answers
+                .iter()
+                .enumerate()
+                .filter(|(_, forms)| {
+                    forms.iter().any(|f| {
+                        let f = f.to_lowercase();
+                        f.starts_with(&token) || token.starts_with(&f)
+                    })
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if let [only] = fits[..] {
+                totals[only] += logprob.exp();
+            }
+        }
+        let mass: f64 = totals.iter().sum();
+        if mass <= 0.0 {
+            self.no_logprobs.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(unsupported());
+        }
+        Ok(Choice {
+            probabilities: totals.iter().map(|t| t / mass).collect(),
+            mass,
+            usage: usage(&value, latency),
+            served: Served::default(),
+        })
     }
 }
 

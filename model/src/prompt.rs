@@ -29,6 +29,38 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     /// Reads one row's answer: `Ok(None)` is a valid "no value" (SQL NULL),
     /// `Err` says why the answer is unusable.
     fn parse_one(&self, answer: &str) -> Result<Option<String>, String>;
+    /// For a closed set of answers (a filter's yes or no, a classifier's
+    /// labels): each answer with its spellings. The model is then asked for
+    /// the probability of each, one row per request, instead of a text.
+    fn allowed(&self) -> Option<Vec<Allowed>> {
+        None
+    }
+}
+
+/// One answer of a closed set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allowed {
+    /// The function's value for it; `None` is SQL NULL.
+    pub value: Option<String>,
+    /// How a model may spell it, such as `yes`, `Yes`, `YES`.
+    pub spellings: Vec<String>,
+}
+
+impl Allowed {
+    /// `value`, spelled as given, in lower case, capitalized and in upper case.
+    pub fn spelled(value: Option<&str>, word: &str) -> Self {
+        let mut spellings = Vec::new();
+        let mut capital = word.to_lowercase();
+        if let Some(first) = capital.get(0..1) {
+            capital = first.to_uppercase() + &capital[1..];
+        }
+        for s in [word.to_string(), word.to_lowercase(), capital, word.to_uppercase()] {
+            if !s.is_empty() && !spellings.contains(&s) {
+                spellings.push(s);
+            }
+        }
+        Self { value: value.map(str::to_string), spellings }
+    }
 }
 
 const PREAMBLE: &str = "You are a precise data-processing function inside a SQL engine. \

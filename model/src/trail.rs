@@ -49,6 +49,10 @@ pub struct ModelCall {
     /// process (or moments before) and cost the model nothing here.
     #[serde(default)]
     pub shared: bool,
+    /// For a closed answer (a filter's, a classifier's): the probability the
+    /// model gave the answer chosen.
+    #[serde(default)]
+    pub confidence: Option<f64>,
 }
 
 impl ModelCall {
@@ -69,6 +73,7 @@ impl ModelCall {
             process: process_name().to_string(),
             served_by: String::new(),
             shared: false,
+            confidence: None,
         }
     }
 }
@@ -183,6 +188,7 @@ pub fn schema() -> SchemaRef {
         Field::new("process", DataType::Utf8, false),
         Field::new("served_by", DataType::Utf8, false),
         Field::new("shared", DataType::Boolean, false),
+        Field::new("confidence", DataType::Float64, true),
     ]))
 }
 
@@ -205,6 +211,7 @@ pub fn to_batch(calls: &[ModelCall]) -> datafusion::common::Result<RecordBatch> 
         text(|c| &c.process),
         text(|c| &c.served_by),
         Arc::new(BooleanArray::from_iter(calls.iter().map(|c| Some(c.shared)))),
+        Arc::new(Float64Array::from_iter(calls.iter().map(|c| c.confidence))),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
 }

@@ -10,6 +10,7 @@ can be switched to answer HTTP 500.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,9 +73,9 @@ def rows_of(user: str) -> list[str] | None:
 
 
 def answer_row(system: str, row: str) -> str:
-    if "Decide whether this condition holds for the row:" in system:
-        return "true" if "good" in row else "false"
-    m = re.search(r"Classify the row into exactly one of these labels: (.*?)\.\n", system)
+    if "Decide whether this statement about the text is true:" in system:
+        return "yes" if "good" in row else "no"
+    m = re.search(r"Classify the text into exactly one of these labels: (.*?)\.\n", system)
     if m:
         labels = [label.strip() for label in m.group(1).split(",")]
         return next((label for label in labels if label in row), "none")
@@ -159,12 +160,17 @@ class ScriptedModel:
             text = answer_row(system, row)
         else:
             text = "\n".join(f"{i}: {answer_row(system, r)}" for i, r in enumerate(rows, 1))
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        if req.get("logprobs"):
+            # A closed answer: the scripted word is the one candidate, at 0.9.
+            first = (text.split() or [""])[0]
+            top = [{"token": first, "logprob": math.log(0.9)}]
+            choice["logprobs"] = {"content": [{"token": first, "logprob": math.log(0.9), "top_logprobs": top}]}
         return 200, {
             "id": f"chatcmpl-{len(self.chats)}",
             "object": "chat.completion",
             "model": req.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
+            "choices": [choice],
             "usage": {"prompt_tokens": len((system + user).split()),
                       "completion_tokens": len(text.split())},
         }
@@ -343,7 +349,7 @@ def test_llm_classify_labels(llm_cluster, model):
             assert r["label"] == ("good" if "good" in r["review"] else "poor"), r
         chats = model.since(0)
         assert len(chats) == DISTINCT, len(chats)
-        assert all("Classify the row into exactly one of these labels: good, poor." in c["system"]
+        assert all("Classify the text into exactly one of these labels: good, poor." in c["system"]
                    for c in chats), chats[0]["system"]
         assert h.scalar(conn, "SELECT count(*) FROM system.model_calls "
                               "WHERE function = 'llm_classify' AND NOT cache_hit") == DISTINCT

@@ -1,7 +1,8 @@
 //! A scripted OpenAI-compatible model server on a loopback port: the one
 //! test double LakeLink's tests use, at the model boundary. It answers
-//! `/v1/chat/completions` and `/v1/embeddings` with a script, counts the
-//! requests, and can fail, stall, hold some answers back or vanish on demand.
+//! `/v1/chat/completions` (with log-probabilities when asked) and
+//! `/v1/embeddings` with a script, counts the requests, and can fail, stall,
+//! hold some answers back or vanish on demand.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -212,10 +213,18 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Res
         Mode::Garbage => "¯\\_(ツ)_/¯ I would rather talk about the weather".to_string(),
         Mode::Script => (shared.script)(&request),
     };
+    let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"});
+    // Asked for log-probabilities (a closed answer): the first word of the
+    // scripted answer is the one candidate, at probability 0.9.
+    if body["logprobs"] == json!(true) {
+        let first = content.split_whitespace().next().unwrap_or_default();
+        let top = json!([{"token": first, "logprob": 0.9f64.ln()}]);
+        choice["logprobs"] = json!({"content": [{"token": first, "logprob": 0.9f64.ln(), "top_logprobs": top}]});
+    }
     Json(json!({
         "id": "scripted",
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [choice],
         "usage": {"prompt_tokens": (request.system.len() + request.user.len()) / 4, "completion_tokens": content.len() / 4 + 1},
     }))
     .into_response()

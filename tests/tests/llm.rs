@@ -58,8 +58,8 @@ fn write(path: &Path, schema: Arc<Schema>, ids: Vec<i32>, texts: Vec<String>, st
 /// Answers the way a model following LakeLink's prompts would.
 fn script(chat: &Chat) -> String {
     let system = &chat.system;
-    if system.contains("Decide whether this condition holds") {
-        answer_rows(&chat.user, |row| (row.contains("good")).to_string())
+    if system.contains("Decide whether this statement about the text is true") {
+        answer_rows(&chat.user, |row| if row.contains("good") { "yes" } else { "no" }.to_string())
     } else if let Some(labels) = system.split("labels: ").nth(1) {
         let labels: Vec<&str> = labels.split('.').next().unwrap().split(", ").collect();
         answer_rows(&chat.user, |row| labels.iter().find(|l| row.contains(*l)).map_or("none".into(), |l| l.to_string()))
@@ -152,11 +152,23 @@ async fn functions_give_their_answers() {
         assert_eq!(row[1], if text.contains("good") { "good" } else { "poor" });
         assert_eq!(row[2], (id % 10 * 7).to_string());
     }
-    // Batches of 8 rows per request (the default): 10 texts in two requests per function,
-    // however the rows were split between the executors (at most 2 partitions x 2 requests each).
-    assert!(s.model.chats() <= 8, "{} requests", s.model.chats());
-    let batched = s.model.log().iter().filter(|c| c.user.contains("<item 2>")).count();
-    assert!(batched >= 1, "no request held several rows");
+    // llm_classify has a closed answer: one row per request, read from the
+    // answer's probabilities (10 texts, 10 requests). llm_extract batches 8
+    // rows per request (the default): 10 texts in two requests, however the
+    // rows were split between the executors (at most 2 partitions x 2 requests).
+    let log = s.model.log();
+    let (classify, extract): (Vec<_>, Vec<_>) = log.iter().partition(|c| c.system.contains("Classify"));
+    assert_eq!(classify.len(), 10, "{} classify requests", classify.len());
+    assert!(classify.iter().all(|c| !c.user.contains("<item ")), "a classify request held several rows");
+    assert!(extract.len() <= 4, "{} extract requests", extract.len());
+    assert!(extract.iter().any(|c| c.user.contains("<item 2>")), "no extract request held several rows");
+    // Each classification came from the answer probabilities (the trail's confidence).
+    let scored = run(
+        &mut conn,
+        "SELECT count(*), min(confidence) FROM system.model_calls WHERE function = 'llm_classify' AND NOT cache_hit",
+    )
+    .await;
+    assert_eq!(scored, vec![vec!["10".to_string(), "1.000000e0".to_string()]]);
 
     let got = run(&mut conn, "SELECT llm_complete('say hi') AS a").await;
     assert_eq!(got, vec![vec!["echo: say hi".to_string()]]);

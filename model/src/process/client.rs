@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::wire::{self, Answer, Call, FromServer, PROTOCOL_VERSION, Status, ToServer};
 use crate::local::Timing;
-use crate::model::{Completion, Embedder, Embeddings, Generator, ModelError, Prompt, Served, Usage};
+use crate::model::{Choice, Completion, Embedder, Embeddings, Generator, ModelError, Prompt, Served, Usage};
 
 /// How long a new model process may take to listen.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -335,6 +335,23 @@ impl Generator for ProcessGenerator {
 
     async fn complete(&self, prompt: &Prompt) -> Result<Completion, ModelError> {
         Ok(self.generate(prompt).await?.0)
+    }
+
+    async fn choose(&self, prompt: &Prompt, answers: &[Vec<String>]) -> Result<Choice, ModelError> {
+        let call = Call::Choose {
+            model: self.path.to_string_lossy().into_owned(),
+            prompt: prompt.clone(),
+            answers: answers.to_vec(),
+        };
+        match self.process.call(call, self.reuse).await? {
+            (Answer::Choice { probabilities, mass, prompt_tokens, latency_ms }, served) => Ok(Choice {
+                probabilities,
+                mass,
+                usage: Usage { prompt_tokens, completion_tokens: 1, latency: latency(latency_ms) },
+                served,
+            }),
+            _ => Err(ModelError::Protocol("the model process answered a choice with something else".into())),
+        }
     }
 }
 

@@ -64,6 +64,7 @@ impl Recent {
     fn size(answer: &Answer) -> usize {
         match answer {
             Answer::Completion { text, .. } => text.len() + 64,
+            Answer::Choice { probabilities, .. } => probabilities.len() * 8 + 64,
             Answer::Embeddings { vectors, .. } => vectors.iter().map(|v| v.len() * 4 + 24).sum::<usize>() + 64,
         }
     }

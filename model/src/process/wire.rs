@@ -27,6 +27,16 @@ pub enum Call {
         /// The prompt.
         prompt: Prompt,
     },
+    /// The probability of each allowed answer (each given by its spellings)
+    /// as the reply of the GGUF model at `model` to `prompt`.
+    Choose {
+        /// The GGUF file.
+        model: String,
+        /// The prompt.
+        prompt: Prompt,
+        /// The allowed answers, each with its spellings.
+        answers: Vec<Vec<String>>,
+    },
     /// Sentence embeddings by the embedder in folder `model`.
     Embed {
         /// The embedder's folder.
@@ -58,6 +68,17 @@ pub enum Answer {
         /// Time spent generating the answer, in milliseconds.
         #[serde(default)]
         decode_ms: f64,
+    },
+    /// Answer probabilities, one per allowed answer.
+    Choice {
+        /// Normalized over the answers.
+        probabilities: Vec<f64>,
+        /// Their probability together before normalizing.
+        mass: f64,
+        /// Prompt tokens.
+        prompt_tokens: u64,
+        /// Time the worker spent, in milliseconds.
+        latency_ms: f64,
     },
     /// Embeddings, one per text.
     Embeddings {

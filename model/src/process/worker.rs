@@ -83,6 +83,16 @@ impl Models {
                     decode_ms: timing.decode.as_secs_f64() * 1000.0,
                 })
             }
+            Call::Choose { model, prompt, answers } => {
+                let generator = self.generator(Path::new(&model)).await?;
+                let (c, _) = generator.choose_until(&prompt, &answers, cancel).await?;
+                Ok(Answer::Choice {
+                    probabilities: c.probabilities,
+                    mass: c.mass,
+                    prompt_tokens: c.usage.prompt_tokens,
+                    latency_ms: c.usage.latency.as_secs_f64() * 1000.0,
+                })
+            }
             Call::Embed { model, texts } => {
                 let e = self.embedder(Path::new(&model)).await?.embed(&texts).await?;
                 Ok(Answer::Embeddings {

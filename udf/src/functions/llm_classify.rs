@@ -5,8 +5,11 @@
 //! SELECT llm_classify(review, 'positive', 'negative', 'neutral') AS sentiment, count(*)
 //! FROM reviews GROUP BY 1;
 //! ```
-//! The answer must be one of the labels (case and quotes are ignored) or
-//! `none`; anything else is retried once and then handled by
+//! The answer is the label (or `none`, NULL) the model finds most probable
+//! (its probabilities of the answers, one row per request; the probability
+//! lands in the trail as the call's `confidence`). A model that reports no
+//! probabilities answers in words: one of the labels (case and quotes are
+//! ignored) or `none`; anything else is retried once and then handled by
 //! `lakelink.llm.on_error`.
 
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use datafusion::logical_expr::ColumnarValue;
 use super::{Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
-use lakelink_model::prompt::{Task, clip, word};
+use lakelink_model::prompt::{Allowed, Task, clip, word};
 
 /// The `llm_classify` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -35,9 +38,12 @@ impl Task for ClassifyTask {
     fn function(&self) -> &'static str {
         "llm_classify"
     }
+    fn version(&self) -> u32 {
+        2
+    }
     fn instructions(&self) -> String {
         format!(
-            "Classify the row into exactly one of these labels: {}.\nAnswer with the label only, or none if no label fits.",
+            "Classify the text into exactly one of these labels: {}.\nAnswer with the label only, or none if no label fits.",
             self.labels.join(", ")
         )
     }
@@ -56,6 +62,11 @@ impl Task for ClassifyTask {
             return Ok(None);
         }
         Err(format!("'{}' is not one of the labels {}", clip(answer), self.labels.join(", ")))
+    }
+    fn allowed(&self) -> Option<Vec<Allowed>> {
+        let mut allowed: Vec<Allowed> = self.labels.iter().map(|l| Allowed::spelled(Some(l), l)).collect();
+        allowed.push(Allowed::spelled(None, "none"));
+        Some(allowed)
     }
 }
 

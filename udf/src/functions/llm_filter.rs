@@ -7,8 +7,12 @@
 //!   AND llm_filter(o_comment, 'mentions a deposit')
 //! LIMIT 20;
 //! ```
-//! The answer must be `true`/`false` (or `yes`/`no`); anything else is
-//! retried once and then handled by `lakelink.llm.on_error`.
+//! The model is asked whether the condition holds and the answer is the
+//! more probable of `yes` and `no` (the model's probabilities of the two
+//! answers, one row per request; the probability lands in the trail as the
+//! call's `confidence`). A model that reports no probabilities answers in
+//! words: `yes`/`no` (or `true`/`false`); anything else is retried once and
+//! then handled by `lakelink.llm.on_error`.
 
 use std::sync::Arc;
 
@@ -21,7 +25,7 @@ use datafusion::logical_expr::ColumnarValue;
 use super::{Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
-use lakelink_model::prompt::{Task, word};
+use lakelink_model::prompt::{Allowed, Task, word};
 
 /// The `llm_filter` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -36,8 +40,14 @@ impl Task for FilterTask {
     fn function(&self) -> &'static str {
         "llm_filter"
     }
+    fn version(&self) -> u32 {
+        2
+    }
     fn instructions(&self) -> String {
-        format!("Decide whether this condition holds for the row: {}\nAnswer true or false.", self.condition.trim())
+        format!(
+            "Decide whether this statement about the text is true: {}\nAnswer yes if it is true and no if it is false.",
+            self.condition.trim()
+        )
     }
     fn batchable(&self) -> bool {
         true
@@ -49,8 +59,11 @@ impl Task for FilterTask {
         match word(answer).to_ascii_lowercase().as_str() {
             "true" | "yes" => Ok(Some("true".into())),
             "false" | "no" => Ok(Some("false".into())),
-            _ => Err(format!("'{}' is not true or false", lakelink_model::prompt::clip(answer))),
+            _ => Err(format!("'{}' is not yes or no", lakelink_model::prompt::clip(answer))),
         }
+    }
+    fn allowed(&self) -> Option<Vec<Allowed>> {
+        Some(vec![Allowed::spelled(Some("true"), "yes"), Allowed::spelled(Some("false"), "no")])
     }
 }
 

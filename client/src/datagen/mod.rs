@@ -1,8 +1,17 @@
-//! `lakelink datagen tpch`: writes the TPC-H tables as a Parquet lake, one
-//! folder per table, large tables split into several files so that every
-//! executor gets a share of the scan.
+//! `lakelink datagen`: demo lakes as Parquet, one folder per table, large
+//! tables split into several files so that every executor gets a share of
+//! the scan.
+//!
+//! * `tpch`: the eight TPC-H tables ([`tpch`]);
+//! * `shop`: an online shop with customer reviews in plain sentences whose
+//!   sentiment and topic are known ([`shop`]), for the `llm_*` functions'
+//!   quality and cost measurements and as a second vocabulary for the NL
+//!   compiler.
 
-use std::path::{Path, PathBuf};
+/// The online-shop lake.
+pub mod shop;
+
+use std::path::Path;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -100,7 +109,7 @@ fn write_parts(table: &str, scale: f64, parts: i32, dir: &Path) -> Result<usize,
     Ok(total)
 }
 
-fn write_part(table: &str, scale: f64, part: i32, parts: i32, path: &PathBuf) -> Result<usize, ClientError> {
+fn write_part(table: &str, scale: f64, part: i32, parts: i32, path: &Path) -> Result<usize, ClientError> {
     let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>) =
         match table {
             "lineitem" => {
@@ -121,7 +130,17 @@ fn write_part(table: &str, scale: f64, part: i32, parts: i32, path: &PathBuf) ->
             "region" => boxed(RegionArrow::new(RegionGenerator::new(scale, part, parts)).with_batch_size(BATCH_ROWS)),
             other => return Err(ClientError::Usage(format!("unknown TPC-H table {other}"))),
         };
-    let file = std::fs::File::create(path).map_err(|e| ClientError::Io { path: path.clone(), source: e })?;
+    write_batches(path, schema, batches)
+}
+
+/// Writes record batches as one Parquet file (zstd); returns the rows written.
+pub(crate) fn write_batches(
+    path: &Path,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = Result<RecordBatch, arrow::error::ArrowError>>,
+) -> Result<usize, ClientError> {
+    let path = path.to_path_buf();
+    let file = std::fs::File::create(&path).map_err(|e| ClientError::Io { path: path.clone(), source: e })?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
         .set_max_row_group_row_count(Some(BATCH_ROWS * 8))
