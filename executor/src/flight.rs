@@ -32,7 +32,9 @@ use datafusion::arrow::ipc::root_as_message;
 use futures::stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::follow::{Finish, MAX_RAW_MESSAGE, Next, ResultPartition, TaskKey, follow, next_header};
+use crate::follow::{
+    Finish, MAX_RAW_MESSAGE, Next, ResultPartition, TaskKey, follow, next_header, partition_path, task_key,
+};
 use crate::results::{self, BoxedStream, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX};
 
 /// See the module documentation.
@@ -75,13 +77,13 @@ impl ExecutorFlightService {
         };
         let partition =
             ResultPartition { job_id: job_id.to_string(), stage_id, partition_id, task_id: task_id as usize };
-        let path = partition.path(&self.work_dir)?;
+        let path = partition_path(&partition, &self.work_dir)?;
         if is_sort_shuffle_output(&path) || !path.is_file() {
             return Err(Status::not_found(format!(
                 "no result file for job {job_id} stage {stage_id} partition {partition_id} on this executor"
             )));
         }
-        Ok((path, partition.task(&self.work_dir)))
+        Ok((path, task_key(&partition, &self.work_dir)))
     }
 
     /// Grants one client read of a result partition (see [`crate::results`]),
@@ -97,8 +99,8 @@ impl ExecutorFlightService {
             .header_as_schema()
             .map(datafusion::arrow::ipc::convert::fb_to_schema)
             .ok_or_else(|| malformed("no schema message"))?;
-        let path = request.partition.path(&self.work_dir)?;
-        let task = request.partition.task(&self.work_dir);
+        let path = partition_path(&request.partition, &self.work_dir)?;
+        let task = task_key(&request.partition, &self.work_dir);
         crate::follow::wait_for_file(&path, &task).await?;
         self.grants
             .grant(&path, task, std::sync::Arc::new(schema))
@@ -162,9 +164,9 @@ impl FlightService for ExecutorFlightService {
         }
         if let Some(partition) = ResultPartition::from_ticket(ticket) {
             let partition = partition?;
-            let path = partition.path(&self.work_dir)?;
+            let path = partition_path(&partition, &self.work_dir)?;
             // The scheduler checks the partition against the job's report.
-            return Ok(Response::new(follow(path, partition.task(&self.work_dir), Finish::Marker)));
+            return Ok(Response::new(follow(path, task_key(&partition, &self.work_dir), Finish::Marker)));
         }
         match self.raw_file(request.get_ref()) {
             // Files of stages that have ended (Ballista reads its inputs then).

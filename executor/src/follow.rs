@@ -25,22 +25,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow_flight::FlightData;
 use arrow_flight::utils::{batches_to_flight_data, flight_data_to_arrow_batch};
-use arrow_flight::{FlightData, Ticket};
 use ballista_core::execution_plans::create_shuffle_path;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::results::BoxedStream;
-
-/// How a follow ticket begins; the partition, as JSON, follows.
-pub const FOLLOW_TICKET_PREFIX: &str = "lakelink-follow:";
+pub use lakelink_protocol::follow::{FOLLOW_TICKET_PREFIX, MAX_RAW_MESSAGE, ResultPartition};
+use lakelink_protocol::result::BoxedStream;
 
 /// How long a reader waits for a file whose task this executor has not
 /// started (or has forgotten), before it gives up.
@@ -52,57 +49,30 @@ const OUTCOME_TTL: Duration = Duration::from_secs(600);
 /// The longest pause between two looks at a file that is not growing.
 const MAX_POLL: Duration = Duration::from_millis(10);
 
-/// The largest message sent as it lies in the file: below the 16 MiB that
-/// Ballista's clients, and this executor's Flight service, accept. A bigger
-/// batch (wide rows) is sent in slices of about [`SLICE_BYTES`].
-pub const MAX_RAW_MESSAGE: usize = 12 * 1024 * 1024;
-
 /// The size a batch over [`MAX_RAW_MESSAGE`] is sliced to.
 const SLICE_BYTES: usize = 2 * 1024 * 1024;
 
-/// One partition of a job's result stage, as written by one task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResultPartition {
-    /// The job.
-    pub job_id: String,
-    /// Its result stage.
-    pub stage_id: usize,
-    /// The partition.
-    pub partition_id: usize,
-    /// The task writing it (the file's id).
-    pub task_id: usize,
+/// Where the task writing `partition` writes it under `work_dir`.
+pub fn partition_path(partition: &ResultPartition, work_dir: &str) -> Result<PathBuf, Status> {
+    let job = ballista_core::JobId::new(partition.job_id.clone());
+    create_shuffle_path(
+        work_dir,
+        &job,
+        partition.stage_id,
+        partition.partition_id,
+        Some(partition.task_id as u64),
+        false,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-impl ResultPartition {
-    /// The ticket that asks the executor running the task for the partition.
-    pub fn ticket(&self) -> Ticket {
-        let spec = serde_json::to_string(self).expect("a partition serializes");
-        Ticket::new(format!("{FOLLOW_TICKET_PREFIX}{spec}"))
-    }
-
-    /// The partition a follow ticket names; `None` for any other ticket.
-    pub fn from_ticket(ticket: &[u8]) -> Option<Result<Self, Status>> {
-        let spec = ticket.strip_prefix(FOLLOW_TICKET_PREFIX.as_bytes())?;
-        Some(
-            serde_json::from_slice(spec).map_err(|e| Status::invalid_argument(format!("malformed follow ticket: {e}"))),
-        )
-    }
-
-    /// Where the task writes the partition under `work_dir`.
-    pub fn path(&self, work_dir: &str) -> Result<PathBuf, Status> {
-        let job = ballista_core::JobId::new(self.job_id.clone());
-        create_shuffle_path(work_dir, &job, self.stage_id, self.partition_id, Some(self.task_id as u64), false)
-            .map_err(|e| Status::invalid_argument(e.to_string()))
-    }
-
-    /// The task's entry in the outcomes of this executor's tasks.
-    pub fn task(&self, work_dir: &str) -> TaskKey {
-        TaskKey {
-            work_dir: work_dir.to_string(),
-            job_id: self.job_id.clone(),
-            stage_id: self.stage_id,
-            task_id: self.task_id,
-        }
+/// The entry of `partition`'s task in the outcomes of this executor's tasks.
+pub fn task_key(partition: &ResultPartition, work_dir: &str) -> TaskKey {
+    TaskKey {
+        work_dir: work_dir.to_string(),
+        job_id: partition.job_id.clone(),
+        stage_id: partition.stage_id,
+        task_id: partition.task_id,
     }
 }
 

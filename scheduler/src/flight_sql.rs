@@ -262,7 +262,7 @@ fn change_batch(change: &SettingChange) -> Result<RecordBatch, Status> {
 
 /// The answer for a distributed result read from the executors: one
 /// endpoint per result partition, in order, each at the executor writing it
-/// with a ticket for one read (`lakelink_executor::results`), given once
+/// with a ticket for one read (`lakelink_protocol::result`), given once
 /// every partition's task has started. The schema is the one the executors
 /// send (dictionaries as their values), so that every endpoint matches it.
 async fn executor_endpoints(

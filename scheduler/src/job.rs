@@ -4,7 +4,7 @@
 //! watcher looks at the job's execution graph and learns, for each partition
 //! of the result stage (the stage whose output is the query's result), which
 //! executor's task is writing it. The result is then read from that
-//! executor while the task writes it (`lakelink_executor::follow`), so the
+//! executor while the task writes it (`lakelink_protocol::follow`), so the
 //! first rows reach the client while the job still runs, and the transfer of
 //! a large result overlaps its computation.
 //!
@@ -25,7 +25,7 @@ use ballista_scheduler::state::execution_stage::ExecutionStage;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_plan::displayable;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use lakelink_executor::follow::ResultPartition;
+use lakelink_protocol::follow::ResultPartition;
 use tokio::sync::{mpsc, watch};
 
 /// The longest pause between two looks at a running job's graph.

@@ -25,7 +25,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::StreamExt;
 
-use lakelink_udf::nl::NlEnv;
+use lakelink_nl::NlEnv;
 
 use crate::catalog::LakeSchema;
 use crate::job::RunningJob;
@@ -291,7 +291,7 @@ impl QueryEngine {
         let sql = number_question_marks(sql)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let ctx = self.query_context(&self.distributed, settings).await?;
-        let df = if lakelink_udf::nl::mentions_nl(&sql) {
+        let df = if lakelink_nl::mentions_nl(&sql) {
             self.plan_nl(&ctx, &sql, options, settings).await?
         } else {
             ctx.sql_with_options(&sql, options).await.map_err(explain_refusal)?
@@ -318,7 +318,7 @@ impl QueryEngine {
     }
 
     /// Plans a statement that calls `nl_*` functions: they are compiled
-    /// into SQL first (see `lakelink_udf::nl`). EXPLAIN of such a statement
+    /// into SQL first (see `lakelink_nl`). EXPLAIN of such a statement
     /// starts with one row per call showing the question and its SQL.
     async fn plan_nl(
         &self,
@@ -359,14 +359,10 @@ impl QueryEngine {
 
     /// Compiles the `nl_*` calls of `sql` into SQL and plans the result;
     /// also says what each call compiled to.
-    async fn expand_nl(
-        &self,
-        state: &SessionState,
-        sql: &str,
-    ) -> Result<(LogicalPlan, Vec<lakelink_udf::nl::Compiled>)> {
+    async fn expand_nl(&self, state: &SessionState, sql: &str) -> Result<(LogicalPlan, Vec<lakelink_nl::Compiled>)> {
         let dialect = state.config().options().sql_parser.dialect;
         let mut statement = state.sql_to_statement(sql, &dialect)?;
-        let compiled = lakelink_udf::nl::expand(state, &self.nl, &mut statement).await?;
+        let compiled = lakelink_nl::expand(state, &self.nl, &mut statement).await?;
         let plan = state.statement_to_plan(statement).await.map_err(explain_refusal)?;
         Ok((plan, compiled))
     }
@@ -377,7 +373,7 @@ impl QueryEngine {
     /// compiled SQL is remembered, so planning the statement again reuses it).
     pub async fn parameter_schema(&self, sql: &str, settings: &[(String, String)]) -> Result<Schema> {
         let sql = number_question_marks(sql)?;
-        let plan = if lakelink_udf::nl::mentions_nl(&sql) {
+        let plan = if lakelink_nl::mentions_nl(&sql) {
             self.expand_nl(&self.query_context(&self.distributed, settings).await?.state(), &sql).await?.0
         } else {
             self.distributed.state().create_logical_plan(&sql).await?
@@ -741,7 +737,7 @@ fn wire_type(data_type: &DataType) -> DataType {
 
 /// Re-labels (and where needed casts) a batch to the advertised schema.
 pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    lakelink_executor::results::conform(batch, schema).map_err(|e| match e {
+    lakelink_protocol::result::conform(batch, schema).map_err(|e| match e {
         datafusion::arrow::error::ArrowError::SchemaError(message) => DataFusionError::Internal(message),
         other => other.into(),
     })

@@ -4,17 +4,17 @@
 //! passed on as they arrive, without decoding a batch and encoding it again.
 //!
 //! Executors send a result file's messages as they lie in the file
-//! (`lakelink_executor::follow`), and a result stage writes them
-//! uncompressed (`lakelink_executor::stage`), so a batch message is already
+//! (`lakelink_protocol::follow`), and a result stage writes them
+//! uncompressed (the executor's stage engine), so a batch message is already
 //! what a Flight client reads. The client first gets the advertised schema;
 //! then every batch message whose columns have the advertised types, that is
 //! uncompressed and no bigger than
-//! [`lakelink_executor::results::MAX_CLIENT_MESSAGE`] goes on unchanged. Any
+//! [`lakelink_protocol::result::MAX_CLIENT_MESSAGE`] goes on unchanged. Any
 //! other batch (compressed, over the limit, or of a file whose column types
 //! differ from the advertised ones, e.g. dictionaries) is decoded, conformed
 //! to the advertised schema and encoded again (README, "Result transfer",
 //! for what it saves). The rules are the executors' own
-//! ([`lakelink_executor::results::send_to_client`]), which serve results to
+//! ([`lakelink_protocol::result::send_to_client`]), which serve results to
 //! clients directly when the scheduler hands out executor endpoints
 //! ([`grant`]).
 
@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use lakelink_executor::results::{GRANT_ACTION, GrantRequest, Sent, TICKET_PREFIX, send_to_client};
+use lakelink_protocol::result::{GRANT_ACTION, GrantRequest, Sent, TICKET_PREFIX, send_to_client};
 
 use crate::error::query_status;
 use crate::job::{Located, RunningJob};
@@ -194,7 +194,7 @@ async fn executor_client(located: &Located) -> Result<FlightServiceClient<Channe
 }
 
 /// Reads a result partition from the executor writing it, as it is written.
-async fn fetch(located: &Located) -> Result<lakelink_executor::results::BoxedStream<FlightData>, Status> {
+async fn fetch(located: &Located) -> Result<lakelink_protocol::result::BoxedStream<FlightData>, Status> {
     let response = executor_client(located)
         .await?
         .do_get(located.partition.ticket())
@@ -205,14 +205,14 @@ async fn fetch(located: &Located) -> Result<lakelink_executor::results::BoxedStr
 }
 
 /// Where a client reads one result partition itself: the executor writing
-/// it, with a ticket for one read as `schema` (`lakelink_executor::results`).
+/// it, with a ticket for one read as `schema` (`lakelink_protocol::result`).
 /// The executor answers once the partition's task has started writing it.
 pub async fn grant(located: &Located, schema: &Schema) -> Result<FlightEndpoint, Status> {
     use base64::Engine;
     let request = GrantRequest {
         partition: located.partition.clone(),
         schema: base64::engine::general_purpose::STANDARD
-            .encode(&lakelink_executor::results::schema_message(schema).data_header),
+            .encode(&lakelink_protocol::result::schema_message(schema).data_header),
     };
     let body = serde_json::to_vec(&request).map_err(|e| Status::internal(e.to_string()))?;
     let refused = |e: &dyn std::fmt::Display| {
@@ -245,7 +245,7 @@ mod tests {
         Located {
             host: "h".into(),
             port: 1,
-            partition: lakelink_executor::follow::ResultPartition {
+            partition: lakelink_protocol::follow::ResultPartition {
                 job_id: "j".into(),
                 stage_id: 2,
                 partition_id: 0,

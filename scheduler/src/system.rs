@@ -58,8 +58,8 @@ const TABLES: &[TrailTable] = &[
     },
     TrailTable {
         name: "nl_tasks",
-        schema: lakelink_udf::nl::task::schema,
-        read: |dir| lakelink_udf::nl::task::to_batch(&lakelink_udf::nl::task::read_all(dir)),
+        schema: lakelink_nl::task::schema,
+        read: |dir| lakelink_nl::task::to_batch(&lakelink_nl::task::read_all(dir)),
     },
 ];
 

@@ -13,8 +13,6 @@ pub mod codec;
 pub mod extensions;
 /// The `llm_*` SQL functions.
 pub mod functions;
-/// The NL compiler behind `nl_query`, `nl_filter` and `nl_sql`.
-pub mod nl;
 /// Planning rules for the `llm_*` functions.
 pub mod planner;
 

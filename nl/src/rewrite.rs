@@ -432,7 +432,7 @@ async fn accept(state: &SessionState, env: &NlEnv, question: &str, sql: &str) ->
     let Some(dir) = &env.metadata_dir else {
         return Err(DataFusionError::Plan("nl_accept: this lake has no metadata folder to keep examples in".into()));
     };
-    let options = crate::LlmOptions::from_config(state.config().options());
+    let options = lakelink_model::LlmOptions::from_config(state.config().options());
     let tables = knowledge::allowed_tables(state, &options.nl_tables).await?;
     let policy = Policy { tables, system: options.nl_system_tables };
     let checked = super::check::check_query(state, sql, &policy)

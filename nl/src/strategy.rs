@@ -304,7 +304,7 @@ mod tests {
         }
     }
 
-    /// Compares with `udf/tests/snapshots/<name>`; `UPDATE_SNAPSHOTS=1` rewrites it.
+    /// Compares with `nl/tests/snapshots/<name>`; `UPDATE_SNAPSHOTS=1` rewrites it.
     fn snapshot(name: &str, prompt: &Prompt) {
         let text =
             format!("=== system\n{}\n=== user\n{}\n=== max_tokens {}\n", prompt.system, prompt.user, prompt.max_tokens);

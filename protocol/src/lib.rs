@@ -1,0 +1,12 @@
+//! What a LakeLink scheduler and its executors exchange beyond Ballista's
+//! own protocol, so that neither depends on the other:
+//!
+//! * [`follow`]: a result partition read from the executor writing it, while
+//!   its task runs (the scheduler's reads);
+//! * [`result`]: a result on its way to a client: grants and client tickets
+//!   for results served by executors, and the rules a result message meets
+//!   to be sent as it lies.
+#![warn(missing_docs)]
+
+pub mod follow;
+pub mod result;
