@@ -63,7 +63,7 @@ fn marker(trail_dir: &str, query_id: &str) -> PathBuf {
 const CANCEL_POLL: Duration = Duration::from_millis(250);
 
 /// Cancels a query's model requests: in this process at once, in other
-/// processes within [`CANCEL_POLL`] through a marker in the trail folder.
+/// processes within a quarter of a second through a marker in the trail folder.
 pub fn cancel_query(trail_dir: &str, query_id: &str) {
     if query_id.is_empty() {
         return;

@@ -17,16 +17,57 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use ballista_core::JobId;
 use ballista_core::serde::protobuf::{JobStatus, job_status, task_status};
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::execution_graph::ExecutionGraph;
 use ballista_scheduler::state::execution_stage::ExecutionStage;
 use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::displayable;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use lakelink_protocol::follow::ResultPartition;
 use tokio::sync::{mpsc, watch};
+
+/// The Ballista scheduler in this process, as the query engine's cluster.
+#[derive(Clone)]
+pub struct BallistaJobs(pub SchedulerServer<LogicalPlanNode, PhysicalPlanNode>);
+
+#[async_trait]
+impl crate::query::Cluster for BallistaJobs {
+    async fn submit(&self, name: &str, state: &SessionState, plan: &LogicalPlan) -> Result<RunningJob> {
+        let scheduler = &self.0;
+        let ballista = |e: ballista_core::error::BallistaError| e.into_datafusion();
+        let ctx = scheduler
+            .state
+            .session_manager
+            .create_or_update_session(state.session_id(), state.config())
+            .await
+            .map_err(ballista)?;
+        let (subscriber, statuses) = mpsc::channel::<JobStatus>(16);
+        let job_id = scheduler.submit_job(name, ctx, plan, Some(subscriber)).await.map_err(ballista)?;
+        Ok(follow(scheduler.clone(), job_id, statuses))
+    }
+
+    fn cancel(&self, name: &str) {
+        let (scheduler, name) = (self.0.clone(), name.to_string());
+        tokio::spawn(async move {
+            let jobs = scheduler.state.task_manager.get_all_jobs().await.unwrap_or_default();
+            for job in jobs.into_iter().filter(|j| j.job_name == name) {
+                if let Err(e) = scheduler.cancel_job(job.job_id.clone()).await {
+                    tracing::warn!("cannot cancel job {}: {e}", job.job_id);
+                }
+            }
+        });
+    }
+
+    async fn task_slots(&self) -> usize {
+        let executors = self.0.state.executor_manager.get_executors_state().await.unwrap_or_default();
+        executors.iter().map(|(meta, _, _)| meta.specification.vcores as usize).sum()
+    }
+}
 
 /// The longest pause between two looks at a running job's graph.
 const MAX_POLL: Duration = Duration::from_millis(20);

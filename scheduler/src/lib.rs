@@ -20,10 +20,9 @@ pub mod job;
 pub mod query;
 /// A distributed query's result on its way to the client.
 pub mod result;
-/// Semi-join reduction: joins made cheaper by semi joins that run first
-/// (semi joins moved below inner joins, join inputs reduced to the keys a
-/// small relation holds).
-mod semi_join;
+/// Every plan rewrite made before a job is submitted (top-N, lookups,
+/// semi-join reduction) and the planner settings LakeLink changes.
+pub mod rewrite;
 /// The `system` schema (`system.model_calls`).
 pub mod system;
 
@@ -35,14 +34,11 @@ use axum::serve::ListenerExt;
 use ballista::prelude::SessionContextExt;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
-use ballista_core::serde::protobuf::JobStatus;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::create_scheduler;
-use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use lakelink_udf::Extensions;
@@ -125,7 +121,7 @@ impl SchedulerOptions {
             push_scheduling: true,
             target_partitions: 0,
             settings: Vec::new(),
-            top_n_narrowing_min_bytes: query::TOP_N_NARROWING_MIN_BYTES,
+            top_n_narrowing_min_bytes: rewrite::top_n::TOP_N_NARROWING_MIN_BYTES,
             semi_join_reduction: true,
             result_endpoints: ResultEndpoints::Scheduler,
         }
@@ -222,45 +218,16 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     let cluster = BallistaCluster::new_from_config(&config).await?;
     let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config).await?;
 
-    let cancel_job: query::JobCanceller = {
-        let scheduler = scheduler.clone();
-        Arc::new(move |name: String| {
-            let scheduler = scheduler.clone();
-            tokio::spawn(async move {
-                let jobs = scheduler.state.task_manager.get_all_jobs().await.unwrap_or_default();
-                for job in jobs.into_iter().filter(|j| j.job_name == name) {
-                    if let Err(e) = scheduler.cancel_job(job.job_id.clone()).await {
-                        tracing::warn!("cannot cancel job {}: {e}", job.job_id);
-                    }
-                }
-            });
-        })
+    let partitions = match options.target_partitions {
+        0 => query::Partitions::PerSlot,
+        n => query::Partitions::Fixed(n),
     };
-    let run_job: query::JobRunner = {
-        let scheduler = scheduler.clone();
-        Arc::new(move |name, session, plan| {
-            let scheduler = scheduler.clone();
-            Box::pin(async move { run_job(&scheduler, &name, session.session_id(), session.config(), &plan).await })
-        })
+    let rewrites = rewrite::Rewrites {
+        top_n_narrowing_min_bytes: options.top_n_narrowing_min_bytes,
+        semi_join_reduction: options.semi_join_reduction,
     };
-    let partitions = if options.target_partitions > 0 {
-        query::Partitions::Fixed(options.target_partitions)
-    } else {
-        let scheduler = scheduler.clone();
-        query::Partitions::PerSlot(Arc::new(move || {
-            let scheduler = scheduler.clone();
-            Box::pin(async move {
-                let executors = scheduler.state.executor_manager.get_executors_state().await.unwrap_or_default();
-                executors.iter().map(|(meta, _, _)| meta.specification.vcores as usize).sum()
-            })
-        }))
-    };
-    let engine = Arc::new(
-        query_engine(&ext, lake, addr, cancel_job, run_job, partitions, &options.settings)
-            .await?
-            .with_top_n_narrowing(options.top_n_narrowing_min_bytes)
-            .with_semi_join_reduction(options.semi_join_reduction),
-    );
+    let jobs = Arc::new(job::BallistaJobs(scheduler.clone()));
+    let engine = Arc::new(query_engine(&ext, lake, addr, jobs, partitions, rewrites, &options.settings).await?);
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
     if !options.auth.enabled() && !loopback {
@@ -318,97 +285,17 @@ fn no_delay(tcp: &mut tokio::net::TcpStream) {
     }
 }
 
-/// Submits `plan` to `scheduler` as job `name` of session `session_id` and
-/// answers the job, followed while it runs (see [`job`]).
-async fn run_job(
-    scheduler: &SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
-    name: &str,
-    session_id: &str,
-    config: &SessionConfig,
-    plan: &LogicalPlan,
-) -> datafusion::error::Result<job::RunningJob> {
-    let ballista = |e: ballista_core::error::BallistaError| e.into_datafusion();
-    let ctx = scheduler.state.session_manager.create_or_update_session(session_id, config).await.map_err(ballista)?;
-    let (subscriber, statuses) = tokio::sync::mpsc::channel::<JobStatus>(16);
-    let job_id = scheduler.submit_job(name, ctx, plan, Some(subscriber)).await.map_err(ballista)?;
-    Ok(job::follow(scheduler.clone(), job_id, statuses))
-}
-
-/// Settings LakeLink plans with instead of DataFusion's or Ballista's
-/// defaults; an operator's `--set` of the same key wins, except that
-/// [`catalog::FORCE_VIEW_TYPES`] cannot be turned on (see [`planning_config`]).
-///
-/// * [`catalog::FORCE_VIEW_TYPES`] off: Parquet strings are read as plain
-///   `Utf8`, not views whose shared page buffers would travel with every
-///   shuffled batch and Flight message (see `catalog::without_view_types`).
-/// * `ballista.optimizer.broadcast_join_threshold_rows` (Ballista: 1M): a join
-///   side estimated under 20M rows, and still under the 128 MiB byte threshold,
-///   is broadcast to every task instead of shuffling both sides. At TPC-H SF 10
-///   this changes the plans of Q3, Q12 and Q18 only; in Q3 the 32M `lineitem`
-///   rows on the other side no longer go through a shuffle (3.85 s to 1.96 s,
-///   measured interleaved with Ballista's value by `benches/ab_settings.sh`,
-///   results in `benches/results/broadcast-rows-sf10.txt`).
-/// * `ballista.optimizer.hash_join_max_build_partition_bytes` (Ballista: 64
-///   MiB): a shuffled join whose build side holds more than this in one
-///   partition runs as a sort-merge join (sorting both sides) instead of a
-///   hash join. At 64 MiB, TPC-H SF 10 Q7, Q9 (twice) and Q18 sorted `orders`
-///   or `lineitem` partitions of 90-435 MiB; at 1 GiB they hash, as
-///   single-process DataFusion does (Q9 9.78 s to 7.21 s, Q7 5.19 s to 5.00 s,
-///   Q18 17.0 s to 16.7 s, interleaved by `benches/ab_settings.sh`,
-///   `benches/results/hash-join-build-sf10.txt`). A hash join's build side
-///   cannot spill, so an executor needs memory for its largest one: the limit
-///   keeps that bounded.
-const DEFAULT_SETTINGS: &[(&str, &str)] = &[
-    (catalog::FORCE_VIEW_TYPES, "false"),
-    (ballista_core::config::BALLISTA_BROADCAST_JOIN_THRESHOLD_ROWS, "20000000"),
-    (ballista_core::config::BALLISTA_HASH_JOIN_MAX_BUILD_PARTITION_BYTES, "1073741824"),
-];
-
-/// The configuration every query is planned with: LakeLink's
-/// [`DEFAULT_SETTINGS`], then the operator's `settings` (`--set`) in order.
-/// Turning [`catalog::FORCE_VIEW_TYPES`] back on is refused: the lake catalog
-/// fixes every table's string columns as plain `Utf8` when it opens them, so
-/// the setting could not take effect.
-fn planning_config(settings: &[(String, String)]) -> Result<SessionConfig, SchedulerError> {
-    let mut config = SessionConfig::new_with_ballista()
-        .with_information_schema(true)
-        .with_default_catalog_and_schema(CATALOG, SCHEMA);
-    for (key, value) in DEFAULT_SETTINGS {
-        config.options_mut().set(key, value).map_err(|e| SchedulerError::Config(format!("{key}={value}: {e}")))?;
-    }
-    for (key, value) in settings {
-        if !(key.starts_with("datafusion.") || key.starts_with("ballista.")) {
-            return Err(SchedulerError::Config(format!(
-                "--set {key}={value}: only datafusion.* and ballista.* settings can be set this way"
-            )));
-        }
-        config
-            .options_mut()
-            .set(key, value)
-            .map_err(|e| SchedulerError::Config(format!("--set {key}={value}: {e}")))?;
-    }
-    if config.options().execution.parquet.schema_force_view_types {
-        return Err(SchedulerError::Config(format!(
-            "--set {}=true: lake tables are always read with plain Utf8 strings (view-typed strings would carry \
-             their shared Parquet page buffers into every shuffle file and Flight message), so this setting cannot \
-             be turned on",
-            catalog::FORCE_VIEW_TYPES
-        )));
-    }
-    Ok(config)
-}
-
 /// The planning sessions of the Flight SQL front door.
 async fn query_engine(
     ext: &Extensions,
     lake: Arc<LakeSchema>,
     addr: SocketAddr,
-    cancel_job: query::JobCanceller,
-    run_job: query::JobRunner,
+    cluster: Arc<dyn query::Cluster>,
     partitions: query::Partitions,
+    rewrites: rewrite::Rewrites,
     settings: &[(String, String)],
 ) -> Result<QueryEngine, SchedulerError> {
-    let config = planning_config(settings)?;
+    let config = rewrite::settings::planning_config(settings)?;
     let catalog = Arc::new(MemoryCatalogProvider::new());
     catalog.register_schema(SCHEMA, lake.clone())?;
     catalog.register_schema(system::SCHEMA, Arc::new(system::SystemSchema))?;
@@ -422,37 +309,6 @@ async fn query_engine(
     let local = SessionContext::new_with_config(ext.configure(config));
     ext.register_all(&local);
     local.register_catalog(CATALOG, catalog);
-    Ok(QueryEngine::new(distributed, local, lake, cancel_job, run_job, partitions))
+    Ok(QueryEngine::new(distributed, local, lake, cluster, partitions, rewrites))
 }
 
-#[cfg(test)]
-mod tests {
-    use ballista_core::config::{BALLISTA_BROADCAST_JOIN_THRESHOLD_ROWS, BallistaConfig};
-
-    use super::planning_config;
-
-    fn broadcast_rows(settings: &[(String, String)]) -> usize {
-        let config = planning_config(settings).unwrap();
-        config.options().extensions.get::<BallistaConfig>().unwrap().broadcast_join_threshold_rows()
-    }
-
-    #[test]
-    fn lakelink_defaults_apply_and_the_operator_overrides_them() {
-        assert!(!planning_config(&[]).unwrap().options().execution.parquet.schema_force_view_types);
-        assert_eq!(broadcast_rows(&[]), 20_000_000);
-        let config = planning_config(&[]).unwrap();
-        let ballista = config.options().extensions.get::<BallistaConfig>().unwrap();
-        assert_eq!(ballista.hash_join_max_build_partition_bytes(), 1 << 30);
-        let operator = [(BALLISTA_BROADCAST_JOIN_THRESHOLD_ROWS.to_string(), "1000000".to_string())];
-        assert_eq!(broadcast_rows(&operator), 1_000_000);
-    }
-
-    #[test]
-    fn view_typed_strings_cannot_be_turned_on() {
-        let operator = [(crate::catalog::FORCE_VIEW_TYPES.to_string(), "true".to_string())];
-        let err = planning_config(&operator).unwrap_err().to_string();
-        assert!(err.contains("schema_force_view_types=true") && err.contains("plain Utf8"), "{err}");
-        let off = [(crate::catalog::FORCE_VIEW_TYPES.to_string(), "false".to_string())];
-        assert!(planning_config(&off).is_ok());
-    }
-}

@@ -47,7 +47,7 @@ struct Args {
     /// at least this many bytes run in two passes: the first finds the N-th
     /// value of the first sort key, the second reads the other columns only
     /// where they can matter. 0: always; "never": never.
-    #[arg(long, default_value_t = lakelink_scheduler::query::TOP_N_NARROWING_MIN_BYTES, value_parser = parse_bytes_or_never)]
+    #[arg(long, default_value_t = lakelink_scheduler::rewrite::top_n::TOP_N_NARROWING_MIN_BYTES, value_parser = parse_bytes_or_never)]
     top_n_narrowing_min_bytes: u64,
     /// Semi and anti joins (EXISTS, NOT EXISTS, IN (subquery)) keeping the
     /// rows of a small side against a large one first keep only the large

@@ -217,7 +217,7 @@ fn replace_at(
 /// Whether computing `plan` twice could give other rows, or costs model
 /// calls: a volatile function or a model call anywhere in it.
 fn unrepeatable(plan: &LogicalPlan) -> bool {
-    crate::query::has_volatile(plan) || lakelink_udf::planner::plan_calls_model(plan)
+    super::top_n::has_volatile(plan) || lakelink_udf::planner::plan_calls_model(plan)
 }
 
 /// Whether `plan` reads a table (a relation made of values alone, or an

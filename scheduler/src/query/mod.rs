@@ -1,0 +1,375 @@
+//! The query engine behind the Flight SQL front door: plans SQL on a Ballista
+//! planning session (so every query runs as a distributed job), binds
+//! parameters, and streams results in the schema that was advertised. It
+//! knows nothing about gRPC (`flight_sql.rs` does).
+//!
+//! * [`session`]: the model settings each client connection changed;
+//! * [`params`]: `?` placeholders;
+//! * [`wire`]: the schema a client is promised;
+//! * [`route`]: where a statement runs (the cluster or here);
+//! * [`cluster`]: what the engine needs of the cluster;
+//! * the plan rewrites made before a job is submitted live in
+//!   [`crate::rewrite`].
+
+pub mod cluster;
+pub mod params;
+pub mod route;
+pub mod session;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DataFusionError, ParamValues, Result, ScalarValue};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionState;
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{LogicalPlan, Statement};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use lakelink_nl::NlEnv;
+
+pub use cluster::Cluster;
+pub use params::number_question_marks;
+pub use session::{SESSION_KEYS, SettingChange};
+pub use wire::result_schema;
+
+use crate::catalog::LakeSchema;
+use crate::job::RunningJob;
+use crate::rewrite::{Prepared, Rewrites};
+use route::reads_only_catalog;
+use session::Sessions;
+use wire::conform;
+
+/// The catalog name clients see.
+pub const CATALOG: &str = "lakelink";
+/// The schema holding the lake's tables.
+pub const SCHEMA: &str = "public";
+
+/// A query's result: a distributed job's (read from the executors while the
+/// job runs, see `crate::result`), or batches computed here.
+pub enum QueryResult {
+    /// The running job.
+    Job(RunningJob),
+    /// Batches in the advertised schema.
+    Batches(SendableRecordBatchStream),
+}
+
+/// How many partitions each stage of a query is split into.
+#[derive(Debug, Clone, Copy)]
+pub enum Partitions {
+    /// Always this many (`--target-partitions N`).
+    Fixed(usize),
+    /// As many as the executors registered when the query is planned have
+    /// task slots (at least 2), so every slot gets one share of each stage
+    /// and a stage costs one round of tasks.
+    PerSlot,
+}
+
+/// Plans and runs SQL for remote clients.
+pub struct QueryEngine {
+    /// A Ballista planning session: its physical planner submits jobs to the
+    /// scheduler.
+    distributed: SessionContext,
+    /// A local session over the same catalog, for queries that read only the
+    /// catalog itself (`information_schema`, `SHOW TABLES`): those tables live
+    /// in this process and need no cluster.
+    local: SessionContext,
+    lake: Arc<LakeSchema>,
+    sessions: Sessions,
+    cluster: Arc<dyn Cluster>,
+    /// What the NL compiler may use of the lake (its metadata folder).
+    nl: NlEnv,
+    partitions: Partitions,
+    rewrites: Rewrites,
+}
+
+impl QueryEngine {
+    /// An engine planning on `distributed`, answering catalog queries on
+    /// `local`, and running jobs on `cluster`.
+    pub fn new(
+        distributed: SessionContext,
+        local: SessionContext,
+        lake: Arc<LakeSchema>,
+        cluster: Arc<dyn Cluster>,
+        partitions: Partitions,
+        rewrites: Rewrites,
+    ) -> Self {
+        let nl = NlEnv { metadata_dir: Some(lake.root().join(crate::catalog::METADATA_DIR)) };
+        Self { distributed, local, lake, sessions: Sessions::default(), cluster, nl, partitions, rewrites }
+    }
+
+    /// If `sql` is `SET`/`RESET` of a model setting, applies it to the
+    /// client session `session` and says what changed; `None` for any other
+    /// statement.
+    pub async fn apply_setting(&self, session: &str, sql: &str) -> Result<Option<SettingChange>> {
+        let first = sql.split_whitespace().next().unwrap_or("");
+        if !(first.eq_ignore_ascii_case("SET") || first.eq_ignore_ascii_case("RESET")) {
+            return Ok(None);
+        }
+        let plan = self.distributed.state().create_logical_plan(sql).await?;
+        let (variable, value) = match plan {
+            LogicalPlan::Statement(Statement::SetVariable(set)) => (set.variable, Some(set.value)),
+            LogicalPlan::Statement(Statement::ResetVariable(reset)) => (reset.variable, None),
+            _ => return Ok(None),
+        };
+        let defaults = lakelink_model::LlmOptions::from_config(self.distributed.state().config().options());
+        self.sessions.apply(session, &variable, value, &defaults).map(Some)
+    }
+
+    /// The settings a client session changed, in key order.
+    pub fn session_settings(&self, session: &str) -> Vec<(String, String)> {
+        self.sessions.settings(session)
+    }
+
+    /// A session context for one query: the shared planning session with
+    /// the client's settings, the stage partition count and a fresh query id.
+    async fn query_context(&self, base: &SessionContext, settings: &[(String, String)]) -> Result<SessionContext> {
+        let partitions = match self.partitions {
+            Partitions::Fixed(n) => n,
+            Partitions::PerSlot => self.cluster.task_slots().await.max(2),
+        };
+        let mut state = base.state();
+        let options = state.config_mut().options_mut();
+        options.execution.target_partitions = partitions;
+        for (key, value) in settings {
+            options.set(key, value)?;
+        }
+        let query_id = uuid::Uuid::new_v4().to_string();
+        options.set("lakelink.llm.query_id", &query_id)?;
+        options.set(ballista_core::config::BALLISTA_JOB_NAME, &query_id)?;
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    /// The lake behind the engine.
+    pub fn lake(&self) -> &Arc<LakeSchema> {
+        &self.lake
+    }
+
+    /// Plans one read-only statement under a client's `settings`.
+    /// Parameters, if any, replace its placeholders (`$1`, `$2`, ... or `?`).
+    pub async fn plan(
+        &self,
+        sql: &str,
+        params: Option<&[ScalarValue]>,
+        settings: &[(String, String)],
+    ) -> Result<DataFrame> {
+        let sql = number_question_marks(sql)?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let ctx = self.query_context(&self.distributed, settings).await?;
+        let df = if lakelink_nl::mentions_nl(&sql) {
+            self.plan_nl(&ctx, &sql, options, settings).await?
+        } else {
+            ctx.sql_with_options(&sql, options).await.map_err(explain_refusal)?
+        };
+        let df = if reads_only_catalog(df.logical_plan()) {
+            self.query_context(&self.local, settings).await?.sql_with_options(&sql, options).await?
+        } else {
+            df
+        };
+        match params {
+            Some(values) => df.with_param_values(ParamValues::from(values.to_vec())),
+            None => {
+                let missing = df.logical_plan().get_parameter_names()?;
+                if missing.is_empty() {
+                    Ok(df)
+                } else {
+                    Err(DataFusionError::Plan(format!(
+                        "the statement has {} parameter placeholder(s) but no values were bound",
+                        missing.len()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Plans a statement that calls `nl_*` functions: they are compiled
+    /// into SQL first (see `lakelink_nl`). EXPLAIN of such a statement
+    /// starts with one row per call showing the question and its SQL.
+    async fn plan_nl(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        options: SQLOptions,
+        settings: &[(String, String)],
+    ) -> Result<DataFrame> {
+        let state = ctx.state();
+        let (plan, compiled) = self.expand_nl(&state, sql).await?;
+        options.verify_plan(&plan).map_err(explain_refusal)?;
+        let df = DataFrame::new(state, plan);
+        if !matches!(df.logical_plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) || compiled.is_empty() {
+            return Ok(df);
+        }
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let mut rows: Vec<(String, String)> = compiled
+            .iter()
+            .map(|c| {
+                let source = if c.cache_hit { "cache" } else { c.model.as_str() };
+                (c.function.clone(), format!("question: {}\nsql: {}\nfrom: {source}", c.question, c.sql))
+            })
+            .collect();
+        let mut batches = df.collect().await?;
+        if schema.fields().len() == 2 {
+            let (kinds, texts): (Vec<String>, Vec<String>) = rows.drain(..).unzip();
+            let nl = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(datafusion::arrow::array::StringArray::from(kinds)),
+                    Arc::new(datafusion::arrow::array::StringArray::from(texts)),
+                ],
+            )?;
+            batches.insert(0, nl);
+        }
+        self.query_context(&self.local, settings).await?.read_batches(batches)
+    }
+
+    /// Compiles the `nl_*` calls of `sql` into SQL and plans the result;
+    /// also says what each call compiled to.
+    async fn expand_nl(&self, state: &SessionState, sql: &str) -> Result<(LogicalPlan, Vec<lakelink_nl::Compiled>)> {
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut statement = state.sql_to_statement(sql, &dialect)?;
+        let compiled = lakelink_nl::expand(state, &self.nl, &mut statement).await?;
+        let plan = state.statement_to_plan(statement).await.map_err(explain_refusal)?;
+        Ok((plan, compiled))
+    }
+
+    /// The parameters a statement takes, in order, as an Arrow schema
+    /// (`$1`, `$2`, ...); the type is `Null` where the planner could not infer it.
+    /// `nl_*` calls are compiled first, under the client's `settings` (the
+    /// compiled SQL is remembered, so planning the statement again reuses it).
+    pub async fn parameter_schema(&self, sql: &str, settings: &[(String, String)]) -> Result<Schema> {
+        let sql = number_question_marks(sql)?;
+        let plan = if lakelink_nl::mentions_nl(&sql) {
+            self.expand_nl(&self.query_context(&self.distributed, settings).await?.state(), &sql).await?.0
+        } else {
+            self.distributed.state().create_logical_plan(&sql).await?
+        };
+        let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+        let mut names: Vec<&String> = types.keys().collect();
+        names.sort_by_key(|n| n.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
+        Ok(Schema::new(
+            names
+                .into_iter()
+                .map(|n| Field::new(n, types[n].clone().unwrap_or(DataType::Null), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Runs a planned statement. Batches carry exactly `schema`; result files
+    /// hold batches of the same column types (`conform` relabels them).
+    /// A client that goes away before the job ends (cancels, disconnects)
+    /// cancels the query: its distributed job and its model requests; so does
+    /// one that stops reading batches computed here before their end.
+    ///
+    /// A distributed job is submitted to the scheduler in this process and
+    /// answered while it runs, so that its result's messages can reach the
+    /// client as the executors write them. Statements Ballista answers
+    /// without a job of its own (catalog reads, `EXPLAIN ANALYZE`, an empty
+    /// relation) run through its planner as before.
+    pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<QueryResult> {
+        match self.job_or_here(df).await? {
+            Ok(job) => Ok(QueryResult::Job(job)),
+            Err((df, guard)) => self.execute_here(df, schema, guard).await,
+        }
+    }
+
+    /// Submits `df` as a distributed job, as [`QueryEngine::execute`] does,
+    /// and answers the running job; `None`, without running anything, for a
+    /// statement Ballista answers without a job of its own.
+    pub async fn run_as_job(&self, df: DataFrame) -> Result<Option<RunningJob>> {
+        Ok(match self.job_or_here(df).await? {
+            Ok(job) => Some(job),
+            Err((_, mut guard)) => {
+                guard.finished = true; // nothing was started
+                None
+            }
+        })
+    }
+
+    /// The running job of `df` submitted as a distributed job (dropped
+    /// before it ends, it cancels the query), or (unrun) the statement to run
+    /// here with the guard that cancels it.
+    async fn job_or_here(&self, df: DataFrame) -> Result<std::result::Result<RunningJob, (DataFrame, CancelOnDrop)>> {
+        let options = lakelink_model::LlmOptions::from_config(df.task_ctx().session_config().options());
+        let mut guard = CancelOnDrop {
+            query_id: options.query_id.clone(),
+            trail_dir: options.trail_dir.clone(),
+            cluster: self.cluster.clone(),
+            finished: false,
+        };
+        let (state, plan) = match self.rewrites.for_cluster(&self.lake, df).await? {
+            Prepared::Cluster(state, plan) => (*state, plan),
+            Prepared::Here(df) => return Ok(Err((df, guard))),
+        };
+        let mut job = self.cluster.submit(&options.query_id, &state, &plan).await?;
+        // From here on the job's handle cancels the query when abandoned.
+        guard.finished = true;
+        job.on_abandon(move || guard.cancel());
+        Ok(Ok(job))
+    }
+
+    /// Runs a statement through DataFusion's (and Ballista's) planner here.
+    async fn execute_here(&self, df: DataFrame, schema: SchemaRef, mut guard: CancelOnDrop) -> Result<QueryResult> {
+        let stream = df.execute_stream().await?;
+        let conformed = {
+            let schema = schema.clone();
+            stream.map(move |batch| conform(batch?, &schema)).chain(futures::stream::poll_fn(move |_| {
+                // Borrowing the whole guard moves it into the closure, so
+                // it lives (and can cancel) as long as the stream.
+                let guard = &mut guard;
+                guard.finished = true;
+                std::task::Poll::Ready(None)
+            }))
+        };
+        Ok(QueryResult::Batches(Box::pin(RecordBatchStreamAdapter::new(schema, conformed))))
+    }
+}
+
+/// Cancels a query whose result stream is dropped before its end.
+struct CancelOnDrop {
+    query_id: String,
+    trail_dir: String,
+    cluster: Arc<dyn Cluster>,
+    finished: bool,
+}
+
+impl CancelOnDrop {
+    /// Cancels the query: its distributed job and its model requests.
+    fn cancel(&self) {
+        if !self.query_id.is_empty() {
+            tracing::info!("query {} abandoned by its client: cancelling it", self.query_id);
+            lakelink_model::engine::cancel_query(&self.trail_dir, &self.query_id);
+            self.cluster.cancel(&self.query_id);
+        }
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancel();
+        }
+    }
+}
+
+/// Says plainly why a statement was refused.
+fn explain_refusal(err: DataFusionError) -> DataFusionError {
+    let text = err.to_string();
+    if text.contains("DDL not supported") || text.contains("DML not supported") {
+        DataFusionError::Plan(
+            "LakeLink serves read-only queries: statements that create, change or delete data are refused".into(),
+        )
+    } else if text.contains("Statement not supported") {
+        DataFusionError::Plan(
+            "statements such as PREPARE or transactions are not supported over Flight SQL; use a query \
+             (SET and RESET accept model settings, lakelink.llm.<key>)"
+                .into(),
+        )
+    } else {
+        err
+    }
+}
