@@ -60,115 +60,308 @@ pub const DEFAULT_EMBEDDER_DIR: &str = "all-minilm-l6-v2";
 /// The sha256 of the default embedder's `model.safetensors`.
 pub const DEFAULT_EMBEDDER_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
 
-/// The model settings of a session: `lakelink.llm.<key>`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlmOptions {
-    /// `local` (default) or `openai`.
-    pub backend: Backend,
-    /// Generative model: a GGUF file (absolute, or relative to `models_dir`)
-    /// for `local`, a model name for `openai`. Empty: the default model.
-    pub model: String,
-    /// Embedding model: a folder with `model.safetensors`, `config.json` and
-    /// `tokenizer.json` for `local`, a model name for `openai`. Empty: the default.
-    pub embedding_model: String,
-    /// The OpenAI-compatible base URL, such as `http://127.0.0.1:8080/v1`.
-    pub base_url: String,
-    /// The environment variable holding the API key (read by each process).
-    pub api_key_env: String,
-    /// Where the default local models live (filled by `scripts/fetch-models.sh`).
-    pub models_dir: String,
-    /// Time limit of one model request, in milliseconds.
-    pub timeout_ms: u64,
-    /// Retries of a request that failed with 429, 5xx or a connection error.
-    pub retries: u32,
-    /// Model requests in flight at once, per process.
-    pub concurrency: usize,
-    /// Rows sent in one request, for functions that allow several; 0 (the
-    /// default) picks 1 for the local backend, whose prompt cache makes
-    /// single rows the fastest and most accurate, and 8 for `openai`.
-    pub batch_size: usize,
-    /// The largest answer of one request, in tokens.
-    pub max_output_tokens: u32,
-    /// `fail` (default) or `null`: what an unusable answer does.
-    pub on_error: OnError,
-    /// Budget: model requests one query may make (per process).
-    pub max_calls: u64,
-    /// Budget: prompt plus completion tokens one query may spend (per process).
-    pub max_tokens: u64,
-    /// Whether answers are cached on disk across queries.
-    pub cache: bool,
-    /// The answer cache folder.
-    pub cache_dir: String,
-    /// The folder where every process appends its model-call trail.
-    pub trail_dir: String,
-    /// Threads of the local model.
-    pub threads: usize,
-    /// Whether the local models run in the host's model process (the
-    /// default) or inside this process (a native fault in a model then ends
-    /// this process; for measurements and debugging only).
-    pub model_process: bool,
-    /// Dimensions of `llm_embed`'s vectors (384 for the default embedder).
-    pub embedding_dim: usize,
-    /// Whether client sessions may point `base_url` at another endpoint
-    /// (off by default: the scheduler's executors would send requests, with
-    /// row data, wherever a client says).
-    pub allow_session_endpoints: bool,
-    /// Set by the scheduler for each query; names the query in the trail and
-    /// scopes dedupe and budgets.
-    pub query_id: String,
-    /// NL compiler: attempts per question (the first plus repairs).
-    pub nl_attempts: u32,
-    /// NL compiler: `pipeline` (retrieval, hints, repair; the default) or
-    /// `plain` (the whole schema, one attempt).
-    pub nl_strategy: String,
-    /// NL compiler ensemble: models tried in order until one succeeds
-    /// (comma-separated; empty: `model` alone).
-    pub nl_models: String,
-    /// NL compiler: candidates voted by their results (1: no vote).
-    pub nl_vote: u32,
-    /// NL compiler: most tables put in one prompt.
-    pub nl_max_tables: usize,
-    /// NL compiler: tables generated SQL may read (comma-separated; empty: every lake table).
-    pub nl_tables: String,
-    /// NL compiler: whether generated SQL may read `system` and `information_schema` tables.
-    pub nl_system_tables: bool,
+/// Who may set a setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// A client session (`SET lakelink.llm.<key>`), and the operator.
+    Session,
+    /// Only the operator: the config file's `[llm]` table or a
+    /// `LAKELINK_LLM_<KEY>` variable of the process.
+    Operator,
+    /// The scheduler, for each query.
+    Scheduler,
 }
 
-/// The keys a user may set, with their descriptions.
-pub const KEYS: &[(&str, &str)] = &[
-    ("backend", "Where the model runs: local (GGUF on this CPU) or openai (an OpenAI-compatible endpoint)"),
-    ("model", "Generative model: a GGUF file for local, a model name for openai; empty for the default"),
-    ("embedding_model", "Embedding model: a folder for local, a model name for openai; empty for the default"),
-    ("base_url", "OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1"),
-    ("api_key_env", "Environment variable holding the API key (never sent to other processes)"),
-    ("models_dir", "Folder of the default local models"),
-    ("timeout_ms", "Time limit of one model request in milliseconds"),
-    ("retries", "Retries of a request failing with 429, 5xx or a connection error"),
-    ("concurrency", "Model requests in flight at once, per process"),
-    ("batch_size", "Rows sent in one request where the function allows several; 0: 1 for local, 8 for openai"),
-    ("max_output_tokens", "Largest answer of one request, in tokens"),
-    ("on_error", "What an unusable model answer does: fail (the query fails) or null"),
-    ("max_calls", "Budget: model requests one query may make, per process"),
-    ("max_tokens", "Budget: tokens one query may spend, per process"),
-    ("cache", "Cache answers on disk across queries: true or false"),
-    ("cache_dir", "Answer cache folder"),
-    ("trail_dir", "Folder of the model-call trail read by system.model_calls"),
-    ("threads", "CPU threads of the local model"),
-    (
-        "model_process",
-        "Run the local models in the host's model process (true) or in each process (false; a fault there ends the process)",
-    ),
-    ("embedding_dim", "Dimensions of llm_embed vectors"),
-    ("allow_session_endpoints", "Whether sessions may SET base_url: true or false"),
-    ("query_id", "Set by the scheduler for each query"),
-    ("nl_attempts", "NL compiler: attempts per question, the first plus repairs"),
-    ("nl_strategy", "NL compiler: pipeline (retrieval, hints, repair) or plain (whole schema, one attempt)"),
-    ("nl_models", "NL compiler: models tried in order until one succeeds, comma-separated; empty: model"),
-    ("nl_vote", "NL compiler: candidates voted by their results; 1: no vote"),
-    ("nl_max_tables", "NL compiler: most tables in one prompt"),
-    ("nl_tables", "NL compiler: tables generated SQL may read, comma-separated; empty: every lake table"),
-    ("nl_system_tables", "NL compiler: whether generated SQL may read system and information_schema: true or false"),
-];
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Who::Session => "session",
+            Who::Operator => "operator",
+            Who::Scheduler => "scheduler",
+        })
+    }
+}
+
+/// One setting as documented: key, meaning, default and who may set it.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingDoc {
+    /// The key without the `lakelink.llm.` prefix.
+    pub key: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+    /// Who may set it.
+    pub who: Who,
+    /// The default as documented, where it depends on the machine.
+    pub default_doc: Option<&'static str>,
+}
+
+/// A value a setting can hold, read from and written as text.
+pub trait SettingValue: Sized {
+    /// Reads `text` for `key`, or says what was expected.
+    fn parse_setting(key: &str, text: &str) -> Result<Self>;
+    /// The value as text.
+    fn show(&self) -> String;
+}
+
+impl SettingValue for String {
+    fn parse_setting(_: &str, text: &str) -> Result<Self> {
+        Ok(text.trim().to_string())
+    }
+    fn show(&self) -> String {
+        self.clone()
+    }
+}
+
+impl SettingValue for bool {
+    fn parse_setting(key: &str, text: &str) -> Result<Self> {
+        parse(key, &text.trim().to_ascii_lowercase(), "true or false")
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+macro_rules! whole_numbers {
+    ($($t:ty),*) => {$(
+        impl SettingValue for $t {
+            fn parse_setting(key: &str, text: &str) -> Result<Self> {
+                parse(key, text, "a whole number")
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+whole_numbers!(u32, u64, usize);
+
+impl SettingValue for Backend {
+    fn parse_setting(key: &str, text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "local" => Ok(Backend::Local),
+            "openai" => Ok(Backend::OpenAi),
+            _ => Err(invalid(key, text, "'local' or 'openai'")),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl SettingValue for OnError {
+    fn parse_setting(key: &str, text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "fail" => Ok(OnError::Fail),
+            "null" => Ok(OnError::Null),
+            _ => Err(invalid(key, text, "'fail' or 'null'")),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Declares every model setting once: its field and doc, its default, who
+/// may set it, and an optional check of a new value (it may also change the
+/// value, such as capping it). Everything else (the struct, `Default`,
+/// `set_key`, `get_key`, [`SETTINGS`], the session keys and the generated
+/// reference `docs/config.md`) is derived from the declaration.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $key:ident: $ty:ty = $default:expr, $who:ident
+        $(, default_doc = $default_doc:literal)?
+        $(, check = $check:expr)?;
+    )*) => {
+        /// The model settings of a session: `lakelink.llm.<key>`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct LlmOptions {
+            $( $(#[doc = $doc])+ pub $key: $ty, )*
+        }
+
+        impl Default for LlmOptions {
+            fn default() -> Self {
+                Self { $( $key: $default, )* }
+            }
+        }
+
+        /// Every setting, as documented.
+        pub const SETTINGS: &[SettingDoc] = &[
+            $( SettingDoc {
+                key: stringify!($key),
+                doc: concat!($($doc, "\n"),+),
+                who: Who::$who,
+                default_doc: settings!(@default_doc $($default_doc)?),
+            }, )*
+        ];
+
+        impl LlmOptions {
+            /// Sets one key (without the `lakelink.llm.` prefix), checking the value.
+            pub fn set_key(&mut self, key: &str, value: &str) -> Result<()> {
+                match key {
+                    $( stringify!($key) => {
+                        let parsed = <$ty as SettingValue>::parse_setting(key, value)?;
+                        $( let parsed = ($check)(key, value, parsed)?; )?
+                        self.$key = parsed;
+                    } )*
+                    _ => {
+                        let known: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+                        return Err(DataFusionError::Configuration(format!(
+                            "unknown setting lakelink.llm.{key}; known settings: {}",
+                            known.join(", ")
+                        )));
+                    }
+                }
+                Ok(())
+            }
+
+            /// The value of one key as text.
+            pub fn get_key(&self, key: &str) -> Option<String> {
+                match key {
+                    $( stringify!($key) => Some(SettingValue::show(&self.$key)), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+    (@default_doc $d:literal) => { Some($d) };
+    (@default_doc) => { None };
+}
+
+/// The keys a client session may set.
+pub fn session_keys() -> impl Iterator<Item = &'static str> {
+    SETTINGS.iter().filter(|s| s.who == Who::Session).map(|s| s.key)
+}
+
+/// The documentation of one key.
+pub fn setting(key: &str) -> Option<&'static SettingDoc> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
+
+type Checked<T> = Result<T>;
+
+fn positive<T: Copy + PartialOrd + Default>(key: &str, text: &str, v: T) -> Checked<T> {
+    if v > T::default() { Ok(v) } else { Err(invalid(key, text, "a positive whole number")) }
+}
+
+fn at_most<T: Copy + PartialOrd + Default>(cap: T) -> impl Fn(&str, &str, T) -> Checked<T> {
+    move |key, text, v| Ok(if positive(key, text, v)? > cap { cap } else { v })
+}
+
+fn one_of(allowed: &'static [&'static str]) -> impl Fn(&str, &str, String) -> Checked<String> {
+    move |key, text, v| {
+        let v = v.to_ascii_lowercase();
+        if allowed.contains(&v.as_str()) {
+            Ok(v)
+        } else {
+            let quoted: Vec<String> = allowed.iter().map(|a| format!("'{a}'")).collect();
+            Err(invalid(key, text, &quoted.join(" or ")))
+        }
+    }
+}
+
+fn http_url(key: &str, text: &str, v: String) -> Checked<String> {
+    if v.starts_with("http://") || v.starts_with("https://") {
+        Ok(v.trim_end_matches('/').to_string())
+    } else {
+        Err(invalid(key, text, "an http:// or https:// URL"))
+    }
+}
+
+fn list(lower: bool) -> impl Fn(&str, &str, String) -> Checked<String> {
+    move |_, _, v| {
+        let items: Vec<String> = v
+            .split(',')
+            .map(|t| if lower { t.trim().to_ascii_lowercase() } else { t.trim().to_string() })
+            .filter(|t| !t.is_empty())
+            .collect();
+        Ok(items.join(","))
+    }
+}
+
+settings! {
+    /// Where the model runs: `local` (a GGUF model on this machine's CPU, in
+    /// the host's model process) or `openai` (an OpenAI-compatible endpoint).
+    backend: Backend = Backend::Local, Session;
+    /// Generative model: a GGUF file in `models_dir` for `local`, a model name
+    /// for `openai`. Empty: the default model.
+    model: String = String::new(), Session;
+    /// Embedding model: a folder in `models_dir` with `model.safetensors`,
+    /// `config.json` and `tokenizer.json` for `local`, a model name for
+    /// `openai`. Empty: the default.
+    embedding_model: String = String::new(), Session;
+    /// The OpenAI-compatible base URL, such as `http://127.0.0.1:8080/v1`.
+    /// Sessions may change it only where `allow_session_endpoints` is on.
+    base_url: String = "http://127.0.0.1:8080/v1".into(), Session, check = http_url;
+    /// The environment variable holding the API key, read by each process
+    /// for itself; the key never travels with a query.
+    api_key_env: String = "OPENAI_API_KEY".into(), Operator;
+    /// Where the default local models live (filled by `scripts/fetch-models.sh`).
+    models_dir: String = home_cache().join("models").display().to_string(), Operator,
+        default_doc = "~/.cache/lakelink/models";
+    /// Time limit of one model request, in milliseconds.
+    timeout_ms: u64 = 60_000, Session, check = positive;
+    /// Retries of a request that failed with 429, 5xx or a connection error.
+    retries: u32 = 3, Session;
+    /// Model requests in flight at once, per process.
+    concurrency: usize = 8, Session, check = positive;
+    /// Rows sent in one request, for functions that allow several; 0 (the
+    /// default): one row for closed answers (filter, classify: their answer
+    /// probabilities need it) and for the local backend, 8 for `openai`.
+    batch_size: usize = 0, Session, check = |_: &str, _: &str, v: usize| Ok::<_, DataFusionError>(v.min(64));
+    /// The largest answer of one request, in tokens.
+    max_output_tokens: u32 = 256, Session, check = at_most(32_768u32);
+    /// What an unusable model answer does: `fail` (the query fails with the
+    /// reason) or `null` (those rows get NULL).
+    on_error: OnError = OnError::Fail, Session;
+    /// Budget: model requests one query may make, per process.
+    max_calls: u64 = 10_000, Session, check = positive;
+    /// Budget: prompt plus completion tokens one query may spend, per process.
+    max_tokens: u64 = 5_000_000, Session, check = positive;
+    /// Whether answers are cached on disk across queries (and recent answers
+    /// of the model process reused).
+    cache: bool = true, Session;
+    /// The answer cache folder.
+    cache_dir: String = home_cache().join("llm-cache").display().to_string(), Operator,
+        default_doc = "~/.cache/lakelink/llm-cache";
+    /// The folder where every process appends its model-call trail
+    /// (`system.model_calls`, `system.nl_tasks`).
+    trail_dir: String = home_cache().join("trail").display().to_string(), Operator,
+        default_doc = "~/.cache/lakelink/trail";
+    /// CPU threads of the local generative model (in the model process).
+    threads: usize = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8), Operator,
+        default_doc = "the machine's cores, at most 8", check = at_most(256usize);
+    /// Whether the local models run in the host's model process (`true`) or
+    /// inside each process (`false`: a native fault in a model then ends
+    /// that process; for measurements and debugging only).
+    model_process: bool = true, Operator;
+    /// Dimensions of `llm_embed`'s vectors (384 for the default embedder).
+    embedding_dim: usize = 384, Operator, check = at_most(65_536usize);
+    /// Whether client sessions may point `base_url` at another endpoint (off:
+    /// the executors would send requests, with row data, wherever a client says).
+    allow_session_endpoints: bool = false, Operator;
+    /// Names the query in the trail and scopes dedupe and budgets; set by the
+    /// scheduler for each query.
+    query_id: String = String::new(), Scheduler;
+    /// NL compiler: attempts per question (the first plus repairs).
+    nl_attempts: u32 = 3, Session, check = at_most(10u32);
+    /// NL compiler: `pipeline` (retrieval, hints, repair) or `plain` (the
+    /// whole schema, one attempt).
+    nl_strategy: String = "pipeline".into(), Session, check = one_of(&["pipeline", "plain"]);
+    /// NL compiler: models tried in order until one succeeds
+    /// (comma-separated; empty: `model` alone).
+    nl_models: String = String::new(), Session, check = list(false);
+    /// NL compiler: candidates voted by their results (1: no vote).
+    nl_vote: u32 = 1, Session, check = at_most(9u32);
+    /// NL compiler: most tables put in one prompt.
+    nl_max_tables: usize = 5, Session, check = at_most(64usize);
+    /// NL compiler: tables generated SQL may read (comma-separated; empty:
+    /// every lake table).
+    nl_tables: String = String::new(), Operator, check = list(true);
+    /// NL compiler: whether generated SQL may read the `system` and
+    /// `information_schema` tables.
+    nl_system_tables: bool = false, Operator;
+}
 
 fn home_cache() -> PathBuf {
     if let Some(dir) = std::env::var_os("LAKELINK_CACHE") {
@@ -176,44 +369,6 @@ fn home_cache() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("lakelink")
-}
-
-impl Default for LlmOptions {
-    fn default() -> Self {
-        let cache = home_cache();
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
-        Self {
-            backend: Backend::Local,
-            model: String::new(),
-            embedding_model: String::new(),
-            base_url: "http://127.0.0.1:8080/v1".into(),
-            api_key_env: "OPENAI_API_KEY".into(),
-            models_dir: cache.join("models").display().to_string(),
-            timeout_ms: 60_000,
-            retries: 3,
-            concurrency: 8,
-            batch_size: 0,
-            max_output_tokens: 256,
-            on_error: OnError::Fail,
-            max_calls: 10_000,
-            max_tokens: 5_000_000,
-            cache: true,
-            cache_dir: cache.join("llm-cache").display().to_string(),
-            trail_dir: cache.join("trail").display().to_string(),
-            threads,
-            model_process: true,
-            embedding_dim: 384,
-            allow_session_endpoints: false,
-            query_id: String::new(),
-            nl_attempts: 3,
-            nl_strategy: "pipeline".into(),
-            nl_models: String::new(),
-            nl_vote: 1,
-            nl_max_tables: 5,
-            nl_tables: String::new(),
-            nl_system_tables: false,
-        }
-    }
 }
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T> {
@@ -224,125 +379,7 @@ fn invalid(key: &str, value: &str, what: &str) -> DataFusionError {
     DataFusionError::Configuration(format!("lakelink.llm.{key} = '{value}' is not valid: expected {what}"))
 }
 
-fn positive(key: &str, value: &str) -> Result<u64> {
-    match parse::<u64>(key, value, "a positive whole number")? {
-        0 => Err(invalid(key, value, "a positive whole number")),
-        n => Ok(n),
-    }
-}
-
 impl LlmOptions {
-    /// Sets one key (without the `lakelink.llm.` prefix), checking the value.
-    pub fn set_key(&mut self, key: &str, value: &str) -> Result<()> {
-        let v = value.trim();
-        match key {
-            "backend" => {
-                self.backend = match v.to_ascii_lowercase().as_str() {
-                    "local" => Backend::Local,
-                    "openai" => Backend::OpenAi,
-                    _ => return Err(invalid(key, value, "'local' or 'openai'")),
-                }
-            }
-            "model" => self.model = v.to_string(),
-            "embedding_model" => self.embedding_model = v.to_string(),
-            "base_url" => {
-                if !(v.starts_with("http://") || v.starts_with("https://")) {
-                    return Err(invalid(key, value, "an http:// or https:// URL"));
-                }
-                self.base_url = v.trim_end_matches('/').to_string()
-            }
-            "api_key_env" => self.api_key_env = v.to_string(),
-            "models_dir" => self.models_dir = v.to_string(),
-            "timeout_ms" => self.timeout_ms = positive(key, value)?,
-            "retries" => self.retries = parse(key, value, "a whole number")?,
-            "concurrency" => self.concurrency = positive(key, value)? as usize,
-            "batch_size" => self.batch_size = parse::<usize>(key, value, "a whole number (0: automatic)")?.min(64),
-            "max_output_tokens" => self.max_output_tokens = positive(key, value)?.min(32_768) as u32,
-            "on_error" => {
-                self.on_error = match v.to_ascii_lowercase().as_str() {
-                    "fail" => OnError::Fail,
-                    "null" => OnError::Null,
-                    _ => return Err(invalid(key, value, "'fail' or 'null'")),
-                }
-            }
-            "max_calls" => self.max_calls = positive(key, value)?,
-            "max_tokens" => self.max_tokens = positive(key, value)?,
-            "cache" => self.cache = parse(key, &v.to_ascii_lowercase(), "true or false")?,
-            "cache_dir" => self.cache_dir = v.to_string(),
-            "trail_dir" => self.trail_dir = v.to_string(),
-            "threads" => self.threads = positive(key, value)?.min(256) as usize,
-            "model_process" => self.model_process = parse(key, &v.to_ascii_lowercase(), "true or false")?,
-            "embedding_dim" => self.embedding_dim = positive(key, value)?.min(65_536) as usize,
-            "allow_session_endpoints" => {
-                self.allow_session_endpoints = parse(key, &v.to_ascii_lowercase(), "true or false")?
-            }
-            "query_id" => self.query_id = v.to_string(),
-            "nl_attempts" => self.nl_attempts = positive(key, value)?.min(10) as u32,
-            "nl_strategy" => {
-                self.nl_strategy = match v.to_ascii_lowercase().as_str() {
-                    s @ ("pipeline" | "plain") => s.to_string(),
-                    _ => return Err(invalid(key, value, "'pipeline' or 'plain'")),
-                }
-            }
-            "nl_models" => {
-                let models: Vec<&str> = v.split(',').map(str::trim).filter(|m| !m.is_empty()).collect();
-                self.nl_models = models.join(",")
-            }
-            "nl_vote" => self.nl_vote = positive(key, value)?.min(9) as u32,
-            "nl_max_tables" => self.nl_max_tables = positive(key, value)?.min(64) as usize,
-            "nl_tables" => {
-                let tables: Vec<String> =
-                    v.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
-                self.nl_tables = tables.join(",")
-            }
-            "nl_system_tables" => self.nl_system_tables = parse(key, &v.to_ascii_lowercase(), "true or false")?,
-            _ => {
-                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-                return Err(DataFusionError::Configuration(format!(
-                    "unknown setting lakelink.llm.{key}; known settings: {}",
-                    known.join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// The value of one key as text.
-    pub fn get_key(&self, key: &str) -> Option<String> {
-        Some(match key {
-            "backend" => self.backend.to_string(),
-            "model" => self.model.clone(),
-            "embedding_model" => self.embedding_model.clone(),
-            "base_url" => self.base_url.clone(),
-            "api_key_env" => self.api_key_env.clone(),
-            "models_dir" => self.models_dir.clone(),
-            "timeout_ms" => self.timeout_ms.to_string(),
-            "retries" => self.retries.to_string(),
-            "concurrency" => self.concurrency.to_string(),
-            "batch_size" => self.batch_size.to_string(),
-            "max_output_tokens" => self.max_output_tokens.to_string(),
-            "on_error" => self.on_error.to_string(),
-            "max_calls" => self.max_calls.to_string(),
-            "max_tokens" => self.max_tokens.to_string(),
-            "cache" => self.cache.to_string(),
-            "cache_dir" => self.cache_dir.clone(),
-            "trail_dir" => self.trail_dir.clone(),
-            "threads" => self.threads.to_string(),
-            "model_process" => self.model_process.to_string(),
-            "embedding_dim" => self.embedding_dim.to_string(),
-            "allow_session_endpoints" => self.allow_session_endpoints.to_string(),
-            "query_id" => self.query_id.clone(),
-            "nl_attempts" => self.nl_attempts.to_string(),
-            "nl_strategy" => self.nl_strategy.clone(),
-            "nl_models" => self.nl_models.clone(),
-            "nl_vote" => self.nl_vote.to_string(),
-            "nl_max_tables" => self.nl_max_tables.to_string(),
-            "nl_tables" => self.nl_tables.clone(),
-            "nl_system_tables" => self.nl_system_tables.to_string(),
-            _ => return None,
-        })
-    }
-
     /// The options of a running query: the session's, or the process
     /// defaults where the session carries none.
     pub fn from_config(config: &ConfigOptions) -> LlmOptions {
@@ -495,13 +532,14 @@ impl ExtensionOptions for LlmOptions {
     }
 
     fn entries(&self) -> Vec<ConfigEntry> {
-        KEYS.iter()
-            .map(|(key, description)| ConfigEntry {
+        SETTINGS
+            .iter()
+            .map(|s| ConfigEntry {
                 // Extension entries carry their full key: Ballista sends
                 // these pairs to executors, which `set` them back.
-                key: format!("{}.llm.{key}", Self::PREFIX),
-                value: self.get_key(key),
-                description,
+                key: format!("{}.llm.{}", Self::PREFIX, s.key),
+                value: self.get_key(s.key),
+                description: s.doc,
             })
             .collect()
     }
@@ -518,9 +556,15 @@ mod tests {
     #[test]
     fn set_and_get_round_trip() {
         let mut o = LlmOptions::default();
-        for (key, _) in KEYS {
+        for setting in SETTINGS {
+            let key = setting.key;
             let value = o.get_key(key).unwrap();
-            o.set_key(key, if value.is_empty() { "x" } else { &value }).unwrap_or_else(|e| panic!("{key}: {e}"));
+            let value = match key {
+                "base_url" if value.is_empty() => "http://x".to_string(),
+                _ if value.is_empty() => "pipeline".to_string(),
+                _ => value,
+            };
+            o.set_key(key, &value).unwrap_or_else(|e| panic!("{key}: {e}"));
         }
         o.set_key("backend", "OpenAI").unwrap();
         assert_eq!(o.backend, Backend::OpenAi);

@@ -45,6 +45,58 @@ use lakelink_model::trail::{self, ModelCall};
 
 pub use rewrite::{expand, mentions_nl};
 
+/// One `nl_*` function as documented (they are statement rewrites, not
+/// UDFs: the scheduler replaces each call by what it compiles to).
+#[derive(Debug, Clone, Copy)]
+pub struct NlFunction {
+    /// The SQL name.
+    pub name: &'static str,
+    /// Where it may appear.
+    pub kind: &'static str,
+    /// What it does.
+    pub description: &'static str,
+    /// Its syntax.
+    pub syntax: &'static str,
+    /// An example.
+    pub example: &'static str,
+}
+
+/// The `nl_*` functions (the source of `docs/functions.md`).
+pub const FUNCTIONS: &[NlFunction] = &[
+    NlFunction {
+        name: "nl_query",
+        kind: "table function",
+        description: "The question becomes a checked, read-only SELECT over the lake, compiled once when the \
+                      statement is planned and run as a derived table.",
+        syntax: "nl_query('question')",
+        example: "SELECT * FROM nl_query('top 5 suppliers in Germany by account balance');",
+    },
+    NlFunction {
+        name: "nl_filter",
+        kind: "WHERE condition",
+        description: "The condition becomes a predicate over the columns of that SELECT's FROM clause, in \
+                      parentheses, so scans prune with it like with a hand-written one.",
+        syntax: "nl_filter('condition')",
+        example: "SELECT o_orderkey, o_totalprice FROM orders WHERE nl_filter('urgent orders over 300k from 1995');",
+    },
+    NlFunction {
+        name: "nl_sql",
+        kind: "scalar (text)",
+        description: "The SQL `nl_query` would run for the question, without running it.",
+        syntax: "nl_sql('question')",
+        example: "SELECT nl_sql('how many orders were placed in March 1995');",
+    },
+    NlFunction {
+        name: "nl_accept",
+        kind: "scalar (text)",
+        description: "Checks the SQL and keeps the pair as an accepted example in the lake's metadata folder; \
+                      similar later questions show it to the model.",
+        syntax: "nl_accept('question', 'sql')",
+        example: "SELECT nl_accept('how many customers are in each segment', \
+                  'SELECT c_mktsegment, count(*) FROM customer GROUP BY 1');",
+    },
+];
+
 /// Where the compiler runs: supplied by the host that plans queries.
 #[derive(Debug, Clone, Default)]
 pub struct NlEnv {

@@ -311,4 +311,3 @@ async fn query_engine(
     local.register_catalog(CATALOG, catalog);
     Ok(QueryEngine::new(distributed, local, lake, cluster, partitions, rewrites))
 }
-

@@ -2,6 +2,7 @@
 //! scheduler and in-process executors on loopback ports) and demo lakes.
 #![allow(missing_docs)]
 
+pub mod docs;
 pub mod model_double;
 
 use std::path::{Path, PathBuf};

@@ -35,7 +35,7 @@ use lakelink_nl::NlEnv;
 
 pub use cluster::Cluster;
 pub use params::number_question_marks;
-pub use session::{SESSION_KEYS, SettingChange};
+pub use session::SettingChange;
 pub use wire::result_schema;
 
 use crate::catalog::LakeSchema;

@@ -7,29 +7,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::common::{DataFusionError, Result};
 use lakelink_model::LlmOptions;
-
-/// Model settings a client may change with `SET lakelink.llm.<key> = ...`.
-/// Paths, the API key's variable and the query id are the operator's.
-pub const SESSION_KEYS: &[&str] = &[
-    "backend",
-    "model",
-    "embedding_model",
-    "base_url",
-    "timeout_ms",
-    "retries",
-    "concurrency",
-    "batch_size",
-    "max_output_tokens",
-    "on_error",
-    "max_calls",
-    "max_tokens",
-    "cache",
-    "nl_attempts",
-    "nl_strategy",
-    "nl_models",
-    "nl_vote",
-    "nl_max_tables",
-];
+use lakelink_model::config::{self, Who};
 
 /// Sessions idle for longer are forgotten.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -104,16 +82,23 @@ fn key_of(variable: &str) -> Result<&str> {
             "only model settings (lakelink.llm.<key>) can be set over Flight SQL, not {variable}"
         )));
     };
-    if !SESSION_KEYS.contains(&key) {
-        return Err(DataFusionError::Plan(if lakelink_model::config::KEYS.iter().any(|(k, _)| *k == key) {
-            format!(
-                "lakelink.llm.{key} is set by the operator in the process configuration, not by a session; \
+    let allowed = || config::session_keys().collect::<Vec<_>>().join(", ");
+    match config::setting(key) {
+        Some(s) if s.who == Who::Session => {}
+        Some(s) => {
+            let by = if s.who == Who::Scheduler { "the scheduler for each query" } else { "the operator" };
+            return Err(DataFusionError::Plan(format!(
+                "lakelink.llm.{key} is set by {by} in the process configuration, not by a session; \
                  sessions may set: {}",
-                SESSION_KEYS.join(", ")
-            )
-        } else {
-            format!("unknown setting lakelink.llm.{key}; sessions may set: {}", SESSION_KEYS.join(", "))
-        }));
+                allowed()
+            )));
+        }
+        None => {
+            return Err(DataFusionError::Plan(format!(
+                "unknown setting lakelink.llm.{key}; sessions may set: {}",
+                allowed()
+            )));
+        }
     }
     Ok(key)
 }

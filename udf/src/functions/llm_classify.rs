@@ -12,15 +12,15 @@
 //! ignored) or `none`; anything else is retried once and then handled by
 //! `lakelink.llm.on_error`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, plan_err};
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{Distinct, SemanticFunction, constant};
+use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 use lakelink_model::prompt::{Allowed, Task, clip, word};
@@ -72,6 +72,16 @@ impl Task for ClassifyTask {
 
 #[async_trait]
 impl SemanticFunction for LlmClassify {
+    fn documentation(&self) -> &'static Documentation {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        DOC.get_or_init(|| {
+            Documentation::builder(DOC_SECTION, "The label (of those given) that fits the text best, by the model's probabilities of the labels; NULL when the model finds none fits.", "llm_classify(text, label[, label, ...])")
+                .with_sql_example("SELECT llm_classify(review, 'positive', 'negative') AS sentiment, count(*)\nFROM reviews GROUP BY 1;")
+                .with_argument("text", "Text expression: the row's text.")
+                .with_argument("label", "Constant strings: two or more labels.")
+                .build()
+        })
+    }
     fn name(&self) -> &'static str {
         "llm_classify"
     }

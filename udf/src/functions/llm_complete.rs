@@ -6,15 +6,15 @@
 //! SELECT n_name, llm_complete('One sentence about the economy of ' || n_name) FROM nation LIMIT 3;
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{Distinct, SemanticFunction};
+use super::{DOC_SECTION, Distinct, SemanticFunction};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 use lakelink_model::prompt::Task;
@@ -50,6 +50,15 @@ impl Task for CompleteTask {
 
 #[async_trait]
 impl SemanticFunction for LlmComplete {
+    fn documentation(&self) -> &'static Documentation {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        DOC.get_or_init(|| {
+            Documentation::builder(DOC_SECTION, "The model's answer to a prompt built in SQL. The prompt is the caller's own text (not fenced as data); one request per distinct prompt.", "llm_complete(prompt)")
+                .with_sql_example("SELECT n_name, llm_complete('One sentence about the economy of ' || n_name) FROM nation LIMIT 3;")
+                .with_argument("prompt", "Text expression: the prompt.")
+                .build()
+        })
+    }
     fn name(&self) -> &'static str {
         "llm_complete"
     }

@@ -6,16 +6,16 @@
 //! SELECT p_name, llm_embed(p_name) AS v FROM part LIMIT 5;
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{FixedSizeListArray, Float32Array};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::{Result, exec_err};
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{Distinct, SemanticFunction};
+use super::{DOC_SECTION, Distinct, SemanticFunction};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 
@@ -34,6 +34,15 @@ impl LlmEmbed {
 
 #[async_trait]
 impl SemanticFunction for LlmEmbed {
+    fn documentation(&self) -> &'static Documentation {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        DOC.get_or_init(|| {
+            Documentation::builder(DOC_SECTION, "A unit-length embedding of the text (384 dimensions with the default local embedder; `embedding_dim` for another model).", "llm_embed(text)")
+                .with_sql_example("SELECT p_name, llm_embed(p_name) AS v FROM part LIMIT 5;")
+                .with_argument("text", "Text expression.")
+                .build()
+        })
+    }
     fn name(&self) -> &'static str {
         "llm_embed"
     }

@@ -7,15 +7,15 @@
 //! The answer is one line; an empty or multi-line answer is retried once
 //! and then handled by `lakelink.llm.on_error`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{Distinct, SemanticFunction, constant};
+use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 use lakelink_model::prompt::{Task, word};
@@ -60,6 +60,16 @@ impl Task for ExtractTask {
 
 #[async_trait]
 impl SemanticFunction for LlmExtract {
+    fn documentation(&self) -> &'static Documentation {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        DOC.get_or_init(|| {
+            Documentation::builder(DOC_SECTION, "The value described by `what`, taken from the text, or NULL when the text holds none. One line; an unusable answer is retried once, then handled by `lakelink.llm.on_error`.", "llm_extract(text, what)")
+                .with_sql_example("SELECT llm_extract(c_comment, 'the product mentioned') AS product FROM customer LIMIT 10;")
+                .with_argument("text", "Text expression: the row's text.")
+                .with_argument("what", "Constant string: what to extract.")
+                .build()
+        })
+    }
     fn name(&self) -> &'static str {
         "llm_extract"
     }

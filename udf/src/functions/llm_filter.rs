@@ -14,15 +14,15 @@
 //! words: `yes`/`no` (or `true`/`false`); anything else is retried once and
 //! then handled by `lakelink.llm.on_error`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{Distinct, SemanticFunction, constant};
+use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 use lakelink_model::prompt::{Allowed, Task, word};
@@ -69,6 +69,16 @@ impl Task for FilterTask {
 
 #[async_trait]
 impl SemanticFunction for LlmFilter {
+    fn documentation(&self) -> &'static Documentation {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        DOC.get_or_init(|| {
+            Documentation::builder(DOC_SECTION, "Whether a condition in plain words holds for the text: the more probable of the model's answers yes and no (its probabilities of the two, one row per request). NULL text gives NULL. Cheap predicates of the same WHERE run first.", "llm_filter(text, condition)")
+                .with_sql_example("SELECT o_orderkey, o_comment FROM orders\nWHERE o_orderpriority = '1-URGENT' AND llm_filter(o_comment, 'mentions a deposit')\nLIMIT 20;")
+                .with_argument("text", "Text expression: the row's text.")
+                .with_argument("condition", "Constant string: the condition, in plain words.")
+                .build()
+        })
+    }
     fn name(&self) -> &'static str {
         "llm_filter"
     }

@@ -7,15 +7,15 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::Float64Array;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{Distinct, SemanticFunction};
+use super::{DOC_SECTION, Distinct, SemanticFunction};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 
@@ -25,6 +25,16 @@ pub struct LlmSimilarity;
 
 #[async_trait]
 impl SemanticFunction for LlmSimilarity {
+    fn documentation(&self) -> &'static Documentation {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        DOC.get_or_init(|| {
+            Documentation::builder(DOC_SECTION, "The cosine similarity (-1 to 1) of the two texts' embeddings: related texts score higher than unrelated ones.", "llm_similarity(a, b)")
+                .with_sql_example("SELECT p_name FROM part ORDER BY llm_similarity(p_name, 'green metal parts') DESC LIMIT 10;")
+                .with_argument("a", "Text expression.")
+                .with_argument("b", "Text expression.")
+                .build()
+        })
+    }
     fn name(&self) -> &'static str {
         "llm_similarity"
     }

@@ -16,13 +16,13 @@
 //! function's state.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility};
 use datafusion::physical_expr::expressions::Literal;
 
 use crate::extensions::StatefulAggregateUDF;
@@ -87,6 +87,25 @@ impl AggregateUDFImpl for LlmSummarize {
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::Utf8)
     }
+    fn documentation(&self) -> Option<&Documentation> {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        Some(DOC.get_or_init(|| {
+            Documentation::builder(
+                super::DOC_SECTION,
+                "An aggregate: one text summarising the group's texts as the instruction asks. Texts are sorted \
+                 (the answer does not depend on arrival order) and sent in chunks that fit the model's context; \
+                 several chunks are summarised one by one and their summaries summarised again.",
+                "llm_summarize(text, instruction)",
+            )
+            .with_sql_example(
+                "SELECT o_orderpriority, llm_summarize(o_comment, 'the common complaints, in one sentence')\n\
+                 FROM orders WHERE o_orderdate = DATE '1995-03-15' GROUP BY o_orderpriority;",
+            )
+            .with_argument("text", "Text expression: the group's texts.")
+            .with_argument("instruction", "Constant string: what the summary should say.")
+            .build()
+        }))
+    }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![Arc::new(Field::new(
             format!("{}[texts]", args.name),
@@ -115,8 +134,10 @@ impl AggregateUDFImpl for LlmSummarize {
 
 impl StatefulAggregateUDF for LlmSummarize {
     fn encode_state(&self) -> Result<Vec<u8>> {
-        let pairs: Vec<(&str, String)> =
-            lakelink_model::config::KEYS.iter().filter_map(|(k, _)| Some((*k, self.options.get_key(k)?))).collect();
+        let pairs: Vec<(&str, String)> = lakelink_model::config::SETTINGS
+            .iter()
+            .filter_map(|s| Some((s.key, self.options.get_key(s.key)?)))
+            .collect();
         serde_json::to_vec(&pairs).map_err(|e| DataFusionError::Internal(e.to_string()))
     }
     fn decode_state(state: &[u8]) -> Result<Self> {

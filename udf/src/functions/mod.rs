@@ -25,7 +25,9 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 
 pub use llm_classify::LlmClassify;
 pub use llm_complete::LlmComplete;
@@ -51,7 +53,17 @@ pub trait SemanticFunction: Debug + PartialEq + Eq + Hash + Send + Sync + 'stati
     fn return_type(&self) -> DataType;
     /// Computes a batch. `args` are text arrays (or constant strings).
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue>;
+    /// What the function does, with its syntax and an example (the source
+    /// of `docs/functions.md`).
+    fn documentation(&self) -> &'static Documentation;
 }
+
+/// The documentation section of the `llm_*` functions.
+pub const DOC_SECTION: DocSection = DocSection {
+    include: true,
+    label: "Semantic functions",
+    description: Some("Call a model at execution time, once per distinct input."),
+};
 
 /// A [`SemanticFunction`] as a DataFusion async scalar function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -109,6 +121,10 @@ impl<F: SemanticFunction> ScalarUDFImpl for Semantic<F> {
             }
         }
         Ok(self.function.return_type())
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(self.function.documentation())
     }
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -186,6 +202,20 @@ pub(crate) fn constant(args: &[ColumnarValue], i: usize, function: &str, what: &
         },
         _ => plan_err!("{function}: the {what} (argument {}) must be a constant string", i + 1),
     }
+}
+
+/// Each scalar `llm_*` function's name and documentation (DataFusion's
+/// async wrapper does not pass `documentation()` on).
+pub fn documentation() -> Vec<(&'static str, &'static Documentation)> {
+    let embed = LlmEmbed::new(384);
+    vec![
+        (LlmComplete.name(), LlmComplete.documentation()),
+        (LlmFilter.name(), LlmFilter.documentation()),
+        (LlmClassify.name(), LlmClassify.documentation()),
+        (LlmExtract.name(), LlmExtract.documentation()),
+        (embed.name(), embed.documentation()),
+        (LlmSimilarity.name(), LlmSimilarity.documentation()),
+    ]
 }
 
 /// Every `llm_*` function LakeLink ships, as registrable UDFs.
