@@ -8,16 +8,19 @@ source scripts/env.sh
 lake="$1"; port="$2"; shift 3
 B="$CARGO_TARGET_DIR/release"
 logs=$(mktemp -d)
-scheduling="${LAKELINK_SCHEDULING:-push}"   # push (default) or pull
+scheduling="${LAKELINK_SCHEDULING:-pull}"   # pull (default) or push
+secret="$logs/cluster.secret"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret"
 # Extra scheduler flags, e.g. LAKELINK_SCHEDULER_ARGS="--target-partitions 4"
 # shellcheck disable=SC2086
-"$B/lakelink-scheduler" --lake "$lake" --port "$port" --bind 127.0.0.1 --scheduling "$scheduling" \
+"$B/lakelink-scheduler" --lake "$lake" --port "$port" --cluster-port $((port + 1)) --cluster-secret-file "$secret" \
+  --bind 127.0.0.1 --scheduling "$scheduling" \
   ${LAKELINK_SCHEDULER_ARGS:-} > "$logs/scheduler.log" 2>&1 &
 pids=($!)
 sleep 1
 for i in 0 1; do
-  "$B/lakelink-executor" --scheduler "127.0.0.1:$port" --bind 127.0.0.1 \
-    --port $((port + 1 + 2 * i)) --grpc-port $((port + 2 + 2 * i)) --concurrent-tasks 1 --scheduling "$scheduling" > "$logs/executor-$i.log" 2>&1 &
+  "$B/lakelink-executor" --scheduler "127.0.0.1:$((port + 1))" --cluster-secret-file "$secret" --bind 127.0.0.1 \
+    --port $((port + 2 + 2 * i)) --grpc-port $((port + 3 + 2 * i)) --concurrent-tasks 1 --scheduling "$scheduling" > "$logs/executor-$i.log" 2>&1 &
   pids+=($!)
 done
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT

@@ -695,10 +695,13 @@ class Cluster:
 
     def start(self) -> None:
         b = self.args.bin_dir
-        ports = free_ports(5)
-        self.port = ports[0]
+        ports = free_ports(6)
+        self.port, cluster_port = ports[0], ports[5]
+        secret = self.workdir / "cluster.secret"
+        secret.write_text(os.urandom(24).hex() + "\n")
         self.procs.append(Watched("scheduler", [b / "lakelink-scheduler", "--lake", self.lake, "--port",
-                                                self.port, "--bind", "127.0.0.1"],
+                                                self.port, "--cluster-port", cluster_port,
+                                                "--cluster-secret-file", secret, "--bind", "127.0.0.1"],
                                   self.workdir / "scheduler.log"))
         self._wait_port(self.procs[0], self.port)
         for i in range(2):
@@ -706,7 +709,8 @@ class Cluster:
             work.mkdir(parents=True, exist_ok=True)
             self.procs.append(Watched(
                 f"executor-{i}",
-                [b / "lakelink-executor", "--scheduler", f"127.0.0.1:{self.port}", "--bind", "127.0.0.1",
+                [b / "lakelink-executor", "--scheduler", f"127.0.0.1:{cluster_port}",
+                 "--cluster-secret-file", secret, "--bind", "127.0.0.1",
                  "--port", ports[1 + 2 * i], "--grpc-port", ports[2 + 2 * i], "--concurrent-tasks", 1,
                  "--work-dir", work],
                 self.workdir / f"executor-{i}.log"))

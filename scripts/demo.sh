@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds LakeLink (optimized for this CPU), generates a TPC-H demo lake and
+# Builds LakeLink (optimized, for any x86-64-v3 CPU), generates a TPC-H demo lake and
 # opens the SQL shell over it in embedded mode.
 #   scripts/demo.sh [SCALE_FACTOR]     (default 1: 6 million lineitem rows)
 set -euo pipefail

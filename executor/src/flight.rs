@@ -14,6 +14,11 @@
 //! directly ([`crate::results`]): the scheduler's grants ([`GRANT_ACTION`])
 //! and the clients' tickets for them. Every other request goes to Ballista's
 //! service.
+//!
+//! Only a client's result ticket is served without the cluster secret (the
+//! ticket's one-time token is its credential); every other call must present
+//! the secret (the scheduler's reads and grants, other executors' shuffle
+//! reads) or is refused as unauthenticated.
 
 use std::fs::File;
 use std::io::Read;
@@ -36,6 +41,7 @@ use crate::follow::{
     Finish, MAX_RAW_MESSAGE, Next, ResultPartition, TaskKey, follow, next_header, partition_path, task_key,
 };
 use crate::results::{self, BoxedStream, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX};
+use lakelink_protocol::cluster::{ClusterSecret, unauthenticated};
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -43,13 +49,20 @@ pub struct ExecutorFlightService {
     inner: BallistaFlightService,
     work_dir: String,
     grants: Grants,
+    secret: ClusterSecret,
 }
 
 impl ExecutorFlightService {
-    /// A service over the shuffle files in `work_dir`.
-    pub fn new(work_dir: String) -> Self {
+    /// A service over the shuffle files in `work_dir`, for the cluster whose
+    /// processes present `secret`.
+    pub fn new(work_dir: String, secret: ClusterSecret) -> Self {
         let grants = Grants::new(Path::new(&work_dir).join("lakelink-results"));
-        Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir, grants }
+        Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir, grants, secret }
+    }
+
+    /// Refuses a call that does not present the cluster secret.
+    fn cluster_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.secret.admits(request.metadata()) { Ok(()) } else { Err(unauthenticated()) }
     }
 
     /// The result file a `FetchPartition` action names (a whole data file of
@@ -162,6 +175,7 @@ impl FlightService for ExecutorFlightService {
             })?;
             return Ok(Response::new(results::serve(granted)));
         }
+        self.cluster_only(&request)?;
         if let Some(partition) = ResultPartition::from_ticket(ticket) {
             let partition = partition?;
             let path = partition_path(&partition, &self.work_dir)?;
@@ -179,30 +193,37 @@ impl FlightService for ExecutorFlightService {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
+        self.cluster_only(&request)?;
         self.inner.handshake(request).await
     }
 
     async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.cluster_only(&request)?;
         self.inner.list_flights(request).await
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.cluster_only(&request)?;
         self.inner.get_flight_info(request).await
     }
 
     async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        self.cluster_only(&request)?;
         self.inner.poll_flight_info(request).await
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        self.cluster_only(&request)?;
         self.inner.get_schema(request).await
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        self.cluster_only(&request)?;
         self.inner.do_put(request).await
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        self.cluster_only(&request)?;
         if request.get_ref().r#type == GRANT_ACTION {
             let token = self.grant(&request.get_ref().body).await?;
             let answer = arrow_flight::Result { body: token.into_bytes().into() };
@@ -212,6 +233,7 @@ impl FlightService for ExecutorFlightService {
     }
 
     async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.cluster_only(&request)?;
         self.inner.list_actions(request).await
     }
 
@@ -219,6 +241,7 @@ impl FlightService for ExecutorFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.cluster_only(&request)?;
         self.inner.do_exchange(request).await
     }
 }

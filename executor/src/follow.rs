@@ -10,7 +10,7 @@
 //! A file's end-of-stream marker alone does not prove the partition whole:
 //! Ballista's writer closes the stream the same way when the task's plan
 //! fails. So the stage engine ([`crate::stage`]) records how each result
-//! task ended ([`task_started`], [`task_ended`]): a failed task ends a read
+//! task ended (`task_started`, `task_ended`): a failed task ends a read
 //! with the task's error, and a read that must prove the partition whole by
 //! itself ([`Finish::TaskSucceeded`], a client's) ends only once the task has
 //! succeeded. The scheduler's reads end at the marker ([`Finish::Marker`]:
@@ -40,8 +40,10 @@ pub use lakelink_protocol::follow::{FOLLOW_TICKET_PREFIX, MAX_RAW_MESSAGE, Resul
 use lakelink_protocol::result::BoxedStream;
 
 /// How long a reader waits for a file whose task this executor has not
-/// started (or has forgotten), before it gives up.
-const UNKNOWN_TASK_WAIT: Duration = Duration::from_secs(60);
+/// started (or has forgotten), before it gives up. The scheduler asks once
+/// the task has started, so the wait covers only that report crossing the
+/// ask; only members of the cluster reach this port.
+const UNKNOWN_TASK_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a task's outcome is remembered after it ended.
 const OUTCOME_TTL: Duration = Duration::from_secs(600);
@@ -143,7 +145,7 @@ pub enum Finish {
 /// first, then its dictionary and batch messages. The stream ends at the
 /// file's end-of-stream marker as `finish` says; it fails when the task
 /// fails, when the file ends without the marker, or when this executor knows
-/// nothing of the task for [`UNKNOWN_TASK_WAIT`].
+/// nothing of the task for a minute.
 pub fn follow(path: PathBuf, task: TaskKey, finish: Finish) -> BoxedStream<FlightData> {
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(4);
     tokio::task::spawn_blocking(move || {

@@ -24,6 +24,7 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_executor::metrics::LoggingMetricsCollector;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
+use lakelink_protocol::cluster::ClusterSecret;
 use lakelink_udf::Extensions;
 
 /// Everything that can stop an executor.
@@ -72,8 +73,12 @@ pub struct ExecutorOptions {
     /// Folder for shuffle files; a temporary folder when not given.
     pub work_dir: Option<PathBuf>,
     /// Receive tasks pushed by the scheduler (it must run in push mode too)
-    /// instead of polling for them.
+    /// instead of polling for them: the executor then serves Ballista's task
+    /// port, which LakeLink cannot authenticate (trusted networks only).
     pub push_scheduling: bool,
+    /// The cluster secret: presented to the scheduler and to other
+    /// executors, required on this executor's data port.
+    pub cluster_secret: ClusterSecret,
     /// The custom functions every node knows.
     pub extensions: Extensions,
 }
@@ -115,8 +120,9 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
         override_function_registry: Some(Arc::new(ext.function_registry())),
         override_logical_codec: Some(ext.logical_codec()),
         override_physical_codec: Some(ext.physical_codec()),
-        override_config_producer: Some(config_producer(ext)),
-        override_arrow_flight_service: Some(Arc::new(flight_server)),
+        override_config_producer: Some(config_producer(ext, &options.cluster_secret)),
+        override_create_grpc_client_endpoint: Some(present_secret(&options.cluster_secret)),
+        override_arrow_flight_service: Some(flight_server(options.cluster_secret.clone())),
         override_execution_engine: Some(Arc::new(stage::StageEngine::default())),
         ..Default::default()
     };
@@ -125,74 +131,94 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
 }
 
 /// Serves the executor's Arrow Flight service ([`flight::ExecutorFlightService`]).
-fn flight_server(
-    work_dir: String,
-    addr: SocketAddr,
-    mut shutdown: ballista_executor::shutdown::Shutdown,
-    grpc: ballista_core::utils::GrpcServerConfig,
-) -> tokio::task::JoinHandle<Result<(), ballista_core::error::BallistaError>> {
-    tokio::spawn(async move {
-        tracing::info!("executor Arrow Flight service listening on {addr}");
-        ballista_core::utils::create_grpc_server(&grpc)
-            .add_service(flight_service(work_dir))
-            .serve_with_shutdown(addr, shutdown.recv())
-            .await
-            .map_err(ballista_core::error::BallistaError::TonicError)
+fn flight_server(secret: ClusterSecret) -> Arc<ballista_executor::ArrowFlightServerProvider> {
+    Arc::new(move |work_dir, addr, mut shutdown, grpc| {
+        let service = flight_service(work_dir, secret.clone());
+        // Bare on purpose: the Flight server lives until the executor shuts down.
+        #[allow(clippy::disallowed_methods)]
+        let server = tokio::spawn(async move {
+            tracing::info!("executor Arrow Flight service listening on {addr}");
+            ballista_core::utils::create_grpc_server(&grpc)
+                .add_service(service)
+                .serve_with_shutdown(addr, shutdown.recv())
+                .await
+                .map_err(ballista_core::error::BallistaError::TonicError)
+        });
+        server
     })
 }
 
 /// [`flight::ExecutorFlightService`] over `work_dir`, with the message limits.
 fn flight_service(
     work_dir: String,
+    secret: ClusterSecret,
 ) -> arrow_flight::flight_service_server::FlightServiceServer<flight::ExecutorFlightService> {
-    arrow_flight::flight_service_server::FlightServiceServer::new(flight::ExecutorFlightService::new(work_dir))
+    arrow_flight::flight_service_server::FlightServiceServer::new(flight::ExecutorFlightService::new(work_dir, secret))
         .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
         .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT)
+}
+
+/// The cluster secret, presented by Ballista's clients in this executor (to
+/// the scheduler, and to other executors for shuffle reads).
+fn present_secret(secret: &ClusterSecret) -> ballista_core::extension::EndpointOverrideFn {
+    let secret = secret.clone();
+    Arc::new(move |endpoint| {
+        secret.present(endpoint).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    })
 }
 
 /// Largest Flight message the executor sends or accepts (Ballista's default).
 const FLIGHT_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Every task's session: Ballista's defaults with LakeLink's functions.
-fn config_producer(ext: &Extensions) -> ballista_core::ConfigProducer {
-    let ext = ext.clone();
-    Arc::new(move || ext.configure(SessionConfig::new_with_ballista()))
+/// Every task's session: Ballista's defaults with LakeLink's functions, its
+/// shuffle reads presenting the cluster secret.
+fn config_producer(ext: &Extensions, secret: &ClusterSecret) -> ballista_core::ConfigProducer {
+    let (ext, present) = (ext.clone(), present_secret(secret));
+    Arc::new(move || {
+        ext.configure(
+            SessionConfig::new_with_ballista().with_ballista_override_create_grpc_client_endpoint(present.clone()),
+        )
+    })
 }
 
-/// Starts an executor inside this process for the scheduler at `scheduler`,
-/// which must push tasks (`SchedulerOptions::push_scheduling`, the default):
-/// tasks arrive the moment they are ready and finished ones are reported at
-/// once, where a polling executor waits up to 50 ms for each. It serves data
-/// (the same Flight service as an executor process) and takes tasks on free
-/// loopback ports, keeps its shuffle files in a temporary folder, and runs
-/// until the tokio runtime ends or the scheduler stops it. Unlike [`run`] it
-/// leaves Ctrl-C to the host process (the shell cancels a query with it).
+/// Starts an executor inside this process for the scheduler whose cluster
+/// port is `scheduler`, presenting `secret`. It polls the scheduler for
+/// tasks (continuously while a job is active), serves its data (the same
+/// Flight service as an executor process) on a free loopback port, keeps its
+/// shuffle files in a temporary folder, and runs until the tokio runtime
+/// ends. Unlike [`run`] it leaves Ctrl-C to the host process (the shell
+/// cancels a query with it).
 pub async fn start_in_process(
     scheduler: SocketAddr,
     concurrent_tasks: usize,
     ext: &Extensions,
+    secret: &ClusterSecret,
 ) -> Result<(), ExecutorError> {
     let url = format!("http://{scheduler}");
-    let client = SchedulerGrpcClient::connect(url.clone())
-        .await
-        .map_err(|e| ExecutorError::Connect { addr: url.clone(), reason: e.to_string() })?
+    let connect_error = |e: &dyn std::fmt::Display| ExecutorError::Connect { addr: url.clone(), reason: e.to_string() };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| connect_error(&e))?;
+    let channel =
+        secret.present(endpoint).map_err(|e| connect_error(&e))?.connect().await.map_err(|e| connect_error(&e))?;
+    let client = SchedulerGrpcClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let vcores = concurrent_tasks.max(1);
     let work = tempfile::Builder::new().prefix("lakelink-executor-").tempdir().map_err(ExecutorError::WorkDir)?;
     let work_dir = work.path().to_string_lossy().into_owned();
 
-    // The Flight service listens before the executor registers, so the
+    // The Flight service listens before the executor first polls, so the
     // scheduler never learns of a port nobody serves.
     let flight_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(ExecutorError::Listen)?;
     let flight_port = flight_listener.local_addr().map_err(ExecutorError::Listen)?.port();
     let shutdown = ballista_executor::shutdown::ShutdownNotifier::new();
     {
-        let service = flight_service(work_dir.clone());
+        let service = flight_service(work_dir.clone(), secret.clone());
         let mut stop = shutdown.subscribe_for_shutdown();
         // A listener bound here keeps none of the server's TCP settings:
         // without no-delay, a small response waits ~40 ms for an acknowledgement.
         let incoming = tonic::transport::server::TcpIncoming::from(flight_listener).with_nodelay(Some(true));
+        // Bare on purpose: the Flight server lives until the executor shuts down.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             ballista_core::utils::create_grpc_server(&Default::default())
                 .add_service(service)
@@ -201,74 +227,39 @@ pub async fn start_in_process(
         });
     }
 
-    let config_producer = config_producer(ext);
     let runtime_producer: ballista_core::RuntimeProducer =
         Arc::new(|_: &SessionConfig| Ok(Arc::new(RuntimeEnvBuilder::new().build()?)));
-    let config = Arc::new(ExecutorProcessConfig {
-        bind_host: "127.0.0.1".into(),
-        grpc_max_decoding_message_size: FLIGHT_MESSAGE_LIMIT as u32,
-        grpc_max_encoding_message_size: FLIGHT_MESSAGE_LIMIT as u32,
-        executor_heartbeat_interval_seconds: 5,
-        ..Default::default()
-    });
-    // Ballista binds the task port itself, from a number: take a free one,
-    // and another if something else grabbed it in between.
-    let (stop_send, mut stop_recv) = tokio::sync::mpsc::channel::<bool>(10);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let grpc_port = free_loopback_port().map_err(ExecutorError::Listen)?;
-        let metadata = ExecutorRegistration {
-            id: ballista_core::ids::new_instance_id(),
-            host: Some("127.0.0.1".into()),
-            port: flight_port.into(),
-            grpc_port: grpc_port.into(),
-            specification: Some(ExecutorSpecification::default().with_vcores(vcores as u32).into()),
-            os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
-            ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
-        };
-        let executor = Arc::new(Executor::new(
-            metadata,
-            &work_dir,
-            runtime_producer.clone(),
-            config_producer.clone(),
-            Arc::new(ext.function_registry()),
-            Arc::new(LoggingMetricsCollector::default()),
-            vcores,
-            Arc::new(stage::StageEngine::default()),
-        ));
-        let codec: BallistaCodec = BallistaCodec::new(ext.logical_codec(), ext.physical_codec());
-        let started = ballista_executor::executor_server::startup(
-            client.clone(),
-            config.clone(),
-            executor,
-            codec,
-            stop_send.clone(),
-            &shutdown,
-            ballista_executor::health::ExecutorHealth::new(),
-        )
-        .await;
-        match started {
-            Ok(_) => break,
-            Err(ballista_core::error::BallistaError::IoError(e))
-                if attempt < 3 && e.kind() == std::io::ErrorKind::AddrInUse =>
-            {
-                tracing::warn!("in-process executor: task port {grpc_port} taken ({e}), trying another");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // Keeps the services and the shuffle folder alive until the scheduler
-    // asks the executor to stop or the runtime shuts down.
+    let metadata = ExecutorRegistration {
+        id: ballista_core::ids::new_instance_id(),
+        host: Some("127.0.0.1".into()),
+        port: flight_port.into(),
+        grpc_port: 0,
+        specification: Some(ExecutorSpecification::default().with_vcores(vcores as u32).into()),
+        os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+        ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
+    };
+    let executor = Arc::new(Executor::new(
+        metadata,
+        &work_dir,
+        runtime_producer,
+        config_producer(ext, secret),
+        Arc::new(ext.function_registry()),
+        Arc::new(LoggingMetricsCollector::default()),
+        vcores,
+        Arc::new(stage::StageEngine::default()),
+    ));
+    let codec: BallistaCodec = BallistaCodec::new(ext.logical_codec(), ext.physical_codec());
+    // Bare on purpose: the executor polls for tasks until the runtime ends;
+    // it holds the services and the shuffle folder that long.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(async move {
         let _work = work;
-        stop_recv.recv().await;
-        drop(shutdown);
+        let _shutdown = shutdown;
+        let health = ballista_executor::health::ExecutorHealth::new();
+        if let Err(e) = ballista_executor::execution_loop::poll_loop(client, executor, codec, None, None, health).await
+        {
+            tracing::error!("in-process executor stopped: {e}");
+        }
     });
     Ok(())
-}
-
-/// A loopback port free at the time of asking.
-fn free_loopback_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -10,7 +10,7 @@
 //!   requests run concurrently up to `concurrency`;
 //! * a budget of requests and tokens stops a runaway query;
 //! * dropping the query's futures (a failed sibling task) drops the requests
-//!   in flight with them, and [`cancel_query`] (the scheduler calls it when a
+//!   in flight with them, and [`cancel_query`](crate::engine::cancel_query) (the scheduler calls it when a
 //!   client abandons a query) fails the query's requests in every process at
 //!   once;
 //! * every request lands in the trail.

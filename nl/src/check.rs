@@ -17,7 +17,6 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::SessionState;
-use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{LogicalPlan, TableScan};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
@@ -38,7 +37,7 @@ pub enum Problem {
     /// Not SQL, or not exactly one statement of the kind asked for.
     Parse(String),
     /// Valid SQL that does not plan (unknown column, wrong types, ...).
-    Plan(String),
+    Plan(Unplanned),
     /// SQL that plans but is not allowed (writes, files, other tables, ...).
     Policy(String),
 }
@@ -47,10 +46,91 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Parse(m) => write!(f, "syntax error: {m}"),
-            Problem::Plan(m) => write!(f, "cannot be planned: {m}"),
+            Problem::Plan(u) => write!(f, "cannot be planned: {}", u.message),
             Problem::Policy(m) => write!(f, "refused: {m}"),
         }
     }
+}
+
+/// Why SQL did not plan: the planner's words and, where it can be told, the cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplanned {
+    /// The planner's message, without its list of every valid field.
+    pub message: String,
+    /// What it objected to.
+    pub cause: Cause,
+}
+
+/// What the planner objected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// A column the scope does not have, lower case (`qualifier` is the
+    /// table it was written with).
+    MissingColumn {
+        /// The table part, if any.
+        qualifier: Option<String>,
+        /// The column.
+        name: String,
+    },
+    /// A table the catalog does not have, lower case, without schema.
+    MissingTable(String),
+    /// A selected column that is neither grouped nor aggregated.
+    NotGrouped(String),
+    /// A date compared with a number or text.
+    DateMismatch,
+    /// Anything else.
+    Other,
+}
+
+impl Problem {
+    /// A planning problem known by its message only (DataFusion reports a
+    /// missing table, an ungrouped column and type mismatches in words).
+    pub fn plan(message: impl Into<String>) -> Self {
+        let message = message.into();
+        let cause = if let Some((qualifier, name)) = missing_column(&message) {
+            Cause::MissingColumn { qualifier, name }
+        } else if let Some(column) = missing_group_by(&message) {
+            Cause::NotGrouped(column)
+        } else if let Some(table) = missing_table(&message) {
+            Cause::MissingTable(table)
+        } else if message.contains("Date32") {
+            Cause::DateMismatch
+        } else {
+            Cause::Other
+        };
+        Problem::Plan(Unplanned { message, cause })
+    }
+}
+
+/// The column a planning message says does not exist: `(qualifier, name)`.
+fn missing_column(message: &str) -> Option<(Option<String>, String)> {
+    let at = message.find("No field named ")?;
+    let name: String = message[at + "No field named ".len()..]
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"'))
+        .collect();
+    let name = name.trim_end_matches('.').replace('"', "").to_ascii_lowercase();
+    match name.rsplit_once('.') {
+        Some((q, c)) => Some((Some(q.rsplit('.').next().unwrap_or(q).to_string()), c.to_string())),
+        None => Some((None, name)),
+    }
+}
+
+/// The table a planning message says does not exist.
+fn missing_table(message: &str) -> Option<String> {
+    let at = message.find("table '")?;
+    let rest = &message[at + "table '".len()..];
+    let name = rest.split('\'').next()?;
+    Some(name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase())
+}
+
+/// The column a GROUP BY message says must be grouped.
+fn missing_group_by(message: &str) -> Option<String> {
+    let at = message.find("must appear in the GROUP BY clause")?;
+    let head = &message[..at];
+    let start = head.rfind("column \"")? + "column \"".len();
+    let name = head[start..].trim_end().trim_end_matches('"');
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// The tables generated SQL may read.
@@ -378,29 +458,50 @@ fn statement_refusal(statement: &Statement) -> String {
     format!("only a read-only SELECT query is allowed, not {kind}: {why}")
 }
 
-fn read_only() -> SQLOptions {
-    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+/// What a plan would do besides reading, if anything: create or drop
+/// (DDL), change data or write files (DML, `COPY`), or run a statement
+/// (`SET`, transactions). Decided by the plan's nodes.
+pub fn plan_writes(plan: &LogicalPlan) -> Option<&'static str> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        found = match node {
+            LogicalPlan::Ddl(_) => Some("it creates or drops tables or views"),
+            LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => Some("it changes data or writes files"),
+            LogicalPlan::Statement(_) => Some("it is a statement, not a query"),
+            _ => None,
+        };
+        Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+fn refuse_writes(plan: &LogicalPlan) -> Result<(), Problem> {
+    match plan_writes(plan) {
+        Some(why) => Err(Problem::Policy(format!("only read-only SELECT queries are allowed: {why}"))),
+        None => Ok(()),
+    }
 }
 
 fn plan_error(e: datafusion::error::DataFusionError) -> Problem {
+    use datafusion::common::SchemaError;
     let text = e.strip_backtrace();
-    if text.contains("DDL not supported")
-        || text.contains("DML not supported")
-        || text.contains("Statement not supported")
+    // The planner's own suggestions list every field of the scope; the
+    // repair hint names the right ones instead.
+    let text = text.replace("Error during planning: ", "").replace("Schema error: ", "");
+    let cut = [" Did you mean", "\nValid fields", " Valid fields"].iter().filter_map(|m| text.find(m)).min();
+    let message = match cut {
+        Some(at) => text[..at].trim_end().to_string(),
+        None => text,
+    };
+    // A missing column is told by its type; other causes by their words.
+    if let datafusion::error::DataFusionError::SchemaError(schema, _) = e.find_root()
+        && let SchemaError::FieldNotFound { field, .. } = schema.as_ref()
     {
-        Problem::Policy(
-            "only read-only SELECT queries are allowed; the statement creates, changes or deletes data".into(),
-        )
-    } else {
-        // The planner's own suggestions list every field of the scope; the
-        // repair hint names the right ones instead.
-        let text = text.replace("Error during planning: ", "").replace("Schema error: ", "");
-        let cut = [" Did you mean", "\nValid fields", " Valid fields"].iter().filter_map(|m| text.find(m)).min();
-        Problem::Plan(match cut {
-            Some(at) => text[..at].trim_end().to_string(),
-            None => text,
-        })
+        let qualifier = field.relation.as_ref().map(|r| r.table().to_ascii_lowercase());
+        let cause = Cause::MissingColumn { qualifier, name: field.name.to_ascii_lowercase() };
+        return Problem::Plan(Unplanned { message, cause });
     }
+    Problem::plan(message)
 }
 
 /// The lake tables a plan reads, or why it may not read them.
@@ -516,7 +617,7 @@ async fn check_statement(state: &SessionState, statement: DFStatement, policy: &
         false => statement,
     };
     let plan = state.statement_to_plan(statement).await.map_err(plan_error)?;
-    read_only().verify_plan(&plan).map_err(plan_error)?;
+    refuse_writes(&plan)?;
     let tables = plan_tables(&plan, policy)?;
     physical_check(state, &plan).await?;
     Ok(Checked { sql: query.to_string(), query, tables })
@@ -603,7 +704,7 @@ pub async fn check_condition(
     let planned = format!("{select_all} WHERE ({expr})");
     let statement = parse_one(&planned)?;
     let plan = state.statement_to_plan(statement).await.map_err(plan_error)?;
-    read_only().verify_plan(&plan).map_err(plan_error)?;
+    refuse_writes(&plan)?;
     physical_check(state, &plan).await?;
     Ok(SqlExpr::Nested(Box::new(expr)))
 }

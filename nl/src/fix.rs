@@ -20,39 +20,8 @@ use datafusion::sql::sqlparser::ast::{
     ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, VisitMut, visit_expressions,
 };
 
-use super::check::{Problem, parse_one};
+use super::check::{Cause, Problem, parse_one};
 use super::knowledge::{Knowledge, stem};
-
-/// The column a planning error says does not exist: `(qualifier, name)`.
-pub(super) fn missing_column(message: &str) -> Option<(Option<String>, String)> {
-    let at = message.find("No field named ")?;
-    let name: String = message[at + "No field named ".len()..]
-        .chars()
-        .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"'))
-        .collect();
-    let name = name.trim_end_matches('.').replace('"', "").to_ascii_lowercase();
-    match name.rsplit_once('.') {
-        Some((q, c)) => Some((Some(q.rsplit('.').next().unwrap_or(q).to_string()), c.to_string())),
-        None => Some((None, name)),
-    }
-}
-
-/// The table a planning error says does not exist.
-pub(super) fn missing_table(message: &str) -> Option<String> {
-    let at = message.find("table '")?;
-    let rest = &message[at + "table '".len()..];
-    let name = rest.split('\'').next()?;
-    Some(name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase())
-}
-
-/// The column a GROUP BY error says must be grouped.
-fn missing_group_by(message: &str) -> Option<String> {
-    let at = message.find("must appear in the GROUP BY clause")?;
-    let head = &message[..at];
-    let start = head.rfind("column \"")? + "column \"".len();
-    let name = head[start..].trim_end().trim_end_matches('"');
-    (!name.is_empty()).then(|| name.to_string())
-}
 
 /// The table and column a missing column stands for: the only table with
 /// a column of that name; else the only column with the same name after
@@ -242,11 +211,11 @@ fn select_of(query: &mut Query) -> Option<&mut Select> {
 
 /// A fixed query for `sql`, failed with `problem`, if one of the fixes applies.
 pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
-    let Problem::Plan(message) = problem else { return None };
+    let Problem::Plan(unplanned) = problem else { return None };
     let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
     let Statement::Query(mut query) = *statement else { return None };
     let select = select_of(&mut query)?;
-    if let Some(column) = missing_group_by(message) {
+    if let Cause::NotGrouped(column) = &unplanned.cause {
         // A selected column that is neither grouped nor aggregated: group by it.
         let expr = match column.split_once('.') {
             Some((q, c)) => ident_expr(&[q, c]),
@@ -256,13 +225,13 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
             GroupByExpr::Expressions(list, _) if !list.is_empty() => list.push(expr),
             _ => return None,
         }
-    } else if let Some((qualifier, missing)) = missing_column(message) {
-        let (owner, column) = owner_of(k, &missing)?;
+    } else if let Cause::MissingColumn { qualifier, name: missing } = &unplanned.cause {
+        let (owner, column) = owner_of(k, missing)?;
         let owner = owner.as_str();
-        if column != missing {
+        if &column != missing {
             // An invented name for a real column (`l_orderdate`,
             // `c_nationname`): the real one, from its own table.
-            let _ = select.visit(&mut RenameColumn { from: &missing, to: &column });
+            let _ = select.visit(&mut RenameColumn { from: missing, to: &column });
         }
         let present = from_tables(select);
         // A join condition naming the column on the wrong table: the
@@ -285,7 +254,7 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
         }
         match present.iter().find(|(t, _)| t == owner) {
             Some((_, refer)) => {
-                if let Some(q) = &qualifier {
+                if let Some(q) = qualifier {
                     requalify(select, q, &column, &refer.clone());
                 }
             }
@@ -293,20 +262,20 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
                 if !add_join(select, k, owner) {
                     return None;
                 }
-                if let Some(q) = &qualifier {
+                if let Some(q) = qualifier {
                     requalify(select, q, &column, owner);
                 }
             }
         }
-    } else if let Some(table) = missing_table(message) {
+    } else if let Cause::MissingTable(table) = &unplanned.cause {
         let near: Vec<&str> = k
             .tables
             .iter()
             .map(|t| t.name.as_str())
-            .filter(|t| t.starts_with(&table) || table.starts_with(*t))
+            .filter(|t| t.starts_with(table.as_str()) || table.starts_with(*t))
             .collect();
         let [right] = near.as_slice() else { return None };
-        let _ = query.visit(&mut Rename { from: &table, to: right });
+        let _ = query.visit(&mut Rename { from: table, to: right });
     } else {
         return None;
     }
@@ -361,7 +330,7 @@ mod tests {
     }
 
     fn plan_error(m: &str) -> Problem {
-        Problem::Plan(m.into())
+        Problem::plan(m)
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! ensembles (first success, or a vote by result), trail.
 
 pub mod check;
+pub mod error;
 pub mod fix;
 pub mod knowledge;
 pub mod retrieve;
@@ -43,6 +44,7 @@ use lakelink_model::config::LlmOptions;
 use lakelink_model::hub;
 use lakelink_model::trail::{self, ModelCall};
 
+pub use error::NlError;
 pub use rewrite::{expand, mentions_nl};
 
 /// One `nl_*` function as documented (they are statement rewrites, not
@@ -96,6 +98,36 @@ pub const FUNCTIONS: &[NlFunction] = &[
                   'SELECT c_mktsegment, count(*) FROM customer GROUP BY 1');",
     },
 ];
+
+/// Examples accepted by statements planned but not yet run, by query id.
+type Pending = HashMap<String, (Instant, Vec<(PathBuf, knowledge::Example)>)>;
+
+fn pending() -> &'static Mutex<Pending> {
+    static PENDING: OnceLock<Mutex<Pending>> = OnceLock::new();
+    PENDING.get_or_init(Default::default)
+}
+
+/// Statements planned and never run are forgotten after this long.
+const PENDING_TTL: Duration = Duration::from_secs(3600);
+
+/// Keeps `example`, accepted by `nl_accept` in the query `query_id`, to be
+/// stored in `dir` when that query runs.
+pub(crate) fn pending_accept(query_id: &str, dir: &std::path::Path, example: knowledge::Example) {
+    let mut pending = pending().lock().unwrap_or_else(|e| e.into_inner());
+    pending.retain(|_, (at, _)| at.elapsed() < PENDING_TTL);
+    let entry = pending.entry(query_id.to_string()).or_insert_with(|| (Instant::now(), Vec::new()));
+    entry.1.push((dir.to_path_buf(), example));
+}
+
+/// Stores the examples the query `query_id` accepted (`nl_accept`), once:
+/// the host calls it when the query runs.
+pub fn commit_accepted(query_id: &str) -> Result<()> {
+    let accepted = pending().lock().unwrap_or_else(|e| e.into_inner()).remove(query_id);
+    for (dir, example) in accepted.map(|(_, e)| e).unwrap_or_default() {
+        knowledge::accept_example(&dir, &example)?;
+    }
+    Ok(())
+}
 
 /// Where the compiler runs: supplied by the host that plans queries.
 #[derive(Debug, Clone, Default)]
@@ -190,8 +222,8 @@ struct Candidate {
 type Memo = Mutex<HashMap<String, (Instant, String, String)>>;
 
 /// Questions that found no SQL recently: key -> (when, error).
-fn failures() -> &'static Mutex<HashMap<String, (Instant, String)>> {
-    static FAILURES: OnceLock<Mutex<HashMap<String, (Instant, String)>>> = OnceLock::new();
+fn failures() -> &'static Mutex<HashMap<String, (Instant, NlError)>> {
+    static FAILURES: OnceLock<Mutex<HashMap<String, (Instant, NlError)>>> = OnceLock::new();
     FAILURES.get_or_init(Default::default)
 }
 
@@ -286,7 +318,7 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
         let mut failed = failures().lock().unwrap_or_else(|e| e.into_inner());
         failed.retain(|_, (at, _)| at.elapsed() < FAILURE_TTL);
         if let Some((_, error)) = failed.get(&key) {
-            return Err(DataFusionError::Plan(error.clone()));
+            return Err(error.clone().into());
         }
     }
 
@@ -359,16 +391,15 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
                 model: model_list.join(","),
             };
             job.record(&options, &failed, "failed", model_ms, calls, &retrieved_tables);
-            let error = format!(
-                "{}('{}') found no valid SQL after {} attempt(s); last SQL: {}; reason: {}",
-                request.function,
-                request.question,
-                all_attempts.len(),
-                if last_sql.is_empty() { "(none)".to_string() } else { last_sql.replace('\n', " ") },
-                reason
-            );
+            let error = NlError::NoValidSql {
+                function: request.function.clone(),
+                question: request.question.clone(),
+                attempts: all_attempts.len(),
+                last_sql: if last_sql.is_empty() { "(none)".to_string() } else { last_sql.replace('\n', " ") },
+                reason,
+            };
             failures().lock().unwrap_or_else(|e| e.into_inner()).insert(key, (Instant::now(), error.clone()));
-            Err(DataFusionError::Plan(error))
+            Err(error.into())
         }
     }
 }
@@ -433,7 +464,7 @@ impl Job<'_> {
         } else {
             Retrieved { tables: self.knowledge.tables.iter().map(|t| t.name.clone()).collect(), ..Default::default() }
         };
-        let generator = hub::generator(&options).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let generator = hub::generator(&options).await.map_err(NlError::Model)?;
         let limiter = hub::limiter(generator.id(), options.concurrency);
         let attempts_allowed = if self.strategy.repairs() { options.nl_attempts } else { 1 };
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -603,7 +634,7 @@ fn clip(text: &str, n: usize) -> String {
 /// Repair hints: an error naming a column or table that does not exist gets
 /// the real ones that look like it, with the join that reaches them.
 pub mod repair {
-    use super::check::Problem;
+    use super::check::{Cause, Problem};
     use super::knowledge::{Knowledge, stem};
 
     /// Edit distance, for near misses such as `orderdate` / `o_orderdate`.
@@ -622,21 +653,14 @@ pub mod repair {
         row[b.len()]
     }
 
-    /// The identifier an error says is missing: `(is a column, name)`.
-    fn missing(message: &str) -> Option<(bool, String)> {
-        super::fix::missing_column(message)
-            .map(|(_, column)| (true, column))
-            .or_else(|| super::fix::missing_table(message).map(|table| (false, table)))
-    }
-
     /// A hint for the model about its failed `sql`, and tables to add to its prompt.
     pub fn hint(problem: &Problem, k: &Knowledge, sql: &str) -> (String, Vec<String>) {
         let words: Vec<String> =
             sql.split(|c: char| !(c.is_alphanumeric() || c == '_')).map(str::to_ascii_lowercase).collect();
         let used: Vec<&str> =
             k.tables.iter().map(|t| t.name.as_str()).filter(|t| words.iter().any(|w| w == t)).collect();
-        let Problem::Plan(message) = problem else { return (String::new(), vec![]) };
-        if message.contains("Date32") && !message.contains("No field named") {
+        let Problem::Plan(unplanned) = problem else { return (String::new(), vec![]) };
+        if unplanned.cause == Cause::DateMismatch {
             // A date compared with a number or text: name the real date columns.
             let dates: Vec<String> = k
                 .tables
@@ -648,7 +672,11 @@ pub mod repair {
             let tables = dates.iter().filter_map(|d| d.split('.').next().map(str::to_string)).collect();
             return (format!("Compare dates only with date columns: {}.", dates.join(", ")), tables);
         }
-        let Some((is_column, name)) = missing(message) else { return (String::new(), vec![]) };
+        let (is_column, name) = match &unplanned.cause {
+            Cause::MissingColumn { name, .. } => (true, name.clone()),
+            Cause::MissingTable(table) => (false, table.clone()),
+            _ => return (String::new(), vec![]),
+        };
         if is_column {
             let mut near: Vec<(usize, String, String)> = Vec::new();
             for t in &k.tables {
@@ -712,7 +740,7 @@ pub mod repair {
                 examples: vec![],
                 version: String::new(),
             };
-            let problem = Problem::Plan("No field named l_orderdate.".into());
+            let problem = Problem::plan("No field named l_orderdate.");
             let (hint, tables) =
                 hint(&problem, &k, "SELECT count(*) FROM lineitem WHERE l_orderdate > DATE '1995-01-01'");
             assert!(

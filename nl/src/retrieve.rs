@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::Result;
 
 use super::knowledge::{Knowledge, TableInfo, stem};
 use lakelink_model::cache::{self, Answer, DiskCache};
@@ -69,7 +69,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Embeds texts through the model layer, with each text's vector cached on disk.
 async fn embed(options: &LlmOptions, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
-    let embedder = hub::embedder(options).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let embedder = hub::embedder(options).await.map_err(crate::NlError::Model)?;
     let disk = DiskCache::new(&options.cache_dir);
     let keys: Vec<String> = texts.iter().map(|t| cache::key(&[embedder.id(), "nl-doc", t])).collect();
     let mut out: Vec<Option<Vec<f32>>> = keys
@@ -83,7 +83,7 @@ async fn embed(options: &LlmOptions, texts: Vec<String>) -> Result<Vec<Vec<f32>>
     let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
     for chunk in missing.chunks(64) {
         let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
-        let vectors = embedder.embed(&batch).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let vectors = embedder.embed(&batch).await.map_err(crate::NlError::Model)?;
         for (&i, v) in chunk.iter().zip(vectors.vectors) {
             if options.cache {
                 disk.put(&keys[i], &Answer::Vector(v.clone()));

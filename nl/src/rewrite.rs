@@ -7,8 +7,9 @@
 //!   over the columns of that SELECT's FROM clause, in parentheses, so the
 //!   optimizer pushes it into the scan like a hand-written predicate;
 //! * `nl_sql('question')` becomes the string of the query `nl_query` would run;
-//! * `nl_accept('question', 'sql')` checks the SQL, stores the pair as an
-//!   accepted example in the lake's metadata folder, and becomes a message.
+//! * `nl_accept('question', 'sql')` checks the SQL, keeps the pair to be
+//!   stored as an accepted example in the lake's metadata folder when the
+//!   statement runs, and becomes a message.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -24,7 +25,7 @@ use datafusion::sql::sqlparser::ast::{
 use super::check::Policy;
 use super::knowledge::{self, Example, sql_type};
 use super::strategy::Target;
-use super::{Compiled, NlEnv, Request, compile};
+use super::{Compiled, NlEnv, NlError, Request, compile};
 
 /// Whether `sql` may call an `nl_*` function (a cheap test before parsing).
 pub fn mentions_nl(sql: &str) -> bool {
@@ -54,11 +55,16 @@ fn function_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
 
 /// The string literals a call was given, or why they are not.
 fn literal_args(function: &str, args: &[FunctionArg], want: usize) -> Result<Vec<String>> {
-    let usage = || {
-        DataFusionError::Plan(match want {
-            1 => format!("{function} takes one string literal: the question, such as {function}('orders from 1995')"),
-            _ => format!("{function} takes two string literals: the question and the SQL"),
-        })
+    let usage = || -> DataFusionError {
+        NlError::Call {
+            reason: match want {
+                1 => {
+                    format!("{function} takes one string literal: the question, such as {function}('orders from 1995')")
+                }
+                _ => format!("{function} takes two string literals: the question and the SQL"),
+            },
+        }
+        .into()
     };
     if args.len() != want {
         return Err(usage());
@@ -139,7 +145,10 @@ fn filters_in(expr: &SqlExpr) -> Result<Vec<String>> {
 
 fn scope_of(query_with: Option<&datafusion::sql::sqlparser::ast::With>, select: &Select) -> Result<String> {
     if select.from.is_empty() {
-        return Err(DataFusionError::Plan("nl_filter needs a FROM clause: it filters the rows of its tables".into()));
+        return Err(NlError::Call {
+            reason: "nl_filter needs a FROM clause: it filters the rows of its tables".into(),
+        }
+        .into());
     }
     let from: Vec<String> = select.from.iter().map(|t| t.to_string()).collect();
     Ok(match query_with {
@@ -417,27 +426,34 @@ fn leftover(statement: &Statement) -> Result<()> {
     });
     match found.as_deref() {
         None => Ok(()),
-        Some("nl_filter") => Err(DataFusionError::Plan(
-            "nl_filter belongs in a WHERE clause (it compiles into a condition over that SELECT's tables)".into(),
-        )),
-        Some("nl_query") => {
-            Err(DataFusionError::Plan("nl_query is a table function: SELECT * FROM nl_query('question')".into()))
+        Some("nl_filter") => Err(NlError::Call {
+            reason: "nl_filter belongs in a WHERE clause (it compiles into a condition over that SELECT's tables)"
+                .into(),
         }
-        Some(name) => Err(DataFusionError::Plan(format!("{name} cannot be used here"))),
+        .into()),
+        Some("nl_query") => {
+            Err(NlError::Call { reason: "nl_query is a table function: SELECT * FROM nl_query('question')".into() }
+                .into())
+        }
+        Some(name) => Err(NlError::Call { reason: format!("{name} cannot be used here") }.into()),
     }
 }
 
-/// Checks `sql` and stores it as the accepted answer to `question`.
+/// Checks `sql` and keeps it as the accepted answer to `question`, to be
+/// stored when the statement runs ([`crate::commit_accepted`]).
 async fn accept(state: &SessionState, env: &NlEnv, question: &str, sql: &str) -> Result<String> {
     let Some(dir) = &env.metadata_dir else {
-        return Err(DataFusionError::Plan("nl_accept: this lake has no metadata folder to keep examples in".into()));
+        return Err(
+            NlError::Call { reason: "nl_accept: this lake has no metadata folder to keep examples in".into() }.into()
+        );
     };
     let options = lakelink_model::LlmOptions::from_config(state.config().options());
     let tables = knowledge::allowed_tables(state, &options.nl_tables).await?;
     let policy = Policy { tables, system: options.nl_system_tables };
     let checked = super::check::check_query(state, sql, &policy)
         .await
-        .map_err(|p| DataFusionError::Plan(format!("nl_accept: the SQL is {p}")))?;
-    let path = knowledge::accept_example(dir, &Example { question: question.trim().to_string(), sql: checked.sql })?;
-    Ok(format!("accepted into {}", path.display()))
+        .map_err(|p| NlError::Refused { reason: format!("nl_accept: the SQL is {p}") })?;
+    let example = Example { question: question.trim().to_string(), sql: checked.sql };
+    crate::pending_accept(&options.query_id, dir, example);
+    Ok(format!("accepted into {}", dir.join(knowledge::EXAMPLES_FILE).display()))
 }

@@ -12,7 +12,7 @@ pub const FOLLOW_TICKET_PREFIX: &str = "lakelink-follow:";
 
 /// The largest message sent as it lies in the file: below the 16 MiB that
 /// Ballista's clients, and this executor's Flight service, accept. A bigger
-/// batch (wide rows) is sent in slices of about [`SLICE_BYTES`].
+/// batch (wide rows) is sent in slices of about 2 MiB.
 pub const MAX_RAW_MESSAGE: usize = 12 * 1024 * 1024;
 
 /// One partition of a job's result stage, as written by one task.

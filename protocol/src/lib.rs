@@ -1,6 +1,7 @@
 //! What a LakeLink scheduler and its executors exchange beyond Ballista's
 //! own protocol, so that neither depends on the other:
 //!
+//! * [`cluster`]: the secret the cluster's processes present to each other;
 //! * [`follow`]: a result partition read from the executor writing it, while
 //!   its task runs (the scheduler's reads);
 //! * [`result`]: a result on its way to a client: grants and client tickets
@@ -8,5 +9,6 @@
 //!   to be sent as it lies.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod follow;
 pub mod result;

@@ -1,4 +1,4 @@
-use datafusion::common::DataFusionError;
+use datafusion::common::{DataFusionError, SchemaError};
 use tonic::Status;
 
 /// Everything that can go wrong in the scheduler, one variant per cause.
@@ -34,11 +34,74 @@ pub enum SchedulerError {
     DataFusion(#[from] DataFusionError),
 }
 
+/// Why a client's statement was refused, one variant per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// DDL, DML or `COPY`.
+    #[error("LakeLink serves read-only queries: statements that create, change or delete data are refused")]
+    ReadOnly,
+    /// A statement that is not a query (`PREPARE`, transactions, `SET` of
+    /// anything but a model setting).
+    #[error(
+        "statements such as PREPARE or transactions are not supported over Flight SQL; use a query \
+         (SET and RESET accept model settings, lakelink.llm.<key>)"
+    )]
+    NotAQuery,
+    /// Placeholders without values.
+    #[error("the statement has {0} parameter placeholder(s) but no values were bound")]
+    UnboundParameters(usize),
+}
+
+impl From<QueryError> for DataFusionError {
+    fn from(e: QueryError) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(e: QueryError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+/// The status of a typed error of LakeLink's crates inside `err`, if any.
+fn typed_status(err: &DataFusionError) -> Option<Status> {
+    let DataFusionError::External(inner) = err else { return None };
+    if let Some(e) = inner.downcast_ref::<QueryError>() {
+        return Some(Status::invalid_argument(e.to_string()));
+    }
+    if let Some(e) = inner.downcast_ref::<lakelink_nl::NlError>() {
+        use lakelink_nl::NlError;
+        return Some(match e {
+            NlError::Model(m) => Status::unavailable(m.to_string()),
+            NlError::Knowledge(_) => Status::failed_precondition(e.to_string()),
+            NlError::NoValidSql { .. } | NlError::Refused { .. } | NlError::Call { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+        });
+    }
+    if let Some(e) = inner.downcast_ref::<lakelink_udf::FunctionError>() {
+        return Some(Status::invalid_argument(e.to_string()));
+    }
+    if let Some(e) = inner.downcast_ref::<lakelink_model::model::ModelError>() {
+        return Some(Status::unavailable(e.to_string()));
+    }
+    None
+}
+
 /// Turns a query error into the gRPC status a Flight SQL client sees: what
 /// the user got wrong is `InvalidArgument` or `NotFound`, with DataFusion's
 /// own words and without its internal wrapping.
+///
+/// LakeLink's own errors are told by their type. Two causes can only be
+/// told by their words: a task's error, which reaches the scheduler as the
+/// Debug text Ballista made of it, and an unknown table, which DataFusion
+/// reports as a planning message.
 pub fn query_status(err: DataFusionError) -> Status {
     let err = err.find_root();
+    if let Some(status) = typed_status(err) {
+        return status;
+    }
     let message = clean_message(err);
     if let Some(inner) = debug_wrapped_message(&message) {
         // A task's error that crossed Ballista as its Debug text.
@@ -52,6 +115,9 @@ pub fn query_status(err: DataFusionError) -> Status {
                 other => other.to_string(),
             };
             Status::invalid_argument(format!("SQL syntax error: {detail}"))
+        }
+        DataFusionError::SchemaError(e, _) if matches!(e.as_ref(), SchemaError::FieldNotFound { .. }) => {
+            Status::not_found(message)
         }
         DataFusionError::Plan(m) if m.contains("not found") => Status::not_found(message),
         DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => Status::invalid_argument(message),

@@ -53,6 +53,8 @@ impl crate::query::Cluster for BallistaJobs {
 
     fn cancel(&self, name: &str) {
         let (scheduler, name) = (self.0.clone(), name.to_string());
+        // Bare on purpose: cancelling is fire and forget: it must finish even if the caller is gone.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let jobs = scheduler.state.task_manager.get_all_jobs().await.unwrap_or_default();
             for job in jobs.into_iter().filter(|j| j.job_name == name) {
@@ -185,6 +187,8 @@ pub(crate) fn follow(
 ) -> RunningJob {
     let (tx, rx) = watch::channel(Progress::default());
     let running = RunningJob { job_id: job_id.to_string(), progress: rx, abandon: None };
+    // Bare on purpose: the watcher follows the job to its end, then removes its files.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(async move {
         watch_job(&scheduler, &job_id, statuses, &tx).await;
         tx.closed().await;

@@ -42,12 +42,12 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use lakelink_udf::Extensions;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 
 pub use auth::AuthConfig;
 pub use error::SchedulerError;
+pub use lakelink_protocol::cluster::ClusterSecret;
 
 use crate::auth::Authenticator;
 use crate::catalog::LakeSchema;
@@ -64,16 +64,23 @@ pub struct SchedulerOptions {
     pub lake: String,
     /// The address to listen on.
     pub bind_host: String,
-    /// The port for Ballista gRPC and Flight SQL; 0 picks a free one.
+    /// The client port (Flight SQL); 0 picks a free one.
     pub port: u16,
+    /// The cluster port (Ballista's scheduler protocol, for executors only);
+    /// 0: the client port + 1, or a free one when the client port is 0.
+    pub cluster_port: u16,
+    /// The secret executors present on the cluster port and on each other's
+    /// data ports.
+    pub cluster_secret: ClusterSecret,
     /// Credentials clients must present.
     pub auth: AuthConfig,
     /// The custom functions every node knows.
     pub extensions: Extensions,
     /// An executor silent for this long is considered dead.
     pub executor_timeout_seconds: u64,
-    /// Push tasks to executors (which then serve Ballista's executor gRPC)
-    /// instead of letting them poll; every executor must use the same mode.
+    /// Push tasks to executors, which then serve Ballista's executor gRPC:
+    /// a port LakeLink cannot authenticate, so off by default (executors
+    /// poll the cluster port); every executor must use the same mode.
     pub push_scheduling: bool,
     /// Partitions per query stage; 0 means one per executor task slot
     /// registered when the query is planned (at least 2).
@@ -109,16 +116,19 @@ pub enum ResultEndpoints {
 }
 
 impl SchedulerOptions {
-    /// Defaults for a lake: all interfaces, port 50050, no auth.
+    /// Defaults for a lake: all interfaces, ports 50050 and 50051, no client
+    /// auth, a new random cluster secret.
     pub fn new(lake: impl Into<String>) -> Self {
         Self {
             lake: lake.into(),
             bind_host: "0.0.0.0".into(),
             port: 50050,
+            cluster_port: 0,
+            cluster_secret: ClusterSecret::generate(),
             auth: AuthConfig::default(),
             extensions: Extensions::lakelink(),
             executor_timeout_seconds: 30,
-            push_scheduling: true,
+            push_scheduling: false,
             target_partitions: 0,
             settings: Vec::new(),
             top_n_narrowing_min_bytes: rewrite::top_n::TOP_N_NARROWING_MIN_BYTES,
@@ -142,20 +152,23 @@ pub struct ConnectionId(pub u64);
 /// A scheduler serving in the background.
 #[derive(Debug)]
 pub struct RunningScheduler {
-    /// The address it listens on.
+    /// The client port's address (Flight SQL).
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// The cluster port's address (Ballista's scheduler protocol).
+    pub cluster_addr: SocketAddr,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: JoinHandle<Result<(), SchedulerError>>,
 }
 
 impl RunningScheduler {
-    /// The address clients and executors connect to from this machine.
+    /// The address clients connect to from this machine.
     pub fn local_addr(&self) -> SocketAddr {
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        addr
+        loopback(self.addr)
+    }
+
+    /// The address executors connect to from this machine.
+    pub fn local_cluster_addr(&self) -> SocketAddr {
+        loopback(self.cluster_addr)
     }
 
     /// Waits until the server stops.
@@ -166,10 +179,57 @@ impl RunningScheduler {
     /// Stops serving.
     pub async fn stop(mut self) -> Result<(), SchedulerError> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         self.wait().await
     }
+}
+
+/// `addr`, with a wildcard address made the loopback address.
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// Binds `host:port`.
+async fn bind(host: &str, port: u16) -> Result<(tokio::net::TcpListener, SocketAddr), SchedulerError> {
+    let addr = format!("{host}:{port}");
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| SchedulerError::Bind { addr: addr.clone(), source })?;
+    let bound = listener.local_addr().map_err(|source| SchedulerError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Serves `router` on `listener`, numbering each accepted connection (client
+/// sessions hang off it) and noting its peer address (Ballista's scheduler
+/// reads it to learn where an executor that did not name its host can be
+/// reached), until `stop` resolves.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<Result<(), SchedulerError>> {
+    let next_connection = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let app = tower::service_fn(move |incoming: axum::serve::IncomingStream<'_, Listener>| {
+        let peer = *incoming.remote_addr();
+        let id = next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let router = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)))
+            .layer(axum::Extension(ConnectionId(id)));
+        async move { Ok::<_, std::convert::Infallible>(router) }
+    });
+    // Bare on purpose: the server lives until stopped.
+    #[allow(clippy::disallowed_methods)]
+    tokio::spawn(async move {
+        axum::serve(listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream)), app)
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(SchedulerError::Serve)
+    })
 }
 
 /// Starts a scheduler and returns once it is listening.
@@ -182,16 +242,21 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         tracing::warn!("table {name} cannot be read and will fail when queried: {err}");
     }
 
-    let addr = format!("{}:{}", options.bind_host, options.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| SchedulerError::Bind { addr: addr.clone(), source })?;
-    let addr = listener.local_addr().map_err(|source| SchedulerError::Bind { addr, source })?;
+    let (listener, addr) = bind(&options.bind_host, options.port).await?;
+    let cluster_port = match (options.cluster_port, options.port) {
+        (0, 0) => 0,
+        (0, port) => {
+            port.checked_add(1).ok_or_else(|| SchedulerError::Config("--port 65535 leaves no cluster port".into()))?
+        }
+        (port, _) => port,
+    };
+    let (cluster_listener, cluster_addr) = bind(&options.bind_host, cluster_port).await?;
+    let secret = options.cluster_secret.clone();
 
     let ext = options.extensions.clone();
     let mut config = SchedulerConfig::default()
         .with_hostname("localhost")
-        .with_port(addr.port())
+        .with_port(cluster_addr.port())
         .with_scheduler_policy(if options.push_scheduling {
             TaskSchedulingPolicy::PushStaged
         } else {
@@ -212,6 +277,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     config.bind_host = options.bind_host.clone();
     config.executor_timeout_seconds = options.executor_timeout_seconds;
     config.expire_dead_executor_interval_seconds = options.executor_timeout_seconds.clamp(1, 15);
+    config.override_create_grpc_client_endpoint = Some(present_secret(&secret));
     config.override_logical_codec = Some(ext.logical_codec());
     config.override_physical_codec = Some(ext.physical_codec());
     let config = Arc::new(config);
@@ -227,14 +293,15 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         semi_join_reduction: options.semi_join_reduction,
     };
     let jobs = Arc::new(job::BallistaJobs(scheduler.clone()));
-    let engine = Arc::new(query_engine(&ext, lake, addr, jobs, partitions, rewrites, &options.settings).await?);
+    let engine =
+        Arc::new(query_engine(&ext, lake, cluster_addr, &secret, jobs, partitions, rewrites, &options.settings).await?);
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
     if !options.auth.enabled() && !loopback {
         tracing::warn!("Flight SQL has no authentication: anyone who reaches port {} can query the lake", addr.port());
     }
     let flight = FlightServiceServer::new(
-        LakeLinkFlightSql::new(engine, auth.clone()).with_result_endpoints(options.result_endpoints),
+        LakeLinkFlightSql::new(engine, auth.clone(), secret.clone()).with_result_endpoints(options.result_endpoints),
     )
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -242,34 +309,37 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(scheduler_grpc);
-    routes.add_service(InterceptedService::new(flight, auth));
-    let router = routes.routes().into_axum_router();
-    // Every accepted connection gets a number (client sessions hang off it)
-    // and its peer address (Ballista's scheduler reads it to learn where an
-    // executor that did not name its host can be reached).
-    let next_connection = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    let app = tower::service_fn(move |incoming: axum::serve::IncomingStream<'_, Listener>| {
-        let peer = *incoming.remote_addr();
-        let id = next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let router = router
-            .clone()
-            .layer(axum::Extension(axum::extract::ConnectInfo(peer)))
-            .layer(axum::Extension(ConnectionId(id)));
-        async move { Ok::<_, std::convert::Infallible>(router) }
-    });
-    let (shutdown, stop) = oneshot::channel::<()>();
+    // Two doors: the client port serves Flight SQL only (with the client
+    // credentials), the cluster port Ballista's scheduler protocol only
+    // (with the cluster secret).
+    let mut client_routes = tonic::service::RoutesBuilder::default();
+    client_routes.add_service(InterceptedService::new(flight, auth));
+    let mut cluster_routes = tonic::service::RoutesBuilder::default();
+    cluster_routes.add_service(InterceptedService::new(scheduler_grpc, secret.interceptor()));
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let client = serve(listener, client_routes.routes().into_axum_router(), stopped(stop.clone()));
+    let cluster = serve(cluster_listener, cluster_routes.routes().into_axum_router(), stopped(stop));
+    // Bare on purpose: it lives as long as the two servers it waits for.
+    #[allow(clippy::disallowed_methods)]
     let task = tokio::spawn(async move {
-        axum::serve(listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream)), app)
-            .with_graceful_shutdown(async {
-                let _ = stop.await;
-            })
-            .await
-            .map_err(SchedulerError::Serve)
+        let (client, cluster) = tokio::join!(client, cluster);
+        let failed = |e: tokio::task::JoinError| SchedulerError::Config(format!("scheduler task failed: {e}"));
+        client.map_err(failed)??;
+        cluster.map_err(failed)?
     });
-    tracing::info!("LakeLink scheduler listening on {addr} (Ballista gRPC and Arrow Flight SQL)");
-    Ok(RunningScheduler { addr, shutdown: Some(shutdown), task })
+    tracing::info!("LakeLink scheduler: Flight SQL clients on {addr}, executors (the cluster port) on {cluster_addr}");
+    Ok(RunningScheduler { addr, cluster_addr, shutdown: Some(shutdown), task })
+}
+
+/// The cluster secret, presented by the scheduler's own Ballista clients.
+fn present_secret(secret: &ClusterSecret) -> ballista_core::extension::EndpointOverrideFn {
+    let secret = secret.clone();
+    Arc::new(move |endpoint| {
+        secret.present(endpoint).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    })
 }
 
 /// The scheduler's listener: every accepted connection sends without delay.
@@ -286,10 +356,12 @@ fn no_delay(tcp: &mut tokio::net::TcpStream) {
 }
 
 /// The planning sessions of the Flight SQL front door.
+#[allow(clippy::too_many_arguments)]
 async fn query_engine(
     ext: &Extensions,
     lake: Arc<LakeSchema>,
-    addr: SocketAddr,
+    cluster_addr: SocketAddr,
+    secret: &ClusterSecret,
     cluster: Arc<dyn query::Cluster>,
     partitions: query::Partitions,
     rewrites: rewrite::Rewrites,
@@ -300,9 +372,12 @@ async fn query_engine(
     catalog.register_schema(SCHEMA, lake.clone())?;
     catalog.register_schema(system::SCHEMA, Arc::new(system::SystemSchema))?;
 
-    let state = ext.session_state(config.clone())?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    let distributed = SessionContext::remote_with_state(&format!("df://{host}:{}", addr.port()), state).await?;
+    // Ballista's client in this session (the statements it runs itself)
+    // reaches the scheduler's cluster port, presenting the secret.
+    let distributed_config = config.clone().with_ballista_override_create_grpc_client_endpoint(present_secret(secret));
+    let state = ext.session_state(distributed_config)?;
+    let addr = loopback(cluster_addr);
+    let distributed = SessionContext::remote_with_state(&format!("df://{}:{}", addr.ip(), addr.port()), state).await?;
     ext.register_all(&distributed);
     distributed.register_catalog(CATALOG, catalog.clone());
 

@@ -16,7 +16,7 @@
 //! for what it saves). The rules are the executors' own
 //! ([`lakelink_protocol::result::send_to_client`]), which serve results to
 //! clients directly when the scheduler hands out executor endpoints
-//! ([`grant`]).
+//! ([`grant`](crate::result::grant)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use lakelink_protocol::cluster::ClusterSecret;
 use lakelink_protocol::result::{GRANT_ACTION, GrantRequest, Sent, TICKET_PREFIX, send_to_client};
 
 use crate::error::query_status;
@@ -52,13 +53,15 @@ pub type FlightDataStream = futures::stream::BoxStream<'static, Result<FlightDat
 /// them, as Flight data in `schema`. A client that stops reading stops the
 /// reading (and, before the job has ended, cancels the query); the job's
 /// files are removed once the stream ends.
-pub fn forward(job: RunningJob, schema: SchemaRef) -> FlightDataStream {
+pub fn forward(job: RunningJob, schema: SchemaRef, secret: ClusterSecret) -> FlightDataStream {
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(4);
+    // Bare on purpose: the relay ends when the client goes away (its channel closes) or at the result's end.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(async move {
         // A client that goes away while nothing is sent (the job is still
         // computing) is noticed at once: the job is dropped, which cancels it.
         tokio::select! {
-            sent = send_result(job, &schema, &tx) => if let Err(e) = sent {
+            sent = send_result(job, &schema, &secret, &tx) => if let Err(e) = sent {
                 let _ = tx.send(Err(e)).await;
             },
             _ = tx.closed() => {}
@@ -70,6 +73,7 @@ pub fn forward(job: RunningJob, schema: SchemaRef) -> FlightDataStream {
 async fn send_result(
     mut job: RunningJob,
     schema: &SchemaRef,
+    secret: &ClusterSecret,
     tx: &mpsc::Sender<Result<FlightData, Status>>,
 ) -> Result<(), Status> {
     // The schema message exactly as the encoder of re-encoded batches writes
@@ -83,15 +87,19 @@ async fn send_result(
     let mut sent = Sent::default();
     // Each partition as read: where from, and how many rows.
     let mut read_from: Vec<(Located, u64)> = vec![];
+    let mut attempts = 0;
     while let Some(located) = job.partition(read_from.len()).await.map_err(query_status)? {
         let before = sent;
         let n = read_from.len();
-        let read = match fetch(&located).await {
+        let read = match fetch(&located, secret).await {
             Ok(messages) => send_to_client(messages, &sent_schema, tx, &mut sent).await,
             Err(e) => Err(e),
         };
         match read {
-            Ok(true) => read_from.push((located, sent.rows - before.rows)),
+            Ok(true) => {
+                read_from.push((located, sent.rows - before.rows));
+                attempts = 0;
+            }
             Ok(false) => return Ok(()), // the client went away
             Err(status) => {
                 // The task's failure fails the job: its error is the one to
@@ -100,8 +108,10 @@ async fn send_result(
                 let ended = tokio::time::timeout(JOB_ERROR_WAIT, job.ended()).await;
                 match ended {
                     Ok(Err(e)) => return Err(query_status(e)),
-                    Ok(Ok(())) if sent.messages() == before.messages() => {
+                    Ok(Ok(())) if sent.messages() == before.messages() && attempts < MAX_READS => {
+                        attempts += 1;
                         tracing::info!("result partition {n} of job {} is read again: {status}", job.id());
+                        tokio::time::sleep(REREAD_PAUSE * attempts).await;
                     }
                     _ => {
                         return Err(Status::aborted(format!(
@@ -173,15 +183,23 @@ async fn schema_message(schema: &SchemaRef) -> Result<FlightData, Status> {
     encoder.next().await.ok_or_else(|| Status::internal("no schema message"))?.map_err(Status::from)
 }
 
-/// A client of the executor writing `located`.
-async fn executor_client(located: &Located) -> Result<FlightServiceClient<Channel>, Status> {
+/// How often a partition whose read failed (its task run again) is read again.
+const MAX_READS: u32 = 3;
+/// The pause before reading a partition again, times the attempt.
+const REREAD_PAUSE: Duration = Duration::from_millis(200);
+
+/// A client of the executor writing `located`, presenting the cluster secret.
+async fn executor_client(located: &Located, secret: &ClusterSecret) -> Result<FlightServiceClient<Channel>, Status> {
     let unreachable =
         |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot reach {}: {e}", describe(located)));
     // Ballista's own fetches use the same limits: an executor not reached
     // within 20 s, or whose connection stops answering keep-alive pings (one
     // every five minutes, 20 s to answer), fails the query instead of
     // stalling it.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", located.host, located.port))
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", located.host, located.port))
+        .map_err(|e| unreachable(&e))?;
+    let channel = secret
+        .present(endpoint)
         .map_err(|e| unreachable(&e))?
         .connect_timeout(Duration::from_secs(20))
         .tcp_keepalive(Some(Duration::from_secs(3600)))
@@ -194,8 +212,11 @@ async fn executor_client(located: &Located) -> Result<FlightServiceClient<Channe
 }
 
 /// Reads a result partition from the executor writing it, as it is written.
-async fn fetch(located: &Located) -> Result<lakelink_protocol::result::BoxedStream<FlightData>, Status> {
-    let response = executor_client(located)
+async fn fetch(
+    located: &Located,
+    secret: &ClusterSecret,
+) -> Result<lakelink_protocol::result::BoxedStream<FlightData>, Status> {
+    let response = executor_client(located, secret)
         .await?
         .do_get(located.partition.ticket())
         .await
@@ -207,7 +228,7 @@ async fn fetch(located: &Located) -> Result<lakelink_protocol::result::BoxedStre
 /// Where a client reads one result partition itself: the executor writing
 /// it, with a ticket for one read as `schema` (`lakelink_protocol::result`).
 /// The executor answers once the partition's task has started writing it.
-pub async fn grant(located: &Located, schema: &Schema) -> Result<FlightEndpoint, Status> {
+pub async fn grant(located: &Located, schema: &Schema, secret: &ClusterSecret) -> Result<FlightEndpoint, Status> {
     use base64::Engine;
     let request = GrantRequest {
         partition: located.partition.clone(),
@@ -218,7 +239,7 @@ pub async fn grant(located: &Located, schema: &Schema) -> Result<FlightEndpoint,
     let refused = |e: &dyn std::fmt::Display| {
         Status::unavailable(format!("cannot hand {} to the client: {e}", describe(located)))
     };
-    let mut answers = executor_client(located)
+    let mut answers = executor_client(located, secret)
         .await?
         .do_action(arrow_flight::Action::new(GRANT_ACTION, body))
         .await

@@ -12,6 +12,7 @@ import decimal
 import math
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -377,6 +378,7 @@ class Cluster:
     user: str | None = None
     password: str | None = None
     port: int = 0
+    cluster_port: int = 0
     scheduler_args: list[str] = field(default_factory=list)
     executor_args: list[str] = field(default_factory=list)
     # Extra environment of every process of the cluster.
@@ -423,9 +425,15 @@ class Cluster:
     def start(self) -> "Cluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
         STARTED_LOG_DIRS.append((self.name, self.workdir))
-        ports = free_ports(1 + 2 * self.executors_wanted)
-        self.port = ports[0]
+        ports = free_ports(2 + 2 * self.executors_wanted)
+        self.port, self.cluster_port = ports[0], ports[1]
+        # The cluster secret every process of this cluster presents.
+        self.secret_file = self.workdir / "cluster.secret"
+        if not self.secret_file.exists():
+            self.secret_file.write_text(secrets.token_hex(24) + "\n")
+            self.secret_file.chmod(0o600)
         cmd = [binary("lakelink-scheduler"), "--lake", str(self.lake), "--port", str(self.port),
+               "--cluster-port", str(self.cluster_port), "--cluster-secret-file", str(self.secret_file),
                "--bind", "127.0.0.1"]
         if self.token is not None:
             cmd += ["--auth-token", self.token]
@@ -435,8 +443,9 @@ class Cluster:
         self.scheduler = Proc("scheduler", cmd, self.workdir / "scheduler.log", env=self.env).start(self.workdir)
         self._wait_port(self.scheduler, self.port)
         for i in range(self.executors_wanted):
-            fport, gport = ports[1 + 2 * i], ports[2 + 2 * i]
-            ecmd = [binary("lakelink-executor"), "--scheduler", f"127.0.0.1:{self.port}",
+            fport, gport = ports[2 + 2 * i], ports[3 + 2 * i]
+            ecmd = [binary("lakelink-executor"), "--scheduler", f"127.0.0.1:{self.cluster_port}",
+                    "--cluster-secret-file", str(self.secret_file),
                     "--port", str(fport), "--grpc-port", str(gport), "--bind", "127.0.0.1"]
             edir = self.workdir / f"executor-{i}"
             edir.mkdir(exist_ok=True)

@@ -25,6 +25,8 @@ pub fn loopback_options(lake: &Path) -> SchedulerOptions {
 /// A scheduler and its executors inside the test process.
 pub struct TestCluster {
     pub scheduler: RunningScheduler,
+    /// The secret its processes present to each other.
+    pub secret: lakelink_scheduler::ClusterSecret,
 }
 
 impl TestCluster {
@@ -55,13 +57,14 @@ impl TestCluster {
     /// Starts a scheduler with `options` and `executors` executors of one
     /// task slot with `executor_ext`.
     pub async fn start_options(options: SchedulerOptions, executor_ext: &Extensions, executors: usize) -> Self {
+        let secret = options.cluster_secret.clone();
         let scheduler = lakelink_scheduler::start(options).await.expect("scheduler starts");
         for _ in 0..executors {
-            lakelink_executor::start_in_process(scheduler.local_addr(), 1, executor_ext)
+            lakelink_executor::start_in_process(scheduler.local_cluster_addr(), 1, executor_ext, &secret)
                 .await
                 .expect("executor starts");
         }
-        Self { scheduler }
+        Self { scheduler, secret }
     }
 
     /// One scheduler and two executors with LakeLink's functions, whose

@@ -279,6 +279,8 @@ async fn model_faults_follow_the_error_policy() {
     s.model.set_delay(Duration::from_millis(800));
     let killer = {
         let model_addr = s.model.addr;
+        // Bare on purpose: the test waits for it.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             model_addr
@@ -287,6 +289,8 @@ async fn model_faults_follow_the_error_policy() {
     let query_task = {
         let sql = "SELECT llm_filter(review, 'y') AS f FROM reviews".to_string();
         let mut conn2 = s.connect(&["SET lakelink.llm.cache = false", "SET lakelink.llm.timeout_ms = 5000"]).await;
+        // Bare on purpose: the test waits for it.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move { query(&mut conn2, &sql).await.map(|_| ()) })
     };
     killer.await.unwrap();
@@ -336,6 +340,8 @@ async fn an_abandoned_query_stops_its_model_calls() {
         ])
         .await;
     // 2,000 distinct texts, two at a time, 300 ms each: about five minutes of calls.
+    // Bare on purpose: the test waits for it.
+    #[allow(clippy::disallowed_methods)]
     let running = tokio::spawn(async move {
         let _ = query(&mut conn, "SELECT llm_filter(review, 'is about a note') FROM notes").await;
     });

@@ -267,5 +267,5 @@ impl Extensions {
 
 /// The error a codec gives for state it cannot read.
 pub(crate) fn state_error(kind: &str, name: &str, e: impl fmt::Display) -> DataFusionError {
-    DataFusionError::Plan(format!("cannot read the state of {kind} function '{name}' from the plan: {e}"))
+    crate::FunctionError::State { kind: kind.to_string(), name: name.to_string(), reason: e.to_string() }.into()
 }

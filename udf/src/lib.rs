@@ -9,6 +9,8 @@
 
 /// Logical and physical codecs that carry function state to executors.
 pub mod codec;
+/// Why a function call is refused or cannot run.
+pub mod error;
 /// The set of custom functions and the one place that registers them.
 pub mod extensions;
 /// The `llm_*` SQL functions.
@@ -17,5 +19,6 @@ pub mod functions;
 pub mod planner;
 
 pub use codec::{LakeLinkLogicalCodec, LakeLinkPhysicalCodec};
+pub use error::FunctionError;
 pub use extensions::{Extensions, StatefulAggregateUDF, StatefulScalarUDF};
 pub use lakelink_model::config::LlmOptions;

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, Result, plan_err};
+use datafusion::common::{Column, Result};
 use datafusion::logical_expr::expr::{AggregateFunction, Sort as SortExpr};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{Aggregate, AggregateUDF, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Sort};
@@ -111,7 +111,7 @@ fn bind_options(aggregate: Aggregate, config: &dyn OptimizerConfig) -> Result<Tr
                         return Ok(Transformed::no(Expr::AggregateFunction(f)));
                     }
                     if f.params.distinct {
-                        return plan_err!("llm_summarize(DISTINCT ...) is not supported");
+                        return Err(crate::FunctionError::DistinctSummary.into());
                     }
                     changed = true;
                     let func = Arc::new(AggregateUDF::new_from_impl(LlmSummarize::with_options(options.clone())));

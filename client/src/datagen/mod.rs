@@ -2,9 +2,9 @@
 //! tables split into several files so that every executor gets a share of
 //! the scan.
 //!
-//! * `tpch`: the eight TPC-H tables ([`tpch`]);
+//! * `tpch`: the eight TPC-H tables ([`tpch`](crate::datagen::tpch));
 //! * `shop`: an online shop with customer reviews in plain sentences whose
-//!   sentiment and topic are known ([`shop`]), for the `llm_*` functions'
+//!   sentiment and topic are known ([`shop`](crate::datagen::shop)), for the `llm_*` functions.
 //!   quality and cost measurements and as a second vocabulary for the NL
 //!   compiler.
 

@@ -11,20 +11,26 @@ use lakelink_udf::Extensions;
 #[derive(Debug, Parser)]
 #[command(name = "lakelink-executor", version)]
 struct Args {
-    /// The scheduler to work for, as HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:50050")]
+    /// The scheduler's cluster port, as HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50051")]
     scheduler: String,
+    /// File holding the cluster secret (the scheduler's); the
+    /// LAKELINK_CLUSTER_SECRET variable wins over it. Default:
+    /// ~/.config/lakelink/cluster.secret.
+    #[arg(long)]
+    cluster_secret_file: Option<std::path::PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: String,
     /// Host name others reach this executor by (default: localhost).
     #[arg(long)]
     external_host: Option<String>,
-    /// Port serving shuffle and result data (Arrow Flight).
-    #[arg(long, default_value_t = 50051)]
-    port: u16,
-    /// Port of the executor's gRPC service.
+    /// Port serving shuffle and result data (Arrow Flight; other executors
+    /// and the scheduler present the cluster secret, clients a one-time grant).
     #[arg(long, default_value_t = 50052)]
+    port: u16,
+    /// Port of Ballista's executor service, served only with --scheduling push.
+    #[arg(long, default_value_t = 50053)]
     grpc_port: u16,
     /// Tasks run at once (default: one per core).
     #[arg(long, default_value_t = 0)]
@@ -32,9 +38,11 @@ struct Args {
     /// Folder for shuffle files (default: a temporary folder removed at exit).
     #[arg(long)]
     work_dir: Option<std::path::PathBuf>,
-    /// How to get tasks: `pull` (poll the scheduler) or `push` (the scheduler
-    /// sends them); the same mode as the scheduler's `--scheduling`.
-    #[arg(long, default_value = "push", value_parser = ["pull", "push"])]
+    /// How to get tasks: `pull` (poll the scheduler's cluster port) or `push`
+    /// (the scheduler sends them to --grpc-port, which LakeLink cannot
+    /// authenticate: for trusted networks only); the same mode as the
+    /// scheduler's `--scheduling`.
+    #[arg(long, default_value = "pull", value_parser = ["pull", "push"])]
     scheduling: String,
 }
 
@@ -48,7 +56,15 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    let cluster_secret = match lakelink_protocol::cluster::resolve(args.cluster_secret_file.as_deref(), false) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("lakelink-executor: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let options = ExecutorOptions {
+        cluster_secret,
         scheduler: args.scheduler,
         bind_host: args.bind,
         external_host: args.external_host,

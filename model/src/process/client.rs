@@ -38,6 +38,8 @@ impl Connection {
         let (out, mut outgoing) = mpsc::unbounded_channel::<ToServer>();
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FromServer>>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
+        // Bare on purpose: the writer ends when the connection's channel closes.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             while let Some(message) = outgoing.recv().await {
                 if wire::write_frame(&mut writer, &message).await.is_err() {
@@ -46,6 +48,8 @@ impl Connection {
             }
         });
         let (p, c) = (pending.clone(), closed.clone());
+        // Bare on purpose: the reader ends when the connection closes.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             loop {
                 let message = match wire::read_frame::<_, FromServer>(&mut reader).await {

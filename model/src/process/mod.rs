@@ -12,7 +12,7 @@
 //!
 //! * One model process per host (and per user, thread count and binary):
 //!   the first process that needs a local model starts it
-//!   ([`ModelProcess`](client::ModelProcess)); every other process of the host connects to
+//!   ([`ModelProcess`](crate::process::client::ModelProcess)); every other process of the host connects to
 //!   the same socket. A host holds one loaded copy of each model.
 //! * The supervisor runs no model code. It hands calls to its worker, asks
 //!   the worker once for identical calls in flight from several clients,
@@ -21,7 +21,7 @@
 //!   `the local model process exited (signal 11); restarted` and the next
 //!   call is served by the new worker.
 //! * A native fault, a hang (a call nobody waits for that does not stop
-//!   within [`CANCEL_GRACE`](supervisor::CANCEL_GRACE)) or an out-of-memory kill ends only
+//!   within [`CANCEL_GRACE`](crate::process::supervisor::CANCEL_GRACE)) or an out-of-memory kill ends only
 //!   the worker; the worker asks the kernel to pick it first when memory
 //!   runs out.
 //! * The supervisor exits once no client has been connected for its idle

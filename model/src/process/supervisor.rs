@@ -240,7 +240,11 @@ pub async fn serve(options: ServeOptions) -> std::io::Result<()> {
         s.status.supervisor_pid = std::process::id();
         s.idle_since = Some(Instant::now());
     }
+    // Bare on purpose: the worker manager lives as long as the supervisor.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(workers(state.clone(), options.threads, worker_listener, worker_socket.clone()));
+    // Bare on purpose: the watchdog lives as long as the supervisor.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(watchdog(state.clone()));
 
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -248,6 +252,8 @@ pub async fn serve(options: ServeOptions) -> std::io::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // Bare on purpose: a client's connection is served until it closes.
+                    #[allow(clippy::disallowed_methods)]
                     tokio::spawn(client(state.clone(), stream));
                 }
                 Err(e) => break Err(e),
@@ -318,6 +324,8 @@ async fn client(state: Shared, stream: UnixStream) {
         s.next_client
     };
     let (out, mut outgoing) = mpsc::unbounded_channel::<FromServer>();
+    // Bare on purpose: the writer ends when the client's channel closes.
+    #[allow(clippy::disallowed_methods)]
     let sender = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
             if wire::write_frame(&mut writer, &message).await.is_err() {
@@ -454,6 +462,8 @@ async fn run_worker(state: &Shared, threads: usize, listener: &UnixListener, soc
     let (mut reader, mut writer) = stream.into_split();
     let (to_worker, mut outgoing) = mpsc::unbounded_channel::<ToWorker>();
     let (kill, mut kill_requests) = mpsc::unbounded_channel::<String>();
+    // Bare on purpose: the writer ends when the worker's channel closes.
+    #[allow(clippy::disallowed_methods)]
     let sender = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
             if wire::write_frame(&mut writer, &message).await.is_err() {

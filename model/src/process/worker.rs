@@ -140,6 +140,8 @@ pub async fn run(socket: &Path, threads: usize) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
     out.send(FromWorker::Hello { pid: std::process::id(), token }).ok();
+    // Bare on purpose: the writer ends when the supervisor's channel closes.
+    #[allow(clippy::disallowed_methods)]
     let sender = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
             if wire::write_frame(&mut writer, &message).await.is_err() {
@@ -158,6 +160,8 @@ pub async fn run(socket: &Path, threads: usize) -> std::io::Result<()> {
                 let cancel = Arc::new(AtomicBool::new(false));
                 running.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
                 let (models, out, running) = (models.clone(), out.clone(), running.clone());
+                // Bare on purpose: a call ends by itself or at its cancel flag, and always answers.
+                #[allow(clippy::disallowed_methods)]
                 tokio::spawn(async move {
                     let outcome = models.run(call, cancel).await;
                     running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);

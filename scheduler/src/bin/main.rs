@@ -6,8 +6,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use lakelink_scheduler::{AuthConfig, ResultEndpoints, SchedulerOptions, start};
 
-/// A LakeLink scheduler: registers every table of a lake and serves Arrow
-/// Flight SQL and Ballista's executor protocol on one port.
+/// A LakeLink scheduler: registers every table of a lake, serves Arrow
+/// Flight SQL to clients on one port and Ballista's scheduler protocol to its
+/// executors on another (the cluster port, open only to holders of the
+/// cluster secret).
 #[derive(Debug, Parser)]
 #[command(name = "lakelink-scheduler", version)]
 struct Args {
@@ -17,9 +19,18 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: String,
-    /// Port for Flight SQL clients and executors.
+    /// Port for Flight SQL clients.
     #[arg(long, default_value_t = 50050)]
     port: u16,
+    /// Port for executors (Ballista's scheduler protocol); default: --port + 1.
+    #[arg(long)]
+    cluster_port: Option<u16>,
+    /// File holding the cluster secret executors must present (letters,
+    /// digits, '-' and '_', at least 16); the LAKELINK_CLUSTER_SECRET variable
+    /// wins over it. Default: ~/.config/lakelink/cluster.secret, written with
+    /// a new random secret when missing.
+    #[arg(long)]
+    cluster_secret_file: Option<std::path::PathBuf>,
     /// Require this bearer token from Flight SQL clients.
     #[arg(long, env = "LAKELINK_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
@@ -32,9 +43,11 @@ struct Args {
     /// Seconds after which a silent executor is considered dead.
     #[arg(long, default_value_t = 30)]
     executor_timeout: u64,
-    /// How executors get tasks: `pull` (they poll) or `push` (the scheduler
-    /// sends them); executors must be started with the same mode.
-    #[arg(long, default_value = "push", value_parser = ["pull", "push"])]
+    /// How executors get tasks: `pull` (they poll the cluster port) or `push`
+    /// (the scheduler sends them to a port each executor serves with
+    /// Ballista's protocol, which LakeLink cannot authenticate: for trusted
+    /// networks only); executors must be started with the same mode.
+    #[arg(long, default_value = "pull", value_parser = ["pull", "push"])]
     scheduling: String,
     /// Partitions per query stage (0: one per executor task slot, at least 2).
     #[arg(long, default_value_t = 0)]
@@ -90,8 +103,16 @@ async fn main() -> std::process::ExitCode {
         .init();
     let args = Args::parse();
     let mut options = SchedulerOptions::new(args.lake);
+    options.cluster_secret = match lakelink_protocol::cluster::resolve(args.cluster_secret_file.as_deref(), true) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("lakelink-scheduler: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     options.bind_host = args.bind;
     options.port = args.port;
+    options.cluster_port = args.cluster_port.unwrap_or(0);
     options.executor_timeout_seconds = args.executor_timeout;
     options.push_scheduling = args.scheduling == "push";
     options.target_partitions = args.target_partitions;

@@ -3,11 +3,11 @@
 //! parameters, and streams results in the schema that was advertised. It
 //! knows nothing about gRPC (`flight_sql.rs` does).
 //!
-//! * [`session`]: the model settings each client connection changed;
-//! * [`params`]: `?` placeholders;
-//! * [`wire`]: the schema a client is promised;
-//! * [`route`]: where a statement runs (the cluster or here);
-//! * [`cluster`]: what the engine needs of the cluster;
+//! * [`session`](crate::query::session): the model settings each client connection changed;
+//! * [`params`](crate::query::params): `?` placeholders;
+//! * [`wire`](crate::query::wire): the schema a client is promised;
+//! * [`route`](crate::query::route): where a statement runs (the cluster or here);
+//! * [`cluster`](crate::query::cluster): what the engine needs of the cluster;
 //! * the plan rewrites made before a job is submitted live in
 //!   [`crate::rewrite`].
 
@@ -22,11 +22,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{DataFusionError, ParamValues, Result, ScalarValue};
+use datafusion::common::{ParamValues, Result, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionState;
-use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
@@ -39,6 +38,7 @@ pub use session::SettingChange;
 pub use wire::result_schema;
 
 use crate::catalog::LakeSchema;
+use crate::error::QueryError;
 use crate::job::RunningJob;
 use crate::rewrite::{Prepared, Rewrites};
 use route::reads_only_catalog;
@@ -127,22 +127,22 @@ impl QueryEngine {
     }
 
     /// A session context for one query: the shared planning session with
-    /// the client's settings, the stage partition count and a fresh query id.
+    /// the client's settings (checked again by the rules of `SET`, whatever
+    /// carried them), the stage partition count and a fresh query id.
     async fn query_context(&self, base: &SessionContext, settings: &[(String, String)]) -> Result<SessionContext> {
         let partitions = match self.partitions {
             Partitions::Fixed(n) => n,
             Partitions::PerSlot => self.cluster.task_slots().await.max(2),
         };
         let mut state = base.state();
+        let defaults = lakelink_model::LlmOptions::from_config(state.config().options());
         let options = state.config_mut().options_mut();
         options.execution.target_partitions = partitions;
         for (key, value) in settings {
+            session::check(key, value, &defaults)?;
             options.set(key, value)?;
         }
-        let query_id = uuid::Uuid::new_v4().to_string();
-        options.set("lakelink.llm.query_id", &query_id)?;
-        options.set(ballista_core::config::BALLISTA_JOB_NAME, &query_id)?;
-        Ok(SessionContext::new_with_state(state))
+        Ok(SessionContext::new_with_state(new_query_id(state)?))
     }
 
     /// The lake behind the engine.
@@ -150,56 +150,44 @@ impl QueryEngine {
         &self.lake
     }
 
-    /// Plans one read-only statement under a client's `settings`.
-    /// Parameters, if any, replace its placeholders (`$1`, `$2`, ... or `?`).
+    /// Plans one read-only statement under a client's `settings` and binds
+    /// `params` to its placeholders (`$1`, `$2`, ... or `?`).
     pub async fn plan(
         &self,
         sql: &str,
         params: Option<&[ScalarValue]>,
         settings: &[(String, String)],
     ) -> Result<DataFrame> {
+        bind(self.plan_unbound(sql, settings).await?, params)
+    }
+
+    /// Plans one read-only statement under a client's `settings`, leaving
+    /// its placeholders to be bound ([`bind`]); `nl_*` calls are compiled
+    /// now, once.
+    pub async fn plan_unbound(&self, sql: &str, settings: &[(String, String)]) -> Result<DataFrame> {
         let sql = number_question_marks(sql)?;
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let ctx = self.query_context(&self.distributed, settings).await?;
         let df = if lakelink_nl::mentions_nl(&sql) {
-            self.plan_nl(&ctx, &sql, options, settings).await?
+            self.plan_nl(&ctx, &sql, settings).await?
         } else {
-            ctx.sql_with_options(&sql, options).await.map_err(explain_refusal)?
+            let plan = ctx.state().create_logical_plan(&sql).await?;
+            refuse_non_queries(&plan)?;
+            DataFrame::new(ctx.state(), plan)
         };
-        let df = if reads_only_catalog(df.logical_plan()) {
-            self.query_context(&self.local, settings).await?.sql_with_options(&sql, options).await?
-        } else {
-            df
-        };
-        match params {
-            Some(values) => df.with_param_values(ParamValues::from(values.to_vec())),
-            None => {
-                let missing = df.logical_plan().get_parameter_names()?;
-                if missing.is_empty() {
-                    Ok(df)
-                } else {
-                    Err(DataFusionError::Plan(format!(
-                        "the statement has {} parameter placeholder(s) but no values were bound",
-                        missing.len()
-                    )))
-                }
-            }
+        if reads_only_catalog(df.logical_plan()) {
+            let local = self.query_context(&self.local, settings).await?;
+            return Ok(DataFrame::new(local.state(), local.state().create_logical_plan(&sql).await?));
         }
+        Ok(df)
     }
 
     /// Plans a statement that calls `nl_*` functions: they are compiled
     /// into SQL first (see `lakelink_nl`). EXPLAIN of such a statement
     /// starts with one row per call showing the question and its SQL.
-    async fn plan_nl(
-        &self,
-        ctx: &SessionContext,
-        sql: &str,
-        options: SQLOptions,
-        settings: &[(String, String)],
-    ) -> Result<DataFrame> {
+    async fn plan_nl(&self, ctx: &SessionContext, sql: &str, settings: &[(String, String)]) -> Result<DataFrame> {
         let state = ctx.state();
         let (plan, compiled) = self.expand_nl(&state, sql).await?;
-        options.verify_plan(&plan).map_err(explain_refusal)?;
+        refuse_non_queries(&plan)?;
         let df = DataFrame::new(state, plan);
         if !matches!(df.logical_plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) || compiled.is_empty() {
             return Ok(df);
@@ -233,22 +221,14 @@ impl QueryEngine {
         let dialect = state.config().options().sql_parser.dialect;
         let mut statement = state.sql_to_statement(sql, &dialect)?;
         let compiled = lakelink_nl::expand(state, &self.nl, &mut statement).await?;
-        let plan = state.statement_to_plan(statement).await.map_err(explain_refusal)?;
+        let plan = state.statement_to_plan(statement).await?;
         Ok((plan, compiled))
     }
 
-    /// The parameters a statement takes, in order, as an Arrow schema
+    /// The parameters a planned statement takes, in order, as an Arrow schema
     /// (`$1`, `$2`, ...); the type is `Null` where the planner could not infer it.
-    /// `nl_*` calls are compiled first, under the client's `settings` (the
-    /// compiled SQL is remembered, so planning the statement again reuses it).
-    pub async fn parameter_schema(&self, sql: &str, settings: &[(String, String)]) -> Result<Schema> {
-        let sql = number_question_marks(sql)?;
-        let plan = if lakelink_nl::mentions_nl(&sql) {
-            self.expand_nl(&self.query_context(&self.distributed, settings).await?.state(), &sql).await?.0
-        } else {
-            self.distributed.state().create_logical_plan(&sql).await?
-        };
-        let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+    pub fn parameter_schema(df: &DataFrame) -> Result<Schema> {
+        let types: HashMap<String, Option<DataType>> = df.logical_plan().get_parameter_types()?;
         let mut names: Vec<&String> = types.keys().collect();
         names.sort_by_key(|n| n.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
         Ok(Schema::new(
@@ -271,6 +251,7 @@ impl QueryEngine {
     /// without a job of its own (catalog reads, `EXPLAIN ANALYZE`, an empty
     /// relation) run through its planner as before.
     pub async fn execute(&self, df: DataFrame, schema: SchemaRef) -> Result<QueryResult> {
+        self.commit_examples(&df)?;
         match self.job_or_here(df).await? {
             Ok(job) => Ok(QueryResult::Job(job)),
             Err((df, guard)) => self.execute_here(df, schema, guard).await,
@@ -281,6 +262,7 @@ impl QueryEngine {
     /// and answers the running job; `None`, without running anything, for a
     /// statement Ballista answers without a job of its own.
     pub async fn run_as_job(&self, df: DataFrame) -> Result<Option<RunningJob>> {
+        self.commit_examples(&df)?;
         Ok(match self.job_or_here(df).await? {
             Ok(job) => Some(job),
             Err((_, mut guard)) => {
@@ -288,6 +270,13 @@ impl QueryEngine {
                 None
             }
         })
+    }
+
+    /// Stores the examples the statement's `nl_accept` calls accepted: they
+    /// are kept when the statement runs, once, not when it is planned.
+    fn commit_examples(&self, df: &DataFrame) -> Result<()> {
+        let options = lakelink_model::LlmOptions::from_config(df.task_ctx().session_config().options());
+        lakelink_nl::commit_accepted(&options.query_id)
     }
 
     /// The running job of `df` submitted as a distributed job (dropped
@@ -356,20 +345,40 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Says plainly why a statement was refused.
-fn explain_refusal(err: DataFusionError) -> DataFusionError {
-    let text = err.to_string();
-    if text.contains("DDL not supported") || text.contains("DML not supported") {
-        DataFusionError::Plan(
-            "LakeLink serves read-only queries: statements that create, change or delete data are refused".into(),
-        )
-    } else if text.contains("Statement not supported") {
-        DataFusionError::Plan(
-            "statements such as PREPARE or transactions are not supported over Flight SQL; use a query \
-             (SET and RESET accept model settings, lakelink.llm.<key>)"
-                .into(),
-        )
-    } else {
-        err
+/// Binds `params` to the placeholders of a planned statement; every
+/// placeholder needs a value.
+pub fn bind(df: DataFrame, params: Option<&[ScalarValue]>) -> Result<DataFrame> {
+    match params {
+        Some(values) => df.with_param_values(ParamValues::from(values.to_vec())),
+        None => {
+            let missing = df.logical_plan().get_parameter_names()?;
+            if missing.is_empty() { Ok(df) } else { Err(QueryError::UnboundParameters(missing.len()).into()) }
+        }
+    }
+}
+
+/// `state` with a new query id: each execution of a statement is a query
+/// of its own (trail, model-call dedupe and budgets, its job's name).
+fn new_query_id(mut state: SessionState) -> Result<SessionState> {
+    let query_id = uuid::Uuid::new_v4().to_string();
+    let options = state.config_mut().options_mut();
+    options.set("lakelink.llm.query_id", &query_id)?;
+    options.set(ballista_core::config::BALLISTA_JOB_NAME, &query_id)?;
+    Ok(state)
+}
+
+/// A planned statement to run once more, as a query of its own.
+pub fn new_execution(df: DataFrame) -> Result<DataFrame> {
+    let (state, plan) = df.into_parts();
+    Ok(DataFrame::new(new_query_id(state)?, plan))
+}
+
+/// Refuses what is not a query: LakeLink serves read-only statements
+/// (`SET`/`RESET` of model settings are answered before planning).
+fn refuse_non_queries(plan: &LogicalPlan) -> Result<()> {
+    match plan {
+        LogicalPlan::Statement(_) => Err(QueryError::NotAQuery.into()),
+        _ if lakelink_nl::check::plan_writes(plan).is_some() => Err(QueryError::ReadOnly.into()),
+        _ => Ok(()),
     }
 }

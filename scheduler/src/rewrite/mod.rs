@@ -1,17 +1,17 @@
 //! Every change LakeLink makes to how a statement runs on the cluster,
-//! behind one entry: [`Rewrites::for_cluster`].
+//! behind one entry: [`Rewrites::for_cluster`](crate::rewrite::Rewrites::for_cluster).
 //!
-//! * [`lookup`]: lookups decode other columns only for the rows that pass
+//! * [`lookup`](crate::rewrite::lookup): lookups decode other columns only for the rows that pass
 //!   their filter; model calls under a `LIMIT` run in small batches;
-//! * [`top_n`]: top-N lookups over large tables in two passes;
+//! * [`top_n`](crate::rewrite::top_n): top-N lookups over large tables in two passes;
 //! * DataFusion's optimizer;
-//! * [`semi_join`]: semi joins moved below inner joins, and join inputs
+//! * [`semi_join`](crate::rewrite::semi_join): semi joins moved below inner joins, and join inputs
 //!   reduced to the keys a small relation holds;
-//! * [`settings`]: the planner settings LakeLink changes (join strategies,
+//! * [`settings`](crate::rewrite::settings): the planner settings LakeLink changes (join strategies,
 //!   string types), applied to every session.
 
 pub mod lookup;
-mod semi_join;
+pub mod semi_join;
 pub mod settings;
 pub mod top_n;
 

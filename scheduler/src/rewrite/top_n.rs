@@ -1,4 +1,4 @@
-//! Top-N lookups over large tables in two passes ([`narrow_top_n`]).
+//! Top-N lookups over large tables in two passes (`narrow_top_n`).
 
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Result, plan_err};
+use datafusion::common::Result;
 use datafusion::logical_expr::{ColumnarValue, Documentation};
 
 use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
@@ -99,7 +99,7 @@ impl SemanticFunction for LlmClassify {
         for i in 1..args.len() {
             let label = constant(args, i, "llm_classify", "label")?.trim().to_string();
             if labels.iter().any(|l: &String| l.eq_ignore_ascii_case(&label)) {
-                return plan_err!("llm_classify: the label '{label}' is given twice");
+                return Err(crate::FunctionError::DuplicateLabel(label).into());
             }
             labels.push(label);
         }

@@ -23,7 +23,9 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+
+use crate::error::FunctionError;
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{
     ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -108,7 +110,8 @@ impl<F: SemanticFunction> ScalarUDFImpl for Semantic<F> {
             } else {
                 format!("{} to {}", arity.start(), arity.end())
             };
-            return plan_err!("{name} takes {expected} text arguments, got {}", arg_types.len());
+            let got = arg_types.len();
+            return Err(FunctionError::ArgumentCount { function: name.into(), expected, got }.into());
         }
         for (i, t) in arg_types.iter().enumerate() {
             let text_like = matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null)
@@ -117,7 +120,8 @@ impl<F: SemanticFunction> ScalarUDFImpl for Semantic<F> {
                 || t.is_temporal()
                 || t == &DataType::Boolean;
             if !text_like {
-                return plan_err!("{name}: argument {} must be text, not {t}", i + 1);
+                let error = FunctionError::ArgumentType { function: name.into(), position: i + 1, found: t.clone() };
+                return Err(error.into());
             }
         }
         Ok(self.function.return_type())
@@ -135,10 +139,23 @@ impl<F: SemanticFunction> ScalarUDFImpl for Semantic<F> {
 #[async_trait]
 impl<F: SemanticFunction> AsyncScalarUDFImpl for Semantic<F> {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        // An error raised while the query runs reaches the scheduler as text
+        // (Ballista sends a task's error as its Debug form): send the message.
+        self.run(args).await.map_err(|e| match e {
+            DataFusionError::External(inner) if inner.is::<FunctionError>() => {
+                DataFusionError::Execution(inner.to_string())
+            }
+            other => other,
+        })
+    }
+}
+
+impl<F: SemanticFunction> Semantic<F> {
+    async fn run(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.function.name();
         for (i, arg) in args.args.iter().enumerate().skip(self.function.first_constant()) {
             if let ColumnarValue::Array(_) = arg {
-                return plan_err!("{name}: argument {} must be a constant string, not a column", i + 1);
+                return Err(FunctionError::NotConstant { function: name.into(), position: i + 1 }.into());
             }
         }
         let options = LlmOptions::from_config(&args.config_options);
@@ -190,17 +207,20 @@ fn text_array(arg: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
 
 /// A constant text argument.
 pub(crate) fn constant(args: &[ColumnarValue], i: usize, function: &str, what: &str) -> Result<String> {
+    let bad = |problem: String| -> DataFusionError {
+        FunctionError::BadConstant { function: function.into(), what: what.into(), problem }.into()
+    };
     match args.get(i) {
         Some(ColumnarValue::Scalar(s)) => match s {
             ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => {
-                if v.trim().is_empty() { plan_err!("{function}: the {what} must not be empty") } else { Ok(v.clone()) }
+                if v.trim().is_empty() { Err(bad("must not be empty".into())) } else { Ok(v.clone()) }
             }
             ScalarValue::Utf8(None) | ScalarValue::LargeUtf8(None) | ScalarValue::Utf8View(None) => {
-                plan_err!("{function}: the {what} must not be NULL")
+                Err(bad("must not be NULL".into()))
             }
             other => Ok(other.to_string()),
         },
-        _ => plan_err!("{function}: the {what} (argument {}) must be a constant string", i + 1),
+        _ => Err(bad(format!("(argument {}) must be a constant string", i + 1))),
     }
 }
 

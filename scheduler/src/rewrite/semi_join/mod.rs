@@ -8,12 +8,12 @@
 //! effect into the plan before submitting the job, as two rewrites of the
 //! optimized logical plan:
 //!
-//! * [`pushdown`]: a semi or anti join (`EXISTS`, `IN (subquery)`) over
+//! * `pushdown`: a semi or anti join (`EXISTS`, `IN (subquery)`) over
 //!   the output of inner joins is moved down to the join input that holds its
 //!   keys, so it filters that input before the joins instead of their larger
 //!   output (TPC-H Q18: the 15M `orders` rows are cut to 624 before they are
 //!   joined with 60M `lineitem` rows).
-//! * [`reduce`]: a join input whose rows count only when they match the other
+//! * `reduce`: a join input whose rows count only when they match the other
 //!   side (both inputs of an inner join, the subquery side of a semi or anti
 //!   join, the outer side of a left or right join) first keeps only the rows
 //!   whose key is among the keys of a small relation that the other side's
@@ -23,7 +23,7 @@
 //!   rows of the 2,000 selected parts instead of all 60M rows.
 //!
 //! Both keep the answer: they only drop rows that could never reach the
-//! result. Both are decided by the planner's estimates ([`estimate`]), never
+//! result. Both are decided by the planner's estimates (`estimate`), never
 //! by running anything, and a rewrite that cannot be sized is not made.
 
 use std::future::Future;

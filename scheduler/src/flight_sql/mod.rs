@@ -1,50 +1,51 @@
 //! The Arrow Flight SQL front door: protocol handling only. Planning and
 //! execution live in [`crate::query`], credentials in [`crate::auth`].
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{
-    GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo,
-    XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+    GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData, XdbcTypeInfoData,
 };
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
     Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
     CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
-    Nullable, ProstMessageExt, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity, TicketStatementQuery,
-    XdbcDataType,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
-use base64::Engine;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::catalog::SchemaProvider;
 use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
 use futures::{Stream, TryStreamExt, stream};
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ResultEndpoints;
 use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
 use crate::job::RunningJob;
-use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, result_schema};
+use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, bind, new_execution, result_schema};
+use lakelink_protocol::cluster::ClusterSecret;
 
-/// A prepared statement unused for this long is forgotten.
-const PREPARED_TTL: Duration = Duration::from_secs(60 * 60);
+mod metadata;
+pub mod statements;
+
+use statements::{Prepared, Ready, Statements};
 
 type FlightStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The most parameter bytes one DoPut may bind (one row of parameters).
+pub const MAX_PARAMETER_BYTES: usize = 1024 * 1024;
 
 /// LakeLink's Flight SQL service.
 pub struct LakeLinkFlightSql {
@@ -53,86 +54,25 @@ pub struct LakeLinkFlightSql {
     /// Where clients read distributed results: from the executors (the job
     /// runs when the statement is described) or through this scheduler.
     endpoints: ResultEndpoints,
-    prepared: Mutex<HashMap<Vec<u8>, Prepared>>,
+    statements: Statements,
+    /// Presented to executors when the scheduler reads or grants results.
+    secret: ClusterSecret,
     sql_info: SqlInfoData,
     xdbc_info: XdbcTypeInfoData,
 }
 
-struct Prepared {
-    sql: String,
-    params: Option<Vec<ScalarValue>>,
-    last_used: Instant,
-}
-
-/// What a result ticket carries: the statement and its bound parameters, so
-/// that any scheduler can serve it and nothing is held between the calls.
-#[derive(Serialize, Deserialize)]
-struct TicketPayload {
-    sql: String,
-    /// Each value as a base64 DataFusion protobuf `ScalarValue`.
-    params: Option<Vec<String>>,
-    /// The client session's model settings when the statement was planned.
-    #[serde(default)]
-    settings: Vec<(String, String)>,
-    /// A `SET`/`RESET` already applied: the result is the change itself.
-    #[serde(default)]
-    change: Option<SettingChange>,
-}
-
-impl TicketPayload {
-    fn new(sql: &str, params: Option<&[ScalarValue]>, settings: Vec<(String, String)>) -> Result<Self, Status> {
-        let params = params
-            .map(|values| {
-                values
-                    .iter()
-                    .map(|v| {
-                        let proto = datafusion_proto::protobuf::ScalarValue::try_from(v)
-                            .map_err(|e| Status::invalid_argument(format!("parameter {v:?} cannot be sent: {e}")))?;
-                        Ok(base64::engine::general_purpose::STANDARD.encode(proto.encode_to_vec()))
-                    })
-                    .collect::<Result<Vec<_>, Status>>()
-            })
-            .transpose()?;
-        Ok(Self { sql: sql.to_string(), params, settings, change: None })
-    }
-
-    fn into_ticket(self) -> Result<Ticket, Status> {
-        let handle = serde_json::to_vec(&self).map_err(|e| Status::internal(e.to_string()))?;
-        let ticket = TicketStatementQuery { statement_handle: handle.into() };
-        Ok(Ticket::new(ticket.as_any().encode_to_vec()))
-    }
-
-    fn from_handle(handle: &[u8]) -> Result<Self, Status> {
-        serde_json::from_slice(handle).map_err(|_| Status::invalid_argument("malformed ticket"))
-    }
-
-    fn params(&self) -> Result<Option<Vec<ScalarValue>>, Status> {
-        let Some(params) = &self.params else { return Ok(None) };
-        params
-            .iter()
-            .map(|encoded| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .map_err(|_| Status::invalid_argument("malformed ticket parameter"))?;
-                let proto = datafusion_proto::protobuf::ScalarValue::decode(bytes.as_slice())
-                    .map_err(|_| Status::invalid_argument("malformed ticket parameter"))?;
-                ScalarValue::try_from(&proto).map_err(|e| Status::invalid_argument(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, Status>>()
-            .map(Some)
-    }
-}
-
 impl LakeLinkFlightSql {
-    /// A service answering with `engine`, handing out session tokens from `auth`.
-    pub fn new(engine: Arc<QueryEngine>, auth: Authenticator) -> Self {
+    /// A service answering with `engine`, handing out session tokens from
+    /// `auth`, reaching executors with `secret`.
+    pub fn new(engine: Arc<QueryEngine>, auth: Authenticator, secret: ClusterSecret) -> Self {
         Self {
             engine,
             auth,
+            secret,
             endpoints: ResultEndpoints::Scheduler,
-            prepared: Mutex::default(),
-            sql_info: sql_info(),
-            xdbc_info: xdbc_info(),
+            statements: Statements::default(),
+            sql_info: metadata::sql_info(),
+            xdbc_info: metadata::xdbc_info(),
         }
     }
 
@@ -143,51 +83,84 @@ impl LakeLinkFlightSql {
     }
 
     /// Plans a statement (or applies a `SET`) for the client `session` and
-    /// describes where its result is fetched.
+    /// describes where its result is read: a ticket naming the plan kept
+    /// here for `owner`, or, with executor endpoints, the running job's files.
     async fn statement_info(
         &self,
         sql: &str,
-        params: Option<&[ScalarValue]>,
+        planned: Option<DataFrame>,
         descriptor: FlightDescriptor,
         session: &str,
+        owner: &str,
     ) -> Result<Response<FlightInfo>, Status> {
         if let Some(change) = self.engine.apply_setting(session, sql).await.map_err(query_status)? {
-            let batch = change_batch(&change)?;
-            let mut payload = TicketPayload::new(sql, None, Vec::new())?;
-            payload.change = Some(change);
-            return flight_info(&batch.schema(), payload.into_ticket()?, descriptor);
+            let schema = change_batch(&change)?.schema();
+            return flight_info(&schema, self.statements.keep(Ready::Change(change), owner), descriptor);
         }
-        let settings = self.engine.session_settings(session);
-        let df = self.engine.plan(sql, params, &settings).await.map_err(query_status)?;
+        let df = match planned {
+            Some(df) => df,
+            None => {
+                let settings = self.engine.session_settings(session);
+                self.engine.plan(sql, None, &settings).await.map_err(query_status)?
+            }
+        };
         let schema = result_schema(&df);
         // A statement answered here (catalog reads, EXPLAIN ANALYZE) runs
         // when its ticket is read, as without executor endpoints.
         if self.endpoints == ResultEndpoints::Executors
-            && let Some(job) = self.engine.run_as_job(df).await.map_err(query_status)?
+            && let Some(job) = self.engine.run_as_job(df.clone()).await.map_err(query_status)?
         {
-            return executor_endpoints(job, &schema, descriptor).await;
+            return executor_endpoints(job, &schema, descriptor, &self.secret).await;
         }
-        let ticket = TicketPayload::new(sql, params, settings)?.into_ticket()?;
+        let ticket = self.statements.keep(Ready::Plan { df: Box::new(df), schema: schema.clone() }, owner);
         flight_info(&schema, ticket, descriptor)
     }
 
-    /// Runs a statement under a client's model `settings` and streams its result.
+    /// Runs a planned statement and streams its result.
     async fn statement_stream(
         &self,
-        sql: &str,
-        params: Option<&[ScalarValue]>,
-        settings: &[(String, String)],
+        df: DataFrame,
+        schema: SchemaRef,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
-        let df = self.engine.plan(sql, params, settings).await.map_err(query_status)?;
-        let schema = result_schema(&df);
         match self.engine.execute(df, schema.clone()).await.map_err(query_status)? {
-            QueryResult::Job(job) => Ok(Response::new(crate::result::forward(job, schema))),
+            QueryResult::Job(job) => Ok(Response::new(crate::result::forward(job, schema, self.secret.clone()))),
             QueryResult::Batches(batches) => {
                 let batches = batches.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
                 let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
                 Ok(Response::new(Box::pin(data)))
             }
         }
+    }
+
+    /// The plan for the next execution of the prepared statement `handle`:
+    /// the one made when it was prepared, if the session's settings have not
+    /// changed since (the first execution runs it as it is; later ones as
+    /// queries of their own), else planned again; with its parameters bound.
+    /// `None` for a `SET`/`RESET`, which is applied, not planned.
+    async fn prepared_plan(
+        &self,
+        handle: &[u8],
+        session: &str,
+        owner: &str,
+    ) -> Result<(String, Option<DataFrame>), Status> {
+        let settings = self.engine.session_settings(session);
+        let (sql, params, kept) = self.statements.with_prepared(handle, owner, |p| {
+            let kept = match &p.plan {
+                Some((planned_with, df)) if *planned_with == settings => Some((df.clone(), p.executions == 0)),
+                _ => None,
+            };
+            p.executions += 1;
+            (p.sql.clone(), p.params.clone(), kept)
+        })?;
+        if is_setting(&sql) {
+            return Ok((sql, None));
+        }
+        let df = match kept {
+            Some((df, true)) => df,
+            Some((df, false)) => new_execution(df).map_err(query_status)?,
+            None => self.engine.plan_unbound(&sql, &settings).await.map_err(query_status)?,
+        };
+        Ok((sql, Some(bind(df, params.as_deref()).map_err(query_status)?)))
     }
 
     /// A metadata answer computed in this process: a FlightInfo whose ticket is
@@ -222,14 +195,6 @@ impl LakeLinkFlightSql {
         }
         builder.build().map_err(internal)
     }
-
-    fn prepared(&self, handle: &[u8]) -> Result<(String, Option<Vec<ScalarValue>>), Status> {
-        let mut prepared = self.prepared.lock().expect("prepared lock");
-        let statement =
-            prepared.get_mut(handle).ok_or_else(|| Status::not_found("unknown or closed prepared statement"))?;
-        statement.last_used = Instant::now();
-        Ok((statement.sql.clone(), statement.params.clone()))
-    }
 }
 
 /// The client connection a request belongs to (each Flight SQL connection
@@ -240,6 +205,18 @@ fn session_key<T>(request: &Request<T>) -> String {
         Some(id) => format!("connection-{}", id.0),
         None => "default".into(),
     }
+}
+
+/// The user a request was authenticated as (`anonymous` without auth):
+/// statements and prepared statements belong to it.
+fn owner<T>(request: &Request<T>) -> String {
+    request.extensions().get::<Caller>().map(|c| c.user.clone()).unwrap_or_else(|| "anonymous".into())
+}
+
+/// Whether `sql` is a `SET` or `RESET` (applied, not planned).
+fn is_setting(sql: &str) -> bool {
+    let first = sql.split_whitespace().next().unwrap_or("");
+    first.eq_ignore_ascii_case("SET") || first.eq_ignore_ascii_case("RESET")
 }
 
 /// The answer to `SET`/`RESET`: one row naming the setting and its new value.
@@ -269,11 +246,12 @@ async fn executor_endpoints(
     mut job: RunningJob,
     schema: &SchemaRef,
     descriptor: FlightDescriptor,
+    secret: &ClusterSecret,
 ) -> Result<Response<FlightInfo>, Status> {
     let sent = crate::result::sent_schema(schema).await?;
     let mut endpoints = vec![];
     while let Some(located) = job.partition(endpoints.len()).await.map_err(query_status)? {
-        endpoints.push(crate::result::grant(&located, &sent).await?);
+        endpoints.push(crate::result::grant(&located, &sent, secret).await?);
     }
     // The clients read the partitions from the executors: the job runs on,
     // and its files go once it has ended (granted ones have a name of their
@@ -346,8 +324,8 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let session = session_key(&request);
-        self.statement_info(&query.query, None, request.into_inner(), &session).await
+        let (session, owner) = (session_key(&request), owner(&request));
+        self.statement_info(&query.query, None, request.into_inner(), &session, &owner).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -355,22 +333,20 @@ impl FlightSqlService for LakeLinkFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (sql, params) = self.prepared(&cmd.prepared_statement_handle)?;
-        let session = session_key(&request);
-        self.statement_info(&sql, params.as_deref(), request.into_inner(), &session).await
+        let (session, owner) = (session_key(&request), owner(&request));
+        let (sql, planned) = self.prepared_plan(&cmd.prepared_statement_handle, &session, &owner).await?;
+        self.statement_info(&sql, planned, request.into_inner(), &session, &owner).await
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
-        let payload = TicketPayload::from_handle(&ticket.statement_handle)?;
-        if let Some(change) = &payload.change {
-            return Ok(batch_stream(change_batch(change)?));
+        match self.statements.take(&ticket.statement_handle, &owner(&request))? {
+            Ready::Change(change) => Ok(batch_stream(change_batch(&change)?)),
+            Ready::Plan { df, schema } => self.statement_stream(*df, schema).await,
         }
-        let params = payload.params()?;
-        self.statement_stream(&payload.sql, params.as_deref(), &payload.settings).await
     }
 
     async fn do_get_prepared_statement(
@@ -378,9 +354,15 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
-        let (sql, params) = self.prepared(&query.prepared_statement_handle)?;
-        let settings = self.engine.session_settings(&session_key(&request));
-        self.statement_stream(&sql, params.as_deref(), &settings).await
+        let (session, owner) = (session_key(&request), owner(&request));
+        let (sql, planned) = self.prepared_plan(&query.prepared_statement_handle, &session, &owner).await?;
+        let Some(df) = planned else {
+            let change = self.engine.apply_setting(&session, &sql).await.map_err(query_status)?;
+            let change = change.ok_or_else(|| Status::internal("a SET that changed nothing"))?;
+            return Ok(batch_stream(change_batch(&change)?));
+        };
+        let schema = result_schema(&df);
+        self.statement_stream(df, schema).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -388,32 +370,26 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let session = session_key(&request);
+        let (session, owner) = (session_key(&request), owner(&request));
         // DB-API drivers prepare every statement, SET included.
         let change = self.engine.apply_setting(&session, &query.query).await.map_err(query_status)?;
         let settings = self.engine.session_settings(&session);
-        let parameter_schema = match change {
-            Some(_) => Schema::empty(),
-            None => self.engine.parameter_schema(&query.query, &settings).await.map_err(query_status)?,
+        let (parameter_schema, dataset_schema, plan) = match &change {
+            Some(change) => (Schema::empty(), change_batch(change)?.schema(), None),
+            None => {
+                let df = self.engine.plan_unbound(&query.query, &settings).await.map_err(query_status)?;
+                let parameters = QueryEngine::parameter_schema(&df).map_err(query_status)?;
+                // The result schema of a statement with parameters is known
+                // once they are bound; clients learn it from GetFlightInfo.
+                let dataset =
+                    if parameters.fields().is_empty() { result_schema(&df) } else { Arc::new(Schema::empty()) };
+                (parameters, dataset, Some((settings, df)))
+            }
         };
-        let dataset_schema = if let Some(change) = &change {
-            change_batch(change)?.schema()
-        } else if parameter_schema.fields().is_empty() {
-            let df = self.engine.plan(&query.query, None, &settings).await.map_err(query_status)?;
-            result_schema(&df)
-        } else {
-            // The result schema of a statement with parameters is known once
-            // they are bound; clients learn it from GetFlightInfo.
-            Arc::new(Schema::empty())
-        };
-        let handle = uuid::Uuid::new_v4().as_bytes().to_vec();
-        {
-            let mut prepared = self.prepared.lock().expect("prepared lock");
-            prepared.retain(|_, p| p.last_used.elapsed() < PREPARED_TTL);
-            prepared.insert(handle.clone(), Prepared { sql: query.query, params: None, last_used: Instant::now() });
-        }
+        let prepared = Prepared { sql: query.query, params: None, plan, executions: 0 };
+        let handle = self.statements.prepare(prepared, &owner);
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: handle.into(),
+            prepared_statement_handle: handle.into_bytes().into(),
             dataset_schema: ipc_schema(&dataset_schema)?,
             parameter_schema: ipc_schema(&parameter_schema)?,
         })
@@ -424,43 +400,46 @@ impl FlightSqlService for LakeLinkFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
+        let owner = owner(&request);
         let flight_data = request.into_inner().map_err(FlightError::from);
-        let batches: Vec<RecordBatch> =
-            FlightRecordBatchStream::new_from_flight_data(flight_data).try_collect().await.map_err(Status::from)?;
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let params = match rows {
-            0 => None,
-            1 => {
-                let batch = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
+        // Read as it comes: more than one row, or more bytes than one row of
+        // parameters can need, is refused before the rest is read.
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(flight_data);
+        let (mut rows, mut bytes, mut params) = (0usize, 0usize, None);
+        while let Some(batch) = batches.try_next().await.map_err(Status::from)? {
+            rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            if rows > 1 {
+                return Err(Status::invalid_argument(format!(
+                    "{rows} or more parameter rows were bound; a query takes one row of parameters per execution"
+                )));
+            }
+            if bytes > MAX_PARAMETER_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "the bound parameters take more than {MAX_PARAMETER_BYTES} bytes"
+                )));
+            }
+            if batch.num_rows() == 1 {
                 let values = batch
                     .columns()
                     .iter()
                     .map(|c| ScalarValue::try_from_array(c, 0))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| Status::invalid_argument(format!("unreadable parameter: {e}")))?;
-                Some(values)
+                params = Some(values);
             }
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "{n} parameter rows were bound; a query takes one row of parameters per execution"
-                )));
-            }
-        };
-        let mut prepared = self.prepared.lock().expect("prepared lock");
-        let statement = prepared
-            .get_mut(query.prepared_statement_handle.as_ref())
-            .ok_or_else(|| Status::not_found("unknown or closed prepared statement"))?;
-        statement.params = params;
-        statement.last_used = Instant::now();
-        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
+        }
+        let handle = query.prepared_statement_handle.clone();
+        self.statements.with_prepared(&handle, &owner, |p| p.params = params)?;
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle) })
     }
 
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
-        self.prepared.lock().expect("prepared lock").remove(query.prepared_statement_handle.as_ref());
+        self.statements.close(&query.prepared_statement_handle, &owner(&request));
         Ok(())
     }
 
@@ -584,90 +563,4 @@ impl FlightSqlService for LakeLinkFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-fn sql_info() -> SqlInfoData {
-    let mut builder = SqlInfoDataBuilder::new();
-    builder.append(SqlInfo::FlightSqlServerName, "LakeLink");
-    builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-    builder.append(SqlInfo::FlightSqlServerArrowVersion, "59");
-    builder.append(SqlInfo::FlightSqlServerReadOnly, true);
-    builder.append(SqlInfo::FlightSqlServerSql, true);
-    builder.append(SqlInfo::FlightSqlServerSubstrait, false);
-    builder.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-    builder.append(SqlInfo::FlightSqlServerCancel, false);
-    builder.append(SqlInfo::SqlDdlCatalog, false);
-    builder.append(SqlInfo::SqlDdlSchema, false);
-    builder.append(SqlInfo::SqlDdlTable, false);
-    builder.append(SqlInfo::SqlIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32);
-    builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    builder.append(
-        SqlInfo::SqlQuotedIdentifierCase,
-        SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive as i32,
-    );
-    builder.append(SqlInfo::SqlAllTablesAreSelectable, true);
-    builder.append(SqlInfo::SqlNullOrdering, SqlNullOrdering::SqlNullsSortedHigh as i32);
-    builder.build().expect("static SqlInfo is valid")
-}
-
-fn xdbc_info() -> XdbcTypeInfoData {
-    let types = [
-        ("BOOLEAN", XdbcDataType::XdbcBit, None),
-        ("TINYINT", XdbcDataType::XdbcTinyint, Some(3)),
-        ("SMALLINT", XdbcDataType::XdbcSmallint, Some(5)),
-        ("INTEGER", XdbcDataType::XdbcInteger, Some(10)),
-        ("BIGINT", XdbcDataType::XdbcBigint, Some(19)),
-        ("FLOAT", XdbcDataType::XdbcFloat, Some(24)),
-        ("DOUBLE", XdbcDataType::XdbcDouble, Some(53)),
-        ("DECIMAL", XdbcDataType::XdbcDecimal, Some(38)),
-        ("VARCHAR", XdbcDataType::XdbcVarchar, None),
-        ("DATE", XdbcDataType::XdbcDate, None),
-        ("TIMESTAMP", XdbcDataType::XdbcTimestamp, None),
-        ("BINARY", XdbcDataType::XdbcBinary, None),
-    ];
-    let mut builder = XdbcTypeInfoDataBuilder::new();
-    for (name, data_type, column_size) in types {
-        let text = matches!(data_type, XdbcDataType::XdbcVarchar);
-        builder.append(XdbcTypeInfo {
-            type_name: name.into(),
-            data_type,
-            column_size,
-            literal_prefix: text.then(|| "'".into()),
-            literal_suffix: text.then(|| "'".into()),
-            create_params: None,
-            nullable: Nullable::NullabilityNullable,
-            case_sensitive: text,
-            searchable: Searchable::Full,
-            unsigned_attribute: column_size.map(|_| false),
-            fixed_prec_scale: false,
-            auto_increment: None,
-            local_type_name: Some(name.into()),
-            minimum_scale: None,
-            maximum_scale: None,
-            sql_data_type: data_type,
-            datetime_subcode: None,
-            num_prec_radix: column_size.map(|_| 10),
-            interval_precision: None,
-        });
-    }
-    builder.build().expect("static type info is valid")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tickets_round_trip_parameters() {
-        let params = vec![ScalarValue::Utf8(Some("1-URGENT".into())), ScalarValue::Int64(Some(7))];
-        let payload =
-            TicketPayload::new("SELECT $1, $2", Some(&params), vec![("lakelink.llm.model".into(), "m".into())])
-                .unwrap();
-        let ticket = payload.into_ticket().unwrap();
-        let any = Any::decode(ticket.ticket.as_ref()).unwrap();
-        let inner: TicketStatementQuery = any.unpack().unwrap().unwrap();
-        let back = TicketPayload::from_handle(&inner.statement_handle).unwrap();
-        assert_eq!(back.sql, "SELECT $1, $2");
-        assert_eq!(back.params().unwrap().unwrap(), params);
-    }
 }

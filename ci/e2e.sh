@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# End-to-end tests through the ADBC Flight SQL driver (Python) against
+# separate scheduler, executor and model processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+echo "== end-to-end tests through ADBC"
+cargo build --workspace --bins
+export LAKELINK_BIN_DIR="$CARGO_TARGET_DIR/debug"
+export LAKELINK_TEST_LAKE_CACHE="$LAKELINK_CACHE/test-lakes"
+"$LAKELINK_VENV/bin/python" -m pytest tests/python -q "$@"

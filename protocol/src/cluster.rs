@@ -1,0 +1,192 @@
+//! The cluster secret: what a scheduler and its executors present to each
+//! other. The scheduler's cluster port (Ballista's scheduler protocol) and
+//! every executor's data port admit a call only with it; clients never
+//! have it (they read results from executors with one-time grants).
+//!
+//! The secret travels in the `user-agent` header of every internal call
+//! (`lakelink-cluster/<secret>`): Ballista opens some of those connections
+//! itself (shuffle reads, an executor's polls) and lets LakeLink set only
+//! their endpoint, not their headers. Without TLS it crosses the network in
+//! the clear, like any bearer token: run clusters on a private network or
+//! with TLS.
+
+use std::path::Path;
+
+use tonic::metadata::MetadataMap;
+use tonic::transport::Endpoint;
+
+/// The environment variable a process reads the cluster secret from.
+pub const SECRET_ENV: &str = "LAKELINK_CLUSTER_SECRET";
+
+/// Where a process looks for the cluster secret when it is given none:
+/// `~/.config/lakelink/cluster.secret`.
+pub fn default_file() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".config").join("lakelink").join("cluster.secret")
+}
+
+/// The cluster secret of this process: `LAKELINK_CLUSTER_SECRET`, else the
+/// file given, else [`default_file`]; a scheduler (`create`) writes a new
+/// secret there when there is none, an executor requires one.
+pub fn resolve(file: Option<&Path>, create: bool) -> Result<ClusterSecret, String> {
+    if let Ok(text) = std::env::var(SECRET_ENV) {
+        return ClusterSecret::parse(&text).map_err(|e| format!("{SECRET_ENV}: {e}"));
+    }
+    let path = file.map(Path::to_path_buf).unwrap_or_else(default_file);
+    if create {
+        let existed = path.exists();
+        let secret = ClusterSecret::from_file_or_new(&path)?;
+        if !existed {
+            tracing::info!("wrote a new cluster secret to {}: give it to every executor", path.display());
+        }
+        Ok(secret)
+    } else if path.exists() {
+        ClusterSecret::from_file(&path)
+    } else {
+        Err(format!(
+            "no cluster secret: {} does not exist; give the scheduler's secret with --cluster-secret-file or {SECRET_ENV}",
+            path.display()
+        ))
+    }
+}
+
+/// The shortest secret accepted.
+const MIN_LEN: usize = 16;
+
+/// The secret a cluster's processes share.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(String);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    /// A new random secret (244 random bits).
+    pub fn generate() -> Self {
+        Self(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()))
+    }
+
+    /// A secret from text: at least 16 letters, digits, `-` or `_` (surrounding
+    /// white space ignored), so it fits a header unchanged.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.len() < MIN_LEN {
+            return Err(format!("the cluster secret must be at least {MIN_LEN} characters long"));
+        }
+        if !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err("the cluster secret may hold only letters, digits, '-' and '_'".into());
+        }
+        Ok(Self(text.to_string()))
+    }
+
+    /// The secret in `path`.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the cluster secret file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The secret in `path`, written there first (mode 0600, in a folder
+    /// only this user may enter) when the file does not exist.
+    pub fn from_file_or_new(path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if path.exists() {
+            return Self::from_file(path);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let secret = Self::generate();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("cannot write the cluster secret file {}: {e}", path.display()))?;
+        std::io::Write::write_all(&mut file, format!("{}\n", secret.0).as_bytes())
+            .map_err(|e| format!("cannot write the cluster secret file {}: {e}", path.display()))?;
+        Ok(secret)
+    }
+
+    /// The `user-agent` value that carries the secret.
+    pub fn user_agent(&self) -> String {
+        format!("lakelink-cluster/{}", self.0)
+    }
+
+    /// `endpoint`, presenting the secret on every call.
+    pub fn present(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
+        endpoint.user_agent(self.user_agent())
+    }
+
+    /// Whether a call's headers present this secret.
+    pub fn admits(&self, metadata: &MetadataMap) -> bool {
+        let wanted = self.user_agent();
+        metadata
+            .get_all("user-agent")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(str::split_whitespace)
+            .any(|token| constant_time_eq(token.as_bytes(), wanted.as_bytes()))
+    }
+
+    /// A tonic interceptor admitting only calls that present the secret.
+    pub fn interceptor(
+        &self,
+    ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<> {
+        let secret = self.clone();
+        move |request: tonic::Request<()>| {
+            if secret.admits(request.metadata()) { Ok(request) } else { Err(unauthenticated()) }
+        }
+    }
+}
+
+/// The refusal of a call without the cluster secret.
+pub fn unauthenticated() -> tonic::Status {
+    tonic::Status::unauthenticated(
+        "this port serves the cluster's own processes: the call did not present the cluster secret",
+    )
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_checked_and_only_the_exact_one_is_admitted() {
+        assert!(ClusterSecret::parse("short").is_err());
+        assert!(ClusterSecret::parse("has spaces in the secret!").is_err());
+        let secret = ClusterSecret::parse(" 0123456789abcdef-_XYZ \n").unwrap();
+        let mut m = MetadataMap::new();
+        assert!(!secret.admits(&m));
+        m.insert("user-agent", "lakelink-cluster/0123456789abcdef-_XYZ tonic/0.14".parse().unwrap());
+        assert!(secret.admits(&m));
+        let other = ClusterSecret::generate();
+        assert!(!other.admits(&m));
+        let mut near = MetadataMap::new();
+        near.insert("user-agent", "lakelink-cluster/0123456789abcdef-_XY".parse().unwrap());
+        assert!(!secret.admits(&near));
+        assert!(!format!("{secret:?}").contains("0123"), "the secret shows in Debug");
+    }
+
+    #[test]
+    fn a_missing_secret_file_is_written_privately_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf").join("cluster.secret");
+        let first = ClusterSecret::from_file_or_new(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(ClusterSecret::from_file_or_new(&path).unwrap(), first);
+        assert_eq!(ClusterSecret::from_file(&path).unwrap(), first);
+    }
+}
