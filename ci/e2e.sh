@@ -9,3 +9,5 @@ cargo build --workspace --bins
 export LAKELINK_BIN_DIR="$CARGO_TARGET_DIR/debug"
 export LAKELINK_TEST_LAKE_CACHE="$LAKELINK_CACHE/test-lakes"
 "$LAKELINK_VENV/bin/python" -m pytest tests/python -q "$@"
+echo "== the same suite as a secured deployment runs it: TLS everywhere, a token on every cluster"
+LAKELINK_TEST_TLS=1 LAKELINK_TEST_AUTH=1 "$LAKELINK_VENV/bin/python" -m pytest tests/python -q "$@"

@@ -2,6 +2,7 @@
 //! reporting the server's own error messages.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -15,7 +16,7 @@ use base64::Engine;
 use futures::{StreamExt, TryStreamExt, stream};
 use prost::Message;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::ClientError;
 
@@ -41,6 +42,7 @@ pub enum Credentials {
 pub struct Connection {
     client: FlightServiceClient<Channel>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    tls_ca: Option<Vec<u8>>,
 }
 
 /// A table and its columns.
@@ -53,10 +55,18 @@ pub struct TableInfo {
 }
 
 impl Connection {
-    /// Connects to `url` (`grpc://host:port` or `http://host:port`) and logs in.
-    pub async fn connect(url: &str, credentials: &Credentials) -> Result<Self, ClientError> {
-        let client = flight_client(url).await?;
-        let mut connection = Self { client, authorization: None };
+    /// Connects to `url` (`grpc://host:port`, or `grpc+tls://host:port`
+    /// checking the server's certificate against the CA in `tls_ca`, PEM;
+    /// without it, against the system's roots) and logs in.
+    pub async fn connect(url: &str, credentials: &Credentials, tls_ca: Option<&Path>) -> Result<Self, ClientError> {
+        let tls_ca = match tls_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ClientError::Usage(format!("cannot read the TLS CA certificate {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let client = flight_client(url, tls_ca.as_deref()).await?;
+        let mut connection = Self { client, authorization: None, tls_ca };
         match credentials {
             Credentials::None => {}
             Credentials::Token(token) => connection.authorization = Some(header(&format!("Bearer {token}"))?),
@@ -94,6 +104,8 @@ impl Connection {
     /// Fetches every endpoint of `info` in order, as one stream of batches;
     /// an endpoint with a location is read there (a scheduler started with
     /// `--result-endpoints executors` names the executors holding the result).
+    /// Credentials go to the scheduler only: an executor admits a read by the
+    /// one-time grant inside the ticket.
     async fn fetch(&mut self, info: FlightInfo) -> Result<ResultStream, ClientError> {
         let schema = info.clone().try_decode_schema().map_err(|e| ClientError::Transfer(e.to_string()))?;
         let mut streams = vec![];
@@ -106,10 +118,10 @@ impl Connection {
                 None => self.client.do_get(self.request(ticket)).await?.into_inner(),
                 Some(uri) => {
                     if !elsewhere.contains_key(uri) {
-                        elsewhere.insert(uri.to_string(), flight_client(uri).await?);
+                        elsewhere.insert(uri.to_string(), flight_client(uri, self.tls_ca.as_deref()).await?);
                     }
                     let client = elsewhere.get_mut(uri).expect("inserted above");
-                    client.do_get(self.request(ticket)).await?.into_inner()
+                    client.do_get(tonic::Request::new(ticket)).await?.into_inner()
                 }
             };
             streams.push(FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from)));
@@ -154,24 +166,31 @@ impl Connection {
 /// The Location URI scheme that means "the connection the FlightInfo came on".
 const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection:";
 
-/// A Flight client of `url` (`grpc://host:port` or `http://host:port`).
-async fn flight_client(url: &str) -> Result<FlightServiceClient<Channel>, ClientError> {
-    let http = match url.split_once("://") {
-        Some(("grpc" | "grpc+tcp" | "http", rest)) => format!("http://{rest}"),
+/// A Flight client of `url` (`grpc://host:port`, `http://host:port`, or
+/// `grpc+tls://host:port` / `https://host:port` checked against `tls_ca`).
+async fn flight_client(url: &str, tls_ca: Option<&[u8]>) -> Result<FlightServiceClient<Channel>, ClientError> {
+    let (address, tls) = match url.split_once("://") {
+        Some(("grpc" | "grpc+tcp" | "http", rest)) => (format!("http://{rest}"), false),
+        Some(("grpc+tls" | "https", rest)) => (format!("https://{rest}"), true),
         Some((scheme, _)) => {
-            return Err(ClientError::Usage(format!("unsupported scheme '{scheme}://' in {url}; use grpc://HOST:PORT")));
+            return Err(ClientError::Usage(format!(
+                "unsupported scheme '{scheme}://' in {url}; use grpc://HOST:PORT or grpc+tls://HOST:PORT"
+            )));
         }
-        None => format!("http://{url}"),
+        None => (format!("http://{url}"), false),
     };
     let connect_err =
         |e: tonic::transport::Error| ClientError::Connect { url: url.to_string(), reason: error_chain(&e) };
-    let channel = Endpoint::from_shared(http)
-        .map_err(connect_err)?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(connect_err)?;
+    let mut endpoint = Endpoint::from_shared(address).map_err(connect_err)?;
+    if tls {
+        let config = match tls_ca {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_enabled_roots(),
+        };
+        endpoint = endpoint.tls_config(config).map_err(connect_err)?;
+    }
+    let channel =
+        endpoint.connect_timeout(Duration::from_secs(10)).tcp_nodelay(true).connect().await.map_err(connect_err)?;
     Ok(FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX))
 }
 

@@ -23,7 +23,7 @@ pub async fn start(lake: &str, executors: usize) -> Result<RunningScheduler, Cli
             scheduler.local_cluster_addr(),
             (cores / executors).max(1),
             &ext,
-            &options_secret,
+            &lakelink_scheduler::ClusterLink::plain(options_secret.clone()),
         )
         .await
         .map_err(|e| ClientError::Embedded(e.to_string()))?;

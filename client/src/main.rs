@@ -19,9 +19,14 @@ use lakelink::{ClientError, Connection, Credentials, Format, datagen, embedded};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// A scheduler's Flight SQL address, e.g. grpc://127.0.0.1:50050.
+    /// A scheduler's Flight SQL address, e.g. grpc://127.0.0.1:50050, or
+    /// grpc+tls://HOST:PORT for a scheduler started with --tls-cert.
     #[arg(long, conflicts_with = "lake")]
     host: Option<String>,
+    /// The CA certificate (PEM) to check a grpc+tls:// scheduler and its
+    /// executors against; without it, the system's trusted roots.
+    #[arg(long, requires = "host")]
+    tls_ca: Option<std::path::PathBuf>,
     /// A lake folder to query in embedded mode.
     #[arg(long)]
     lake: Option<String>,
@@ -135,7 +140,7 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> Result<(), ClientError> {
         (None, Some(user), Some(password)) => Credentials::Password { user, password },
         _ => Credentials::None,
     };
-    let connection = rt.block_on(Connection::connect(&url, &credentials))?;
+    let connection = rt.block_on(Connection::connect(&url, &credentials, cli.tls_ca.as_deref()))?;
     let interactive = cli.command_sql.is_none() && cli.file.is_none();
     let mut shell = Shell::new(connection, cli.format, interactive);
     if let Some(sql) = cli.command_sql {

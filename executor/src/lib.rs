@@ -24,7 +24,8 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_executor::metrics::LoggingMetricsCollector;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
-use lakelink_protocol::cluster::ClusterSecret;
+use lakelink_protocol::cluster::{ClusterLink, ClusterSecret};
+use lakelink_protocol::tls::{TlsCa, TlsIdentity};
 use lakelink_udf::Extensions;
 
 /// Everything that can stop an executor.
@@ -79,6 +80,11 @@ pub struct ExecutorOptions {
     /// The cluster secret: presented to the scheduler and to other
     /// executors, required on this executor's data port.
     pub cluster_secret: ClusterSecret,
+    /// The certificate and key the data port serves TLS with; `None`: plaintext.
+    pub tls: Option<TlsIdentity>,
+    /// The CA of the scheduler's and the other executors' certificates:
+    /// with it, this executor reaches them over TLS.
+    pub cluster_ca: Option<TlsCa>,
     /// The custom functions every node knows.
     pub extensions: Extensions,
 }
@@ -96,6 +102,8 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
     let work_dir = options.work_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&work_dir).map_err(ExecutorError::WorkDir)?;
     let ext = &options.extensions;
+    let link = ClusterLink { secret: options.cluster_secret.clone(), ca: options.cluster_ca.clone() };
+    let tls = options.tls.as_ref().map(TlsIdentity::server_config).transpose().map_err(ExecutorError::Config)?;
     let config = ExecutorProcessConfig {
         bind_host: options.bind_host.clone(),
         external_host: options.external_host.clone(),
@@ -120,9 +128,9 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
         override_function_registry: Some(Arc::new(ext.function_registry())),
         override_logical_codec: Some(ext.logical_codec()),
         override_physical_codec: Some(ext.physical_codec()),
-        override_config_producer: Some(config_producer(ext, &options.cluster_secret)),
-        override_create_grpc_client_endpoint: Some(present_secret(&options.cluster_secret)),
-        override_arrow_flight_service: Some(flight_server(options.cluster_secret.clone())),
+        override_config_producer: Some(config_producer(ext, &link)),
+        override_create_grpc_client_endpoint: Some(link.endpoint_override()),
+        override_arrow_flight_service: Some(flight_server(options.cluster_secret.clone(), tls)),
         override_execution_engine: Some(Arc::new(stage::StageEngine::default())),
         ..Default::default()
     };
@@ -130,15 +138,24 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
     Ok(())
 }
 
-/// Serves the executor's Arrow Flight service ([`flight::ExecutorFlightService`]).
-fn flight_server(secret: ClusterSecret) -> Arc<ballista_executor::ArrowFlightServerProvider> {
+/// Serves the executor's Arrow Flight service ([`flight::ExecutorFlightService`]),
+/// with TLS when `tls` is given.
+fn flight_server(
+    secret: ClusterSecret,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Arc<ballista_executor::ArrowFlightServerProvider> {
     Arc::new(move |work_dir, addr, mut shutdown, grpc| {
         let service = flight_service(work_dir, secret.clone());
+        let tls = tls.clone();
         // Bare on purpose: the Flight server lives until the executor shuts down.
         #[allow(clippy::disallowed_methods)]
         let server = tokio::spawn(async move {
+            let mut server = ballista_core::utils::create_grpc_server(&grpc);
+            if let Some(tls) = tls {
+                server = server.tls_config(tls).map_err(ballista_core::error::BallistaError::TonicError)?;
+            }
             tracing::info!("executor Arrow Flight service listening on {addr}");
-            ballista_core::utils::create_grpc_server(&grpc)
+            server
                 .add_service(service)
                 .serve_with_shutdown(addr, shutdown.recv())
                 .await
@@ -158,22 +175,13 @@ fn flight_service(
         .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT)
 }
 
-/// The cluster secret, presented by Ballista's clients in this executor (to
-/// the scheduler, and to other executors for shuffle reads).
-fn present_secret(secret: &ClusterSecret) -> ballista_core::extension::EndpointOverrideFn {
-    let secret = secret.clone();
-    Arc::new(move |endpoint| {
-        secret.present(endpoint).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-    })
-}
-
 /// Largest Flight message the executor sends or accepts (Ballista's default).
 const FLIGHT_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Every task's session: Ballista's defaults with LakeLink's functions, its
-/// shuffle reads presenting the cluster secret.
-fn config_producer(ext: &Extensions, secret: &ClusterSecret) -> ballista_core::ConfigProducer {
-    let (ext, present) = (ext.clone(), present_secret(secret));
+/// shuffle reads reaching other executors as `link` says.
+fn config_producer(ext: &Extensions, link: &ClusterLink) -> ballista_core::ConfigProducer {
+    let (ext, present) = (ext.clone(), link.endpoint_override());
     Arc::new(move || {
         ext.configure(
             SessionConfig::new_with_ballista().with_ballista_override_create_grpc_client_endpoint(present.clone()),
@@ -182,7 +190,7 @@ fn config_producer(ext: &Extensions, secret: &ClusterSecret) -> ballista_core::C
 }
 
 /// Starts an executor inside this process for the scheduler whose cluster
-/// port is `scheduler`, presenting `secret`. It polls the scheduler for
+/// port is `scheduler`, reaching it as `link` says. It polls the scheduler for
 /// tasks (continuously while a job is active), serves its data (the same
 /// Flight service as an executor process) on a free loopback port, keeps its
 /// shuffle files in a temporary folder, and runs until the tokio runtime
@@ -192,13 +200,14 @@ pub async fn start_in_process(
     scheduler: SocketAddr,
     concurrent_tasks: usize,
     ext: &Extensions,
-    secret: &ClusterSecret,
+    link: &ClusterLink,
 ) -> Result<(), ExecutorError> {
     let url = format!("http://{scheduler}");
     let connect_error = |e: &dyn std::fmt::Display| ExecutorError::Connect { addr: url.clone(), reason: e.to_string() };
     let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| connect_error(&e))?;
     let channel =
-        secret.present(endpoint).map_err(|e| connect_error(&e))?.connect().await.map_err(|e| connect_error(&e))?;
+        link.endpoint(endpoint).map_err(|e| connect_error(&e))?.connect().await.map_err(|e| connect_error(&e))?;
+    let secret = &link.secret;
     let client = SchedulerGrpcClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
@@ -242,7 +251,7 @@ pub async fn start_in_process(
         metadata,
         &work_dir,
         runtime_producer,
-        config_producer(ext, secret),
+        config_producer(ext, link),
         Arc::new(ext.function_registry()),
         Arc::new(LoggingMetricsCollector::default()),
         vcores,

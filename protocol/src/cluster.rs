@@ -147,6 +147,60 @@ impl ClusterSecret {
     }
 }
 
+/// How a process of the cluster reaches the others: presenting the secret,
+/// and speaking TLS (checking their certificates against `ca`) where the
+/// cluster runs with TLS.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    /// The cluster secret.
+    pub secret: ClusterSecret,
+    /// The CA of the other processes' certificates; `None`: plaintext.
+    pub ca: Option<crate::tls::TlsCa>,
+}
+
+impl ClusterLink {
+    /// A link without TLS.
+    pub fn plain(secret: ClusterSecret) -> Self {
+        Self { secret, ca: None }
+    }
+
+    /// `endpoint` as a member of the cluster reaches another: presenting
+    /// the secret, and over TLS when the cluster has a CA. Ballista names
+    /// its peers `http://`; under TLS the endpoint is made anew for
+    /// `https://` (tonic speaks TLS only there) with Ballista's default
+    /// client settings.
+    pub fn endpoint(&self, endpoint: Endpoint) -> Result<Endpoint, String> {
+        let endpoint = match &self.ca {
+            Some(ca) => ca.connect(over_https(endpoint)?)?,
+            None => endpoint,
+        };
+        self.secret.present(endpoint).map_err(|e| e.to_string())
+    }
+
+    /// [`Self::endpoint`] for Ballista's clients (its override hook).
+    pub fn endpoint_override(&self) -> ballista_core::extension::EndpointOverrideFn {
+        let link = self.clone();
+        std::sync::Arc::new(move |endpoint| link.endpoint(endpoint).map_err(Into::into))
+    }
+
+    /// The URI scheme clients use for a member's data port.
+    pub fn scheme(&self) -> &'static str {
+        if self.ca.is_some() { "grpc+tls" } else { "grpc" }
+    }
+}
+
+/// `endpoint` for `https://` at the same address.
+fn over_https(endpoint: Endpoint) -> Result<Endpoint, String> {
+    let uri = endpoint.uri();
+    if uri.scheme_str() == Some("https") {
+        return Ok(endpoint);
+    }
+    let authority = uri.authority().ok_or_else(|| format!("no host in the address {uri}"))?;
+    let config = ballista_core::utils::GrpcClientConfig::default();
+    ballista_core::utils::create_grpc_client_endpoint(format!("https://{authority}"), Some(&config))
+        .map_err(|e| format!("invalid address {uri}: {e}"))
+}
+
 /// The refusal of a call without the cluster secret.
 pub fn unauthenticated() -> tonic::Status {
     tonic::Status::unauthenticated(

@@ -6,9 +6,11 @@
 //!   its task runs (the scheduler's reads);
 //! * [`result`]: a result on its way to a client: grants and client tickets
 //!   for results served by executors, and the rules a result message meets
-//!   to be sent as it lies.
+//!   to be sent as it lies;
+//! * [`tls`]: certificates to serve with and CAs to check peers against.
 #![warn(missing_docs)]
 
 pub mod cluster;
 pub mod follow;
 pub mod result;
+pub mod tls;

@@ -20,6 +20,17 @@ use tonic::{Request, Status};
 /// How long a session token from a password login stays valid.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
+/// Failed logins for one user name (or for the bearer token) within
+/// [`THROTTLE_WINDOW`] after which further attempts are refused unchecked
+/// until the window has passed.
+const MAX_FAILURES: usize = 10;
+
+/// The window [`MAX_FAILURES`] is counted in.
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Session tokens kept at most; the oldest go first beyond it.
+const MAX_SESSIONS: usize = 100_000;
+
 /// Who made a request, put into the request's extensions by [`Authenticator`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -44,6 +55,29 @@ impl AuthConfig {
     pub fn enabled(&self) -> bool {
         self.token.is_some() || self.basic.is_some()
     }
+
+    /// Refuses credentials that would let in anyone who guesses them: an
+    /// empty token, user name or password, or one with white space or a
+    /// colon where the header cannot carry it.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(token) = &self.token {
+            if token.trim().is_empty() {
+                return Err("the auth token is empty: give a real token or none".into());
+            }
+            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("the auth token may not hold white space".into());
+            }
+        }
+        if let Some((user, password)) = &self.basic {
+            if user.trim().is_empty() || user.contains(':') {
+                return Err("the user name must not be empty or hold ':'".into());
+            }
+            if password.is_empty() {
+                return Err("the password is empty: give a real password".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks every Flight SQL call; a tonic interceptor.
@@ -51,12 +85,13 @@ impl AuthConfig {
 pub struct Authenticator {
     config: Arc<AuthConfig>,
     sessions: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    failures: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
 }
 
 impl Authenticator {
     /// An authenticator for `config`.
     pub fn new(config: AuthConfig) -> Self {
-        Self { config: Arc::new(config), sessions: Arc::default() }
+        Self { config: Arc::new(config), sessions: Arc::default(), failures: Arc::default() }
     }
 
     /// Creates a session token for `user` after a password login.
@@ -64,8 +99,36 @@ impl Authenticator {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut sessions = self.sessions.lock().expect("session lock");
         sessions.retain(|_, (_, at)| at.elapsed() < SESSION_TTL);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions.iter().min_by_key(|(_, (_, at))| *at).map(|(t, _)| t.clone())
+        {
+            sessions.remove(&oldest);
+        }
         sessions.insert(token.clone(), (user.to_string(), Instant::now()));
         token
+    }
+
+    /// Refuses `who` (a user name, or `bearer`) while it has failed too often
+    /// lately.
+    fn throttled(&self, who: &str) -> Result<(), Status> {
+        let mut failures = self.failures.lock().expect("failure lock");
+        let Some(times) = failures.get_mut(who) else { return Ok(()) };
+        times.retain(|at| at.elapsed() < THROTTLE_WINDOW);
+        if times.len() < MAX_FAILURES {
+            return Ok(());
+        }
+        let wait = THROTTLE_WINDOW.saturating_sub(times[0].elapsed()).as_secs() + 1;
+        Err(Status::resource_exhausted(format!("too many failed logins; try again in {wait} s")))
+    }
+
+    /// Notes a failed login of `who`, returning `status`.
+    fn failed(&self, who: &str, status: Status) -> Status {
+        let mut failures = self.failures.lock().expect("failure lock");
+        if failures.len() > MAX_SESSIONS {
+            failures.retain(|_, times| times.last().is_some_and(|at| at.elapsed() < THROTTLE_WINDOW));
+        }
+        failures.entry(who.to_string()).or_default().push(Instant::now());
+        status
     }
 
     fn check(&self, header: Option<&str>) -> Result<Caller, Status> {
@@ -78,6 +141,7 @@ impl Authenticator {
             ));
         };
         if let Some(token) = strip_scheme(header, "Bearer") {
+            self.throttled(BEARER)?;
             if self.config.token.as_deref().is_some_and(|t| constant_time_eq(t, token)) {
                 return Ok(Caller { user: "token".into(), needs_session_token: false });
             }
@@ -87,7 +151,7 @@ impl Authenticator {
             {
                 return Ok(Caller { user: user.clone(), needs_session_token: false });
             }
-            return Err(Status::unauthenticated("invalid or expired bearer token"));
+            return Err(self.failed(BEARER, Status::unauthenticated("invalid or expired bearer token")));
         }
         if let Some(encoded) = strip_scheme(header, "Basic") {
             let Some((user, password)) = self.config.basic.as_ref() else {
@@ -107,10 +171,11 @@ impl Authenticator {
             .ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
             let (u, p) =
                 decoded.split_once(':').ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
+            self.throttled(u)?;
             if constant_time_eq(u, user) && constant_time_eq(p, password) {
                 return Ok(Caller { user: u.to_string(), needs_session_token: true });
             }
-            return Err(Status::unauthenticated("wrong user name or password"));
+            return Err(self.failed(u, Status::unauthenticated("wrong user name or password")));
         }
         Err(Status::unauthenticated("unsupported authorization scheme; use Bearer or Basic"))
     }
@@ -124,6 +189,9 @@ impl Interceptor for Authenticator {
         Ok(request)
     }
 }
+
+/// Whom failed bearer tokens are counted against.
+const BEARER: &str = "\0bearer";
 
 fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
     let (s, rest) = header.split_once(' ')?;
@@ -162,5 +230,34 @@ mod tests {
         assert!(auth.check(Some(&unpadded)).is_ok(), "unpadded base64 must be accepted");
         let session = auth.issue_session_token("ada");
         assert_eq!(auth.check(Some(&format!("Bearer {session}"))).unwrap().user, "ada");
+    }
+
+    #[test]
+    fn guessing_is_throttled_per_user() {
+        let auth =
+            Authenticator::new(AuthConfig { token: Some("s3cret".into()), basic: Some(("ada".into(), "pw".into())) });
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(auth.check(Some(&basic("ada", "guess"))).unwrap_err().code(), tonic::Code::Unauthenticated);
+        }
+        // Even the right password is refused unchecked while throttled.
+        let refused = auth.check(Some(&basic("ada", "pw"))).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains("too many failed logins"));
+        // Another name and the token are counted apart.
+        assert!(auth.check(Some(&basic("bob", "x"))).is_err_and(|e| e.code() == tonic::Code::Unauthenticated));
+        assert!(auth.check(Some("Bearer s3cret")).is_ok());
+        for _ in 0..MAX_FAILURES {
+            let _ = auth.check(Some("Bearer guess"));
+        }
+        assert_eq!(auth.check(Some("Bearer s3cret")).unwrap_err().code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn empty_credentials_are_refused_at_start() {
+        assert!(AuthConfig { token: Some(String::new()), basic: None }.check().is_err());
+        assert!(AuthConfig { token: Some(" ".into()), basic: None }.check().is_err());
+        assert!(AuthConfig { token: None, basic: Some(("ada".into(), String::new())) }.check().is_err());
+        assert!(AuthConfig { token: None, basic: Some((String::new(), "pw".into())) }.check().is_err());
+        assert!(AuthConfig { token: Some("t0ken".into()), basic: Some(("ada".into(), "pw".into())) }.check().is_ok());
     }
 }

@@ -25,6 +25,8 @@ pub mod result;
 pub mod rewrite;
 /// The `system` schema (`system.model_calls`).
 pub mod system;
+/// TLS on the scheduler's ports.
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,7 +49,8 @@ use tonic::service::interceptor::InterceptedService;
 
 pub use auth::AuthConfig;
 pub use error::SchedulerError;
-pub use lakelink_protocol::cluster::ClusterSecret;
+pub use lakelink_protocol::cluster::{ClusterLink, ClusterSecret};
+pub use lakelink_protocol::tls::{TlsCa, TlsIdentity};
 
 use crate::auth::Authenticator;
 use crate::catalog::LakeSchema;
@@ -74,6 +77,16 @@ pub struct SchedulerOptions {
     pub cluster_secret: ClusterSecret,
     /// Credentials clients must present.
     pub auth: AuthConfig,
+    /// The certificate and key both ports serve TLS with; `None`: plaintext.
+    pub tls: Option<TlsIdentity>,
+    /// The CA of the executors' certificates: with it, the scheduler reads
+    /// results from executors over TLS, and clients are sent to them with
+    /// `grpc+tls://`. It also checks the scheduler's own certificate where
+    /// Ballista's client in the scheduler reaches the cluster port.
+    pub cluster_ca: Option<TlsCa>,
+    /// Serve client credentials (a token, passwords) over plaintext on an
+    /// address beyond loopback; refused unless set.
+    pub allow_plaintext_auth: bool,
     /// The custom functions every node knows.
     pub extensions: Extensions,
     /// An executor silent for this long is considered dead.
@@ -126,6 +139,9 @@ impl SchedulerOptions {
             cluster_port: 0,
             cluster_secret: ClusterSecret::generate(),
             auth: AuthConfig::default(),
+            tls: None,
+            cluster_ca: None,
+            allow_plaintext_auth: false,
             extensions: Extensions::lakelink(),
             executor_timeout_seconds: 30,
             push_scheduling: false,
@@ -203,17 +219,37 @@ async fn bind(host: &str, port: u16) -> Result<(tokio::net::TcpListener, SocketA
     Ok((listener, bound))
 }
 
-/// Serves `router` on `listener`, numbering each accepted connection (client
-/// sessions hang off it) and noting its peer address (Ballista's scheduler
-/// reads it to learn where an executor that did not name its host can be
-/// reached), until `stop` resolves.
+/// Serves `router` on `listener` (with TLS when `tls` is given), numbering
+/// each accepted connection (client sessions hang off it) and noting its
+/// peer address (Ballista's scheduler reads it to learn where an executor
+/// that did not name its host can be reached), until `stop` resolves.
 fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     router: axum::Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> JoinHandle<Result<(), SchedulerError>> {
+) -> Result<JoinHandle<Result<(), SchedulerError>>, SchedulerError> {
+    match tls {
+        Some(config) => {
+            let addr = listener.local_addr().map_err(|source| SchedulerError::Bind { addr: "?".into(), source })?;
+            let listener = tls::TlsListener::new(listener, config)
+                .map_err(|source| SchedulerError::Bind { addr: addr.to_string(), source })?;
+            Ok(serve_on(listener, router, stop))
+        }
+        None => Ok(serve_on(listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream)), router, stop)),
+    }
+}
+
+fn serve_on<L>(
+    listener: L,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<Result<(), SchedulerError>>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     let next_connection = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    let app = tower::service_fn(move |incoming: axum::serve::IncomingStream<'_, Listener>| {
+    let app = tower::service_fn(move |incoming: axum::serve::IncomingStream<'_, L>| {
         let peer = *incoming.remote_addr();
         let id = next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let router = router
@@ -224,12 +260,9 @@ fn serve(
     });
     // Bare on purpose: the server lives until stopped.
     #[allow(clippy::disallowed_methods)]
-    tokio::spawn(async move {
-        axum::serve(listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream)), app)
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(SchedulerError::Serve)
-    })
+    tokio::spawn(
+        async move { axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(SchedulerError::Serve) },
+    )
 }
 
 /// Starts a scheduler and returns once it is listening.
@@ -242,7 +275,19 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         tracing::warn!("table {name} cannot be read and will fail when queried: {err}");
     }
 
+    options.auth.check().map_err(SchedulerError::Config)?;
+    if options.tls.is_some() != options.cluster_ca.is_some() {
+        return Err(SchedulerError::Config(
+            "TLS needs both a certificate (--tls-cert, --tls-key) and the cluster's CA (--tls-ca)".into(),
+        ));
+    }
     let (listener, addr) = bind(&options.bind_host, options.port).await?;
+    if options.auth.enabled() && options.tls.is_none() && !addr.ip().is_loopback() && !options.allow_plaintext_auth {
+        return Err(SchedulerError::Config(format!(
+            "client credentials would cross the network in the clear on {addr}: serve TLS (--tls-cert, --tls-key), \
+             listen on loopback only, or pass --allow-plaintext-auth"
+        )));
+    }
     let cluster_port = match (options.cluster_port, options.port) {
         (0, 0) => 0,
         (0, port) => {
@@ -252,6 +297,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     };
     let (cluster_listener, cluster_addr) = bind(&options.bind_host, cluster_port).await?;
     let secret = options.cluster_secret.clone();
+    let link = ClusterLink { secret: secret.clone(), ca: options.cluster_ca.clone() };
 
     let ext = options.extensions.clone();
     let mut config = SchedulerConfig::default()
@@ -277,7 +323,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     config.bind_host = options.bind_host.clone();
     config.executor_timeout_seconds = options.executor_timeout_seconds;
     config.expire_dead_executor_interval_seconds = options.executor_timeout_seconds.clamp(1, 15);
-    config.override_create_grpc_client_endpoint = Some(present_secret(&secret));
+    config.override_create_grpc_client_endpoint = Some(link.endpoint_override());
     config.override_logical_codec = Some(ext.logical_codec());
     config.override_physical_codec = Some(ext.physical_codec());
     let config = Arc::new(config);
@@ -294,14 +340,14 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     };
     let jobs = Arc::new(job::BallistaJobs(scheduler.clone()));
     let engine =
-        Arc::new(query_engine(&ext, lake, cluster_addr, &secret, jobs, partitions, rewrites, &options.settings).await?);
+        Arc::new(query_engine(&ext, lake, cluster_addr, &link, jobs, partitions, rewrites, &options.settings).await?);
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
     if !options.auth.enabled() && !loopback {
         tracing::warn!("Flight SQL has no authentication: anyone who reaches port {} can query the lake", addr.port());
     }
     let flight = FlightServiceServer::new(
-        LakeLinkFlightSql::new(engine, auth.clone(), secret.clone()).with_result_endpoints(options.result_endpoints),
+        LakeLinkFlightSql::new(engine, auth.clone(), link.clone()).with_result_endpoints(options.result_endpoints),
     )
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -320,8 +366,9 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let client = serve(listener, client_routes.routes().into_axum_router(), stopped(stop.clone()));
-    let cluster = serve(cluster_listener, cluster_routes.routes().into_axum_router(), stopped(stop));
+    let tls = options.tls.as_ref().map(tls::server_config).transpose()?;
+    let client = serve(listener, tls.clone(), client_routes.routes().into_axum_router(), stopped(stop.clone()))?;
+    let cluster = serve(cluster_listener, tls, cluster_routes.routes().into_axum_router(), stopped(stop))?;
     // Bare on purpose: it lives as long as the two servers it waits for.
     #[allow(clippy::disallowed_methods)]
     let task = tokio::spawn(async move {
@@ -333,17 +380,6 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     tracing::info!("LakeLink scheduler: Flight SQL clients on {addr}, executors (the cluster port) on {cluster_addr}");
     Ok(RunningScheduler { addr, cluster_addr, shutdown: Some(shutdown), task })
 }
-
-/// The cluster secret, presented by the scheduler's own Ballista clients.
-fn present_secret(secret: &ClusterSecret) -> ballista_core::extension::EndpointOverrideFn {
-    let secret = secret.clone();
-    Arc::new(move |endpoint| {
-        secret.present(endpoint).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-    })
-}
-
-/// The scheduler's listener: every accepted connection sends without delay.
-type Listener = axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
 
 /// Turns Nagle's algorithm off on an accepted connection. Left on (axum's
 /// default), a small response written after another waits for the peer's
@@ -361,7 +397,7 @@ async fn query_engine(
     ext: &Extensions,
     lake: Arc<LakeSchema>,
     cluster_addr: SocketAddr,
-    secret: &ClusterSecret,
+    link: &ClusterLink,
     cluster: Arc<dyn query::Cluster>,
     partitions: query::Partitions,
     rewrites: rewrite::Rewrites,
@@ -374,7 +410,8 @@ async fn query_engine(
 
     // Ballista's client in this session (the statements it runs itself)
     // reaches the scheduler's cluster port, presenting the secret.
-    let distributed_config = config.clone().with_ballista_override_create_grpc_client_endpoint(present_secret(secret));
+    let distributed_config =
+        config.clone().with_ballista_override_create_grpc_client_endpoint(link.endpoint_override());
     let state = ext.session_state(distributed_config)?;
     let addr = loopback(cluster_addr);
     let distributed = SessionContext::remote_with_state(&format!("df://{}:{}", addr.ip(), addr.port()), state).await?;

@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use lakelink_protocol::cluster::ClusterSecret;
+use lakelink_protocol::cluster::ClusterLink;
 use lakelink_protocol::result::{GRANT_ACTION, GrantRequest, Sent, TICKET_PREFIX, send_to_client};
 
 use crate::error::query_status;
@@ -53,7 +53,7 @@ pub type FlightDataStream = futures::stream::BoxStream<'static, Result<FlightDat
 /// them, as Flight data in `schema`. A client that stops reading stops the
 /// reading (and, before the job has ended, cancels the query); the job's
 /// files are removed once the stream ends.
-pub fn forward(job: RunningJob, schema: SchemaRef, secret: ClusterSecret) -> FlightDataStream {
+pub fn forward(job: RunningJob, schema: SchemaRef, link: ClusterLink) -> FlightDataStream {
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(4);
     // Bare on purpose: the relay ends when the client goes away (its channel closes) or at the result's end.
     #[allow(clippy::disallowed_methods)]
@@ -61,7 +61,7 @@ pub fn forward(job: RunningJob, schema: SchemaRef, secret: ClusterSecret) -> Fli
         // A client that goes away while nothing is sent (the job is still
         // computing) is noticed at once: the job is dropped, which cancels it.
         tokio::select! {
-            sent = send_result(job, &schema, &secret, &tx) => if let Err(e) = sent {
+            sent = send_result(job, &schema, &link, &tx) => if let Err(e) = sent {
                 let _ = tx.send(Err(e)).await;
             },
             _ = tx.closed() => {}
@@ -73,7 +73,7 @@ pub fn forward(job: RunningJob, schema: SchemaRef, secret: ClusterSecret) -> Fli
 async fn send_result(
     mut job: RunningJob,
     schema: &SchemaRef,
-    secret: &ClusterSecret,
+    link: &ClusterLink,
     tx: &mpsc::Sender<Result<FlightData, Status>>,
 ) -> Result<(), Status> {
     // The schema message exactly as the encoder of re-encoded batches writes
@@ -91,7 +91,7 @@ async fn send_result(
     while let Some(located) = job.partition(read_from.len()).await.map_err(query_status)? {
         let before = sent;
         let n = read_from.len();
-        let read = match fetch(&located, secret).await {
+        let read = match fetch(&located, link).await {
             Ok(messages) => send_to_client(messages, &sent_schema, tx, &mut sent).await,
             Err(e) => Err(e),
         };
@@ -189,7 +189,7 @@ const MAX_READS: u32 = 3;
 const REREAD_PAUSE: Duration = Duration::from_millis(200);
 
 /// A client of the executor writing `located`, presenting the cluster secret.
-async fn executor_client(located: &Located, secret: &ClusterSecret) -> Result<FlightServiceClient<Channel>, Status> {
+async fn executor_client(located: &Located, link: &ClusterLink) -> Result<FlightServiceClient<Channel>, Status> {
     let unreachable =
         |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot reach {}: {e}", describe(located)));
     // Ballista's own fetches use the same limits: an executor not reached
@@ -198,8 +198,8 @@ async fn executor_client(located: &Located, secret: &ClusterSecret) -> Result<Fl
     // stalling it.
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", located.host, located.port))
         .map_err(|e| unreachable(&e))?;
-    let channel = secret
-        .present(endpoint)
+    let channel = link
+        .endpoint(endpoint)
         .map_err(|e| unreachable(&e))?
         .connect_timeout(Duration::from_secs(20))
         .tcp_keepalive(Some(Duration::from_secs(3600)))
@@ -214,9 +214,9 @@ async fn executor_client(located: &Located, secret: &ClusterSecret) -> Result<Fl
 /// Reads a result partition from the executor writing it, as it is written.
 async fn fetch(
     located: &Located,
-    secret: &ClusterSecret,
+    link: &ClusterLink,
 ) -> Result<lakelink_protocol::result::BoxedStream<FlightData>, Status> {
-    let response = executor_client(located, secret)
+    let response = executor_client(located, link)
         .await?
         .do_get(located.partition.ticket())
         .await
@@ -228,7 +228,7 @@ async fn fetch(
 /// Where a client reads one result partition itself: the executor writing
 /// it, with a ticket for one read as `schema` (`lakelink_protocol::result`).
 /// The executor answers once the partition's task has started writing it.
-pub async fn grant(located: &Located, schema: &Schema, secret: &ClusterSecret) -> Result<FlightEndpoint, Status> {
+pub async fn grant(located: &Located, schema: &Schema, link: &ClusterLink) -> Result<FlightEndpoint, Status> {
     use base64::Engine;
     let request = GrantRequest {
         partition: located.partition.clone(),
@@ -239,7 +239,7 @@ pub async fn grant(located: &Located, schema: &Schema, secret: &ClusterSecret) -
     let refused = |e: &dyn std::fmt::Display| {
         Status::unavailable(format!("cannot hand {} to the client: {e}", describe(located)))
     };
-    let mut answers = executor_client(located, secret)
+    let mut answers = executor_client(located, link)
         .await?
         .do_action(arrow_flight::Action::new(GRANT_ACTION, body))
         .await
@@ -247,9 +247,12 @@ pub async fn grant(located: &Located, schema: &Schema, secret: &ClusterSecret) -
         .into_inner();
     let token = answers.message().await.map_err(|e| refused(&e))?.ok_or_else(|| refused(&"no token"))?.body;
     let ticket = [TICKET_PREFIX.as_bytes(), &token].concat();
-    Ok(FlightEndpoint::new()
-        .with_ticket(arrow_flight::Ticket::new(ticket))
-        .with_location(format!("grpc://{}:{}", located.host, located.port)))
+    Ok(FlightEndpoint::new().with_ticket(arrow_flight::Ticket::new(ticket)).with_location(format!(
+        "{}://{}:{}",
+        link.scheme(),
+        located.host,
+        located.port
+    )))
 }
 
 fn describe(located: &Located) -> String {

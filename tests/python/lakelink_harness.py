@@ -49,8 +49,51 @@ DATAGEN_DEADLINE = float(os.environ.get("LAKELINK_DATAGEN_DEADLINE", "900"))
 # Per-RPC deadlines for ADBC so that no client call can hang forever.
 DEFAULT_RPC_TIMEOUT = float(os.environ.get("LAKELINK_RPC_TIMEOUT", "600"))
 
+# LAKELINK_TEST_TLS=1 starts every cluster with TLS (a CA made for the run)
+# and LAKELINK_TEST_AUTH=1 every cluster without credentials of its own with
+# a bearer token: the suite then runs as a secured deployment is used.
+TLS_BY_DEFAULT = os.environ.get("LAKELINK_TEST_TLS") == "1"
+AUTH_BY_DEFAULT = os.environ.get("LAKELINK_TEST_AUTH") == "1"
+
 # Every cluster started in this session: (name, log dir). Printed at the end.
 STARTED_LOG_DIRS: list[tuple[str, Path]] = []
+
+
+# --------------------------------------------------------------------------
+# TLS material
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class TlsFiles:
+    """A CA and a certificate it signed for 127.0.0.1 and localhost (PEM)."""
+    ca: Path
+    cert: Path
+    key: Path
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.read_bytes()
+
+
+def make_tls_files(folder: Path, name: str = "ca") -> TlsFiles:
+    """A fresh CA (`name`) and a server certificate signed by it, by openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+        "-subj", f"/CN=LakeLink test {name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-subj", "/CN=127.0.0.1", "-keyout", f"{name}-server.key", "-out", f"{name}-server.csr")
+    (folder / f"{name}-ext.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+        "basicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", f"{name}-server.csr", "-CA", f"{name}.pem", "-CAkey", f"{name}.key",
+        "-CAcreateserial", "-days", "2", "-out", f"{name}-server.pem", "-extfile", f"{name}-ext.cnf")
+    return TlsFiles(folder / f"{name}.pem", folder / f"{name}-server.pem", folder / f"{name}-server.key")
 
 
 # --------------------------------------------------------------------------
@@ -383,12 +426,51 @@ class Cluster:
     executor_args: list[str] = field(default_factory=list)
     # Extra environment of every process of the cluster.
     env: dict[str, str] = field(default_factory=dict)
+    tls: bool = TLS_BY_DEFAULT
     scheduler: Proc | None = None
     executors: list[Proc] = field(default_factory=list)
+    tls_files: TlsFiles | None = None
+
+    def __post_init__(self) -> None:
+        if AUTH_BY_DEFAULT and self.token is None and self.user is None:
+            self.token = "tok-" + secrets.token_hex(16)
 
     @property
     def uri(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
+        return f"{'grpc+tls' if self.tls else 'grpc'}://127.0.0.1:{self.port}"
+
+    def tls_options(self) -> dict[str, str]:
+        """ADBC options trusting this cluster's CA (none without TLS)."""
+        if self.tls_files is None:
+            return {}
+        return {"adbc.flight.sql.client_option.tls_root_certs": self.tls_files.ca_pem.decode()}
+
+    def shell_args(self, token: bool = True) -> list[str]:
+        """`lakelink` arguments reaching this cluster (address, CA, and its
+        token unless `token` is false)."""
+        args = ["--host", self.uri]
+        if self.tls_files is not None:
+            args += ["--tls-ca", str(self.tls_files.ca)]
+        if token and self.token is not None:
+            args += ["--token", self.token]
+        return args
+
+    def member_port_uri(self, port: int) -> str:
+        """The URI of one of this cluster's ports on loopback."""
+        return f"{'grpc+tls' if self.tls else 'grpc+tcp'}://127.0.0.1:{port}"
+
+    def flight_client(self, uri: str | bytes | None = None, **kwargs):
+        """A pyarrow Flight client of `uri` (default the scheduler), trusting the CA."""
+        from pyarrow import flight
+
+        if isinstance(uri, bytes):
+            uri = uri.decode()
+        if hasattr(uri, "uri"):  # a flight.Location
+            uri = uri.uri.decode()
+        uri = (uri or self.uri).replace("grpc://", "grpc+tcp://")
+        if self.tls_files is not None:
+            kwargs["tls_root_certs"] = self.tls_files.ca_pem
+        return flight.FlightClient(uri, **kwargs)
 
     def procs(self) -> list[Proc]:
         return [p for p in [self.scheduler, *self.executors] if p is not None]
@@ -410,7 +492,8 @@ class Cluster:
 
     def connect(self, **kwargs):
         creds = self.credentials() if not kwargs.keys() & {"token", "username", "password"} else {}
-        return adbc_connect(self.uri, **{**creds, **kwargs})
+        extra = {**self.tls_options(), **kwargs.pop("extra", {})}
+        return adbc_connect(self.uri, **{**creds, **kwargs}, extra=extra)
 
     @contextlib.contextmanager
     def connection(self, **kwargs):
@@ -439,7 +522,12 @@ class Cluster:
             cmd += ["--auth-token", self.token]
         if self.user is not None:
             cmd += ["--user", self.user, "--password", self.password]
-        cmd += self.scheduler_args
+        tls_args: list[str] = []
+        if self.tls:
+            self.tls_files = self.tls_files or make_tls_files(self.workdir / "tls")
+            tls_args = ["--tls-cert", str(self.tls_files.cert), "--tls-key", str(self.tls_files.key),
+                        "--tls-ca", str(self.tls_files.ca)]
+        cmd += tls_args + self.scheduler_args
         self.scheduler = Proc("scheduler", cmd, self.workdir / "scheduler.log", env=self.env).start(self.workdir)
         self._wait_port(self.scheduler, self.port)
         for i in range(self.executors_wanted):
@@ -450,7 +538,7 @@ class Cluster:
             edir = self.workdir / f"executor-{i}"
             edir.mkdir(exist_ok=True)
             ecmd += ["--work-dir", str(edir / "work")]
-            ecmd += self.executor_args
+            ecmd += tls_args + self.executor_args
             ex = Proc(f"executor-{i}", ecmd, self.workdir / f"executor-{i}.log", env=self.env).start(edir)
             ex.flight_port = fport  # type: ignore[attr-defined]
             ex.work_dir = edir / "work"  # type: ignore[attr-defined]

@@ -13,11 +13,11 @@ REFUSED_WORDS = ("unauthenticated", "unauthorized", "permission denied", "invali
                  "invalid token", "forbidden")
 
 
-def _refused(uri: str, **creds) -> str:
+def _refused(cluster: h.Cluster, **creds) -> str:
     """Connect and query with `creds`; return the error text (fail if it answers)."""
     conn = None
     with pytest.raises(adbc_driver_manager.Error) as info:
-        conn = h.adbc_connect(uri, rpc_timeout=30, **creds)
+        conn = h.adbc_connect(cluster.uri, rpc_timeout=30, extra=cluster.tls_options(), **creds)
         try:
             t = h.query(conn, "SELECT count(*) FROM region")
         finally:
@@ -26,8 +26,8 @@ def _refused(uri: str, **creds) -> str:
     return h.error_text(info.value)
 
 
-def _answers(uri: str, **creds) -> None:
-    conn = h.adbc_connect(uri, rpc_timeout=60, **creds)
+def _answers(cluster: h.Cluster, **creds) -> None:
+    conn = h.adbc_connect(cluster.uri, rpc_timeout=60, extra=cluster.tls_options(), **creds)
     try:
         assert h.scalar(conn, "SELECT count(*) FROM region") == 5
         # A second statement on the same connection also passes auth.
@@ -37,34 +37,34 @@ def _answers(uri: str, **creds) -> None:
 
 
 def test_no_credentials_refused(auth_cluster):
-    text = _refused(auth_cluster.uri)
+    text = _refused(auth_cluster)
     assert "unauthenticated" in text.lower(), text
 
 
 def test_bearer_token_works(auth_cluster, auth_secrets):
-    _answers(auth_cluster.uri, token=auth_secrets["token"])
+    _answers(auth_cluster, token=auth_secrets["token"])
 
 
 def test_wrong_token_refused(auth_cluster, auth_secrets):
-    text = _refused(auth_cluster.uri, token=auth_secrets["token"] + "x")
+    text = _refused(auth_cluster, token=auth_secrets["token"] + "x")
     assert any(w in text.lower() for w in REFUSED_WORDS), text
     # The right token still works afterwards.
-    _answers(auth_cluster.uri, token=auth_secrets["token"])
+    _answers(auth_cluster, token=auth_secrets["token"])
 
 
 def test_username_password_works(auth_cluster, auth_secrets):
-    _answers(auth_cluster.uri, username=auth_secrets["user"], password=auth_secrets["password"])
+    _answers(auth_cluster, username=auth_secrets["user"], password=auth_secrets["password"])
 
 
 def test_wrong_password_refused(auth_cluster, auth_secrets):
-    text = _refused(auth_cluster.uri, username=auth_secrets["user"],
+    text = _refused(auth_cluster, username=auth_secrets["user"],
                     password=auth_secrets["password"] + "x")
     assert any(w in text.lower() for w in REFUSED_WORDS), text
-    _answers(auth_cluster.uri, username=auth_secrets["user"], password=auth_secrets["password"])
+    _answers(auth_cluster, username=auth_secrets["user"], password=auth_secrets["password"])
 
 
 def test_wrong_user_refused(auth_cluster, auth_secrets):
-    text = _refused(auth_cluster.uri, username="not-" + auth_secrets["user"],
+    text = _refused(auth_cluster, username="not-" + auth_secrets["user"],
                     password=auth_secrets["password"])
     assert any(w in text.lower() for w in REFUSED_WORDS), text
 
@@ -72,7 +72,7 @@ def test_wrong_user_refused(auth_cluster, auth_secrets):
 def test_metadata_calls_need_auth(auth_cluster):
     conn = None
     with pytest.raises(adbc_driver_manager.Error) as info:
-        conn = h.adbc_connect(auth_cluster.uri, rpc_timeout=30)
+        conn = h.adbc_connect(auth_cluster.uri, rpc_timeout=30, extra=auth_cluster.tls_options())
         try:
             conn.adbc_get_objects(depth="tables").read_all()
         finally:
@@ -81,7 +81,7 @@ def test_metadata_calls_need_auth(auth_cluster):
 
 
 def _cli(cluster, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([h.binary("lakelink"), "--host", cluster.uri, *args],
+    return subprocess.run([h.binary("lakelink"), *cluster.shell_args(token=False), *args],
                           capture_output=True, text=True, timeout=120)
 
 

@@ -14,7 +14,7 @@ REGION_SQL = "SELECT r_regionkey, r_name FROM region ORDER BY r_regionkey"
 
 
 def lakelink(cluster, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    cmd = [h.binary("lakelink"), "--host", cluster.uri, *args]
+    cmd = [h.binary("lakelink"), *cluster.shell_args(), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 

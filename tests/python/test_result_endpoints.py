@@ -40,14 +40,14 @@ def statement_info(cluster: h.Cluster, sql: str) -> flight.FlightInfo:
     """The FlightInfo of a Flight SQL statement, asked with a plain Flight client."""
     command = _field(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") \
         + _field(2, _field(1, sql.encode()))
-    client = flight.FlightClient(cluster.uri)
+    client = cluster.flight_client()
     header = client.authenticate_basic_token(cluster.user, cluster.password)
     options = flight.FlightCallOptions(headers=[header])
     return client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
 
 
-def read_endpoint(endpoint: flight.FlightEndpoint) -> pa.Table:
-    client = flight.FlightClient(endpoint.locations[0])
+def read_endpoint(cluster: h.Cluster, endpoint: flight.FlightEndpoint) -> pa.Table:
+    client = cluster.flight_client(endpoint.locations[0].uri.decode())
     return client.do_get(endpoint.ticket).read_all()
 
 
@@ -75,13 +75,13 @@ def test_endpoints_are_the_executors_and_a_ticket_reads_once(direct_cluster):
     executor_ports = {ex.flight_port for ex in direct_cluster.executors}
     assert len(info.endpoints) >= 2, "one endpoint per result file"
     assert {int(e.locations[0].uri.decode().rsplit(":", 1)[1]) for e in info.endpoints} <= executor_ports
-    rows = sum(read_endpoint(e).num_rows for e in info.endpoints)
+    rows = sum(read_endpoint(direct_cluster, e).num_rows for e in info.endpoints)
     assert rows == h.parquet_dataset(direct_cluster.lake, "orders").count_rows()
     # Each ticket is good for one read, and a made-up one for none; the
     # error says what to do.
     for ticket in [info.endpoints[0].ticket, flight.Ticket(b"lakelink-result:0123456789abcdef")]:
         with pytest.raises((flight.FlightError, pa.ArrowKeyError)) as failure:  # NOT_FOUND
-            read_endpoint(flight.FlightEndpoint(ticket, info.endpoints[0].locations))
+            read_endpoint(direct_cluster, flight.FlightEndpoint(ticket, info.endpoints[0].locations))
         assert "unknown result ticket" in str(failure.value)
         assert "run the statement again" in str(failure.value)
     # The cluster goes on answering.

@@ -60,7 +60,7 @@ def command(sql: str) -> flight.FlightDescriptor:
 
 
 def client(cluster: h.Cluster, token: str | None = None) -> tuple[flight.FlightClient, flight.FlightCallOptions]:
-    c = flight.FlightClient(cluster.uri.replace("grpc://", "grpc+tcp://"))
+    c = cluster.flight_client()
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
     return c, flight.FlightCallOptions(headers=headers, timeout=120)
 
@@ -129,7 +129,7 @@ def test_tickets_are_opaque_one_time_and_their_owners(secure_cluster, auth_secre
     ticket = info.endpoints[0].ticket
     # The client reads the result at the executor with its grant (executor
     # endpoints): replaying it fails, and the grant names no statement.
-    at_executor = flight.FlightClient(info.endpoints[0].locations[0])
+    at_executor = secure_cluster.flight_client(info.endpoints[0].locations[0])
     plain = flight.FlightCallOptions(timeout=60)
     assert read(at_executor, ticket, plain).column(0)[0].as_py() == 5
     assert "unknown result ticket" in refused(lambda: read(at_executor, ticket, plain))
@@ -151,7 +151,7 @@ def test_tickets_are_opaque_one_time_and_their_owners(secure_cluster, auth_secre
     # Another user (the password login) cannot read the token user's ticket.
     with secure_cluster.connection(username=auth_secrets["user"], password=auth_secrets["password"]) as other:
         h.scalar(other, "SELECT 1")
-    login = flight.FlightClient(secure_cluster.uri.replace("grpc://", "grpc+tcp://"))
+    login = secure_cluster.flight_client()
     pair = login.authenticate_basic_token(auth_secrets["user"], auth_secrets["password"])
     other_options = flight.FlightCallOptions(headers=[pair], timeout=60)
     assert "unknown, expired or already read ticket" in refused(lambda: read(login, ticket, other_options))
@@ -197,7 +197,7 @@ def test_a_session_cannot_send_the_model_calls_elsewhere(secure_cluster, auth_se
 
 def test_executor_data_ports_need_the_cluster_secret(secure_cluster):
     port = secure_cluster.executors[0].flight_port
-    stranger = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}")
+    stranger = secure_cluster.flight_client(secure_cluster.member_port_uri(port))
     options = flight.FlightCallOptions(timeout=30)
     follow = b'lakelink-follow:{"job_id":"AAAAAAAAAAAAA","stage_id":1,"partition_id":0,"task_id":0}'
     for attempt in [lambda: stranger.do_get(flight.Ticket(follow), options).read_all(),
@@ -208,7 +208,7 @@ def test_executor_data_ports_need_the_cluster_secret(secure_cluster):
     # The same port serves a member of the cluster: past the door, the
     # made-up partition is simply not there.
     secret = secure_cluster.secret_file.read_text().strip()
-    member = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}",
+    member = secure_cluster.flight_client(secure_cluster.member_port_uri(port),
                                  generic_options=[("grpc.primary_user_agent", f"lakelink-cluster/{secret}")])
     missing = refused(lambda: member.do_get(flight.Ticket(follow), flight.FlightCallOptions(timeout=90)).read_all())
     assert "cluster secret" not in missing, missing

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use arrow::array::{Array, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use lakelink::{Connection, Credentials};
-use lakelink_scheduler::{AuthConfig, RunningScheduler, SchedulerOptions};
+use lakelink_scheduler::{AuthConfig, ClusterLink, RunningScheduler, SchedulerOptions};
 use lakelink_udf::Extensions;
 
 /// Scheduler defaults over `lake`, listening on a free loopback port.
@@ -60,7 +60,8 @@ impl TestCluster {
         let secret = options.cluster_secret.clone();
         let scheduler = lakelink_scheduler::start(options).await.expect("scheduler starts");
         for _ in 0..executors {
-            lakelink_executor::start_in_process(scheduler.local_cluster_addr(), 1, executor_ext, &secret)
+            let link = ClusterLink::plain(secret.clone());
+            lakelink_executor::start_in_process(scheduler.local_cluster_addr(), 1, executor_ext, &link)
                 .await
                 .expect("executor starts");
         }
@@ -87,7 +88,7 @@ impl TestCluster {
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(&self.url(), &Credentials::None).await.expect("connect")
+        Connection::connect(&self.url(), &Credentials::None, None).await.expect("connect")
     }
 
     /// A connection whose session first runs `statements` (`SET ...`).

@@ -31,9 +31,16 @@ const SCAN: &str = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stages_have_one_partition_per_task_slot_unless_the_operator_says() {
-    // In-process executors are registered once started.
+    // Executors register at their first poll of the cluster port, which
+    // may come after the first statement is planned: wait for the third.
     let scheduler = cluster(|_| {}, 3).await;
-    assert_eq!(scan_partitions(&explain(&scheduler, SCAN).await), 3, "three executors of one slot: three partitions");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut partitions = scan_partitions(&explain(&scheduler, SCAN).await);
+    while partitions < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        partitions = scan_partitions(&explain(&scheduler, SCAN).await);
+    }
+    assert_eq!(partitions, 3, "three executors of one slot: three partitions");
 
     let scheduler = cluster(|o| o.target_partitions = 5, 1).await;
     assert_eq!(scan_partitions(&explain(&scheduler, SCAN).await), 5);

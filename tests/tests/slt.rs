@@ -183,7 +183,7 @@ fn main() {
             let mut runner = sqllogictest::Runner::new(move || {
                 let (url, settings) = (url.clone(), settings.clone());
                 async move {
-                    let mut conn = Connection::connect(&url, &lakelink::Credentials::None)
+                    let mut conn = Connection::connect(&url, &lakelink::Credentials::None, None)
                         .await
                         .map_err(|e| SltError(e.to_string()))?;
                     for sql in &settings {

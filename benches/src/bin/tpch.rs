@@ -107,13 +107,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut _cluster = None;
     let (mut runner, label) = match (&args.host, &args.lake, args.engine) {
         (Some(host), None, _) => {
-            (Runner::FlightSql(Connection::connect(host, &Credentials::None).await?), "lakelink-cluster")
+            (Runner::FlightSql(Connection::connect(host, &Credentials::None, None).await?), "lakelink-cluster")
         }
         (None, Some(lake), Engine::Lakelink) => {
             let cluster = lakelink::embedded::start(&lake.to_string_lossy(), args.executors).await?;
             let url = format!("grpc://{}", cluster.local_addr());
             _cluster = Some(cluster);
-            (Runner::FlightSql(Connection::connect(&url, &Credentials::None).await?), "lakelink-embedded")
+            (Runner::FlightSql(Connection::connect(&url, &Credentials::None, None).await?), "lakelink-embedded")
         }
         (None, Some(lake), Engine::Datafusion) => (Runner::DataFusion(datafusion_context(lake).await?), "datafusion"),
         _ => return Err("give --host URL or --lake DIR".into()),

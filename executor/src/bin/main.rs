@@ -19,6 +19,16 @@ struct Args {
     /// ~/.config/lakelink/cluster.secret.
     #[arg(long)]
     cluster_secret_file: Option<std::path::PathBuf>,
+    /// Serve TLS on the data port with this certificate chain (PEM); with --tls-key.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA (PEM) the scheduler's and the other executors' certificates
+    /// are signed by: this executor then reaches them over TLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: String,
@@ -65,6 +75,8 @@ async fn main() -> std::process::ExitCode {
     };
     let options = ExecutorOptions {
         cluster_secret,
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| lakelink_protocol::tls::TlsIdentity { cert, key }),
+        cluster_ca: args.tls_ca.map(lakelink_protocol::tls::TlsCa),
         scheduler: args.scheduler,
         bind_host: args.bind,
         external_host: args.external_host,

@@ -31,6 +31,22 @@ struct Args {
     /// a new random secret when missing.
     #[arg(long)]
     cluster_secret_file: Option<std::path::PathBuf>,
+    /// Serve TLS on both ports with this certificate chain (PEM); with --tls-key.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA (PEM) the executors' certificates are signed by: the scheduler
+    /// then reaches executors over TLS and sends clients to them with
+    /// grpc+tls://. Needed with --tls-cert, since the scheduler's own client
+    /// reaches its cluster port too.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Accept client credentials (--auth-token, --password) on a port beyond
+    /// loopback without TLS, where anyone on the path can read them.
+    #[arg(long)]
+    allow_plaintext_auth: bool,
     /// Require this bearer token from Flight SQL clients.
     #[arg(long, env = "LAKELINK_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
@@ -71,9 +87,8 @@ struct Args {
     /// Where clients read distributed results: `scheduler` (passed on by the
     /// scheduler; clients reach only it) or `executors` (read from the
     /// executors that wrote them; clients must reach every executor's Flight
-    /// port, which also serves Ballista's unauthenticated shuffle service, so
-    /// only for clients who may see every query's data; the job runs when the
-    /// client asks where to read).
+    /// data port with a one-time grant for each partition; the job runs when
+    /// the client asks where to read).
     #[arg(long, default_value = "scheduler", value_parser = ["scheduler", "executors"])]
     result_endpoints: String,
 }
@@ -124,6 +139,9 @@ async fn main() -> std::process::ExitCode {
         _ => ResultEndpoints::Scheduler,
     };
     options.auth = AuthConfig { token: args.auth_token, basic: args.user.zip(args.password) };
+    options.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| lakelink_scheduler::TlsIdentity { cert, key });
+    options.cluster_ca = args.tls_ca.map(lakelink_scheduler::TlsCa);
+    options.allow_plaintext_auth = args.allow_plaintext_auth;
     let result = async {
         let running = start(options).await?;
         tokio::select! {

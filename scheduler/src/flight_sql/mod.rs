@@ -35,7 +35,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
 use crate::job::RunningJob;
 use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, bind, new_execution, result_schema};
-use lakelink_protocol::cluster::ClusterSecret;
+use lakelink_protocol::cluster::ClusterLink;
 
 mod metadata;
 pub mod statements;
@@ -55,20 +55,20 @@ pub struct LakeLinkFlightSql {
     /// runs when the statement is described) or through this scheduler.
     endpoints: ResultEndpoints,
     statements: Statements,
-    /// Presented to executors when the scheduler reads or grants results.
-    secret: ClusterSecret,
+    /// How the scheduler reaches executors to read or grant results.
+    link: ClusterLink,
     sql_info: SqlInfoData,
     xdbc_info: XdbcTypeInfoData,
 }
 
 impl LakeLinkFlightSql {
     /// A service answering with `engine`, handing out session tokens from
-    /// `auth`, reaching executors with `secret`.
-    pub fn new(engine: Arc<QueryEngine>, auth: Authenticator, secret: ClusterSecret) -> Self {
+    /// `auth`, reaching executors through `link`.
+    pub fn new(engine: Arc<QueryEngine>, auth: Authenticator, link: ClusterLink) -> Self {
         Self {
             engine,
             auth,
-            secret,
+            link,
             endpoints: ResultEndpoints::Scheduler,
             statements: Statements::default(),
             sql_info: metadata::sql_info(),
@@ -110,7 +110,7 @@ impl LakeLinkFlightSql {
         if self.endpoints == ResultEndpoints::Executors
             && let Some(job) = self.engine.run_as_job(df.clone()).await.map_err(query_status)?
         {
-            return executor_endpoints(job, &schema, descriptor, &self.secret).await;
+            return executor_endpoints(job, &schema, descriptor, &self.link).await;
         }
         let ticket = self.statements.keep(Ready::Plan { df: Box::new(df), schema: schema.clone() }, owner);
         flight_info(&schema, ticket, descriptor)
@@ -123,7 +123,7 @@ impl LakeLinkFlightSql {
         schema: SchemaRef,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
         match self.engine.execute(df, schema.clone()).await.map_err(query_status)? {
-            QueryResult::Job(job) => Ok(Response::new(crate::result::forward(job, schema, self.secret.clone()))),
+            QueryResult::Job(job) => Ok(Response::new(crate::result::forward(job, schema, self.link.clone()))),
             QueryResult::Batches(batches) => {
                 let batches = batches.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
                 let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
@@ -246,12 +246,12 @@ async fn executor_endpoints(
     mut job: RunningJob,
     schema: &SchemaRef,
     descriptor: FlightDescriptor,
-    secret: &ClusterSecret,
+    link: &ClusterLink,
 ) -> Result<Response<FlightInfo>, Status> {
     let sent = crate::result::sent_schema(schema).await?;
     let mut endpoints = vec![];
     while let Some(located) = job.partition(endpoints.len()).await.map_err(query_status)? {
-        endpoints.push(crate::result::grant(&located, &sent, secret).await?);
+        endpoints.push(crate::result::grant(&located, &sent, link).await?);
     }
     // The clients read the partitions from the executors: the job runs on,
     // and its files go once it has ended (granted ones have a name of their
