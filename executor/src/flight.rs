@@ -55,8 +55,11 @@ pub struct ExecutorFlightService {
 impl ExecutorFlightService {
     /// A service over the shuffle files in `work_dir`, for the cluster whose
     /// processes present `secret`.
-    pub fn new(work_dir: String, secret: ClusterSecret) -> Self {
-        let grants = Grants::new(Path::new(&work_dir).join("lakelink-results"));
+    /// At most `max_unread` bytes of granted results wait for their
+    /// clients (0: no cap).
+    pub fn new(work_dir: String, secret: ClusterSecret, max_unread: u64) -> Self {
+        let grants = Grants::new(Path::new(&work_dir).join("lakelink-results"), max_unread);
+        grants.sweep_in_background();
         Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir, grants, secret }
     }
 
@@ -115,9 +118,12 @@ impl ExecutorFlightService {
         let path = partition_path(&request.partition, &self.work_dir)?;
         let task = task_key(&request.partition, &self.work_dir);
         crate::follow::wait_for_file(&path, &task).await?;
-        self.grants
-            .grant(&path, task, std::sync::Arc::new(schema))
-            .map_err(|e| Status::internal(format!("cannot keep {} for its client: {e}", path.display())))
+        self.grants.grant(&path, task, std::sync::Arc::new(schema)).map_err(|e| match e {
+            results::GrantError::Full { .. } => Status::resource_exhausted(e.to_string()),
+            results::GrantError::Io(io) => {
+                Status::internal(format!("cannot keep {} for its client: {io}", path.display()))
+            }
+        })
     }
 
     /// The file a ticket asks for whole, when it can be forwarded message by

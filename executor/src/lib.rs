@@ -87,7 +87,16 @@ pub struct ExecutorOptions {
     pub cluster_ca: Option<TlsCa>,
     /// The custom functions every node knows.
     pub extensions: Extensions,
+    /// The memory the executor's tasks may hold, split evenly between its
+    /// task slots (operators that can spill do so at their share); `None`:
+    /// Ballista's default share of the host's memory; `Some(0)`: no limit.
+    pub memory_pool: Option<u64>,
+    /// The most bytes of granted, unread results kept for clients (0: no cap).
+    pub max_unread_results: u64,
 }
+
+/// The default cap on the unread result files an executor keeps for clients.
+pub const DEFAULT_MAX_UNREAD_RESULTS: u64 = 4 << 30;
 
 /// Runs an executor until it is stopped (Ctrl-C, SIGTERM, or the scheduler).
 pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
@@ -130,7 +139,12 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
         override_physical_codec: Some(ext.physical_codec()),
         override_config_producer: Some(config_producer(ext, &link)),
         override_create_grpc_client_endpoint: Some(link.endpoint_override()),
-        override_arrow_flight_service: Some(flight_server(options.cluster_secret.clone(), tls)),
+        override_arrow_flight_service: Some(flight_server(
+            options.cluster_secret.clone(),
+            tls,
+            options.max_unread_results,
+        )),
+        memory_pool_size: options.memory_pool,
         override_execution_engine: Some(Arc::new(stage::StageEngine::default())),
         ..Default::default()
     };
@@ -143,9 +157,10 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
 fn flight_server(
     secret: ClusterSecret,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    max_unread: u64,
 ) -> Arc<ballista_executor::ArrowFlightServerProvider> {
     Arc::new(move |work_dir, addr, mut shutdown, grpc| {
-        let service = flight_service(work_dir, secret.clone());
+        let service = flight_service(work_dir, secret.clone(), max_unread);
         let tls = tls.clone();
         // Bare on purpose: the Flight server lives until the executor shuts down.
         #[allow(clippy::disallowed_methods)]
@@ -169,8 +184,10 @@ fn flight_server(
 fn flight_service(
     work_dir: String,
     secret: ClusterSecret,
+    max_unread: u64,
 ) -> arrow_flight::flight_service_server::FlightServiceServer<flight::ExecutorFlightService> {
-    arrow_flight::flight_service_server::FlightServiceServer::new(flight::ExecutorFlightService::new(work_dir, secret))
+    let service = flight::ExecutorFlightService::new(work_dir, secret, max_unread);
+    arrow_flight::flight_service_server::FlightServiceServer::new(service)
         .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
         .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT)
 }
@@ -221,7 +238,7 @@ pub async fn start_in_process(
     let flight_port = flight_listener.local_addr().map_err(ExecutorError::Listen)?.port();
     let shutdown = ballista_executor::shutdown::ShutdownNotifier::new();
     {
-        let service = flight_service(work_dir.clone(), secret.clone());
+        let service = flight_service(work_dir.clone(), secret.clone(), DEFAULT_MAX_UNREAD_RESULTS);
         let mut stop = shutdown.subscribe_for_shutdown();
         // A listener bound here keeps none of the server's TCP settings:
         // without no-delay, a small response waits ~40 ms for an acknowledgement.

@@ -10,13 +10,17 @@
 //! its job's folder, so removing the job's files leaves it; a ticket is good
 //! for one read within [`GRANT_TTL`], the file is read as its task writes it
 //! ([`crate::follow`]), and it is removed once read, or after its grant has
-//! expired (at the executor's next grant or result ticket). What the client
-//! is sent follows the contract of [`lakelink_protocol::result`].
+//! expired (looked for every [`SWEEP_EVERY`], and at each grant and result
+//! ticket). The unread granted files an executor holds are capped
+//! (`--max-unread-results`): past the cap it grants no more, and the
+//! statement asking fails with a clear error, until clients read theirs or
+//! their grants expire. What the client is sent follows the contract of
+//! [`lakelink_protocol::result`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_flight::FlightData;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -53,29 +57,78 @@ pub struct Granted {
 pub struct Grants {
     dir: PathBuf,
     granted: Arc<Mutex<HashMap<String, Grant>>>,
+    max_unread: u64,
+}
+
+/// How often expired grants are looked for (and their files removed).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a grant was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The unread results held here reached the cap.
+    #[error(
+        "this executor holds {held} of unread results, its cap (--max-unread-results) is {cap}: \
+         read the results already asked for, or run the statement again once they expire"
+    )]
+    Full {
+        /// What the unread files take now.
+        held: String,
+        /// The cap.
+        cap: String,
+    },
+    /// The file could not be given its second name.
+    #[error("cannot keep the result file for its client: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl Grants {
-    /// Grants kept in `dir`; files left there by an earlier process are removed.
-    pub fn new(dir: PathBuf) -> Self {
+    /// Grants kept in `dir`, at most `max_unread` bytes of them unread
+    /// (0: no cap); files left there by an earlier process are removed.
+    pub fn new(dir: PathBuf, max_unread: u64) -> Self {
         if dir.exists()
             && let Err(e) = std::fs::remove_dir_all(&dir)
         {
             tracing::warn!("cannot remove the unread results in {}: {e}", dir.display());
         }
-        Self { dir, granted: Arc::default() }
+        Self { dir, granted: Arc::default(), max_unread }
+    }
+
+    /// Removes the files of expired grants every [`SWEEP_EVERY`] while the
+    /// grants are in use.
+    pub fn sweep_in_background(&self) {
+        let granted = Arc::downgrade(&self.granted);
+        // Bare on purpose: the sweep ends by itself once the service (the last holder of the grants) is gone.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(granted) = granted.upgrade() else { return };
+                expire(&mut granted.lock().unwrap_or_else(|e| e.into_inner()));
+            }
+        });
+    }
+
+    /// The bytes the unread granted files take now.
+    fn held(granted: &HashMap<String, Grant>) -> u64 {
+        granted.values().filter_map(|g| std::fs::metadata(&g.path).ok()).map(|m| m.len()).sum()
     }
 
     /// Grants one read of the file at `path`, written by `task`, as
     /// `schema`: the file gets a second name in the grants' folder (its task
     /// may still be writing it, through the first); the token.
-    pub fn grant(&self, path: &Path, task: TaskKey, schema: SchemaRef) -> std::io::Result<String> {
+    pub fn grant(&self, path: &Path, task: TaskKey, schema: SchemaRef) -> Result<String, GrantError> {
         let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        expire(&mut granted);
+        let held = Self::held(&granted);
+        if self.max_unread > 0 && held >= self.max_unread {
+            use lakelink_protocol::limits::show_bytes;
+            return Err(GrantError::Full { held: show_bytes(held), cap: show_bytes(self.max_unread) });
+        }
         std::fs::create_dir_all(&self.dir)?;
         let kept = self.dir.join(format!("{token}.arrow"));
         std::fs::hard_link(path, &kept)?;
-        let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
-        expire(&mut granted);
         granted.insert(token.clone(), Grant { path: kept, task, schema, expires: Instant::now() + GRANT_TTL });
         Ok(token)
     }
@@ -200,7 +253,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
         write(&job_file, &[batch]);
-        let grants = Grants::new(dir.path().join("results"));
+        let grants = Grants::new(dir.path().join("results"), 0);
         let token = grants.grant(&job_file, finished_task(), schema).unwrap();
         std::fs::remove_dir_all(job_file.parent().unwrap()).unwrap(); // the job's clean-up
         assert!(grants.take("not-a-token").is_none());
@@ -221,7 +274,7 @@ mod tests {
         assert!(!kept.exists(), "the result file stays after it was read");
         // A new process starts with no leftovers.
         std::fs::write(dir.path().join("results").join("left.arrow"), b"x").unwrap();
-        Grants::new(dir.path().join("results"));
+        Grants::new(dir.path().join("results"), 0);
         assert!(!dir.path().join("results").exists());
     }
 }

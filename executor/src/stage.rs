@@ -9,9 +9,9 @@
 //! the file, see [`crate::flight`]). Compressing it cost the executors 40-60%
 //! of their CPU on a large result (TPC-H SF 10 `SELECT * FROM orders`, CPU s
 //! per executor: 4.0 with LZ4 and 1.5 without in one pair of runs, 2.6 and
-//! 1.4-1.7 in the README's result transfer table). Repartitioned (hash) shuffles, which are read piecewise by
-//! many tasks and are usually the largest files, keep the configured codec
-//! (`ballista.shuffle.compression.codec`).
+//! 1.4-1.7 in another). Repartitioned (hash) shuffles, which are read
+//! piecewise by many tasks and are usually the largest files, keep the
+//! configured codec (`ballista.shuffle.compression.codec`).
 
 use std::fmt;
 use std::sync::Arc;

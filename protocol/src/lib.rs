@@ -4,6 +4,7 @@
 //! * [`cluster`]: the secret the cluster's processes present to each other;
 //! * [`follow`]: a result partition read from the executor writing it, while
 //!   its task runs (the scheduler's reads);
+//! * [`limits`]: sizes given on the command line;
 //! * [`result`]: a result on its way to a client: grants and client tickets
 //!   for results served by executors, and the rules a result message meets
 //!   to be sent as it lies;
@@ -12,5 +13,6 @@
 
 pub mod cluster;
 pub mod follow;
+pub mod limits;
 pub mod result;
 pub mod tls;

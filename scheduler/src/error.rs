@@ -104,7 +104,14 @@ pub fn query_status(err: DataFusionError) -> Status {
     }
     let message = clean_message(err);
     if let Some(inner) = debug_wrapped_message(&message) {
-        // A task's error that crossed Ballista as its Debug text.
+        // A task's error that crossed Ballista as its Debug text; running
+        // out of memory is told by DataFusion's words for it.
+        if inner.contains("Failed to allocate additional") {
+            return Status::resource_exhausted(format!(
+                "{inner}: the statement needs more memory than an executor task's share of its memory pool \
+                 (lakelink-executor --memory-pool)"
+            ));
+        }
         return Status::aborted(inner);
     }
     match err {
@@ -123,7 +130,10 @@ pub fn query_status(err: DataFusionError) -> Status {
         DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => Status::invalid_argument(message),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
         DataFusionError::Configuration(_) => Status::invalid_argument(message),
-        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
+            "{message}: the statement needs more memory than a statement run in the scheduler may hold \
+             (lakelink-scheduler --query-memory)"
+        )),
         DataFusionError::Execution(_) | DataFusionError::ArrowError(..) | DataFusionError::ParquetError(..) => {
             Status::aborted(message)
         }

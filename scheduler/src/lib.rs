@@ -16,6 +16,8 @@ pub mod error;
 pub mod flight_sql;
 /// A distributed query's job, followed while it runs.
 pub mod job;
+/// The bounds every statement runs within (time, result size, memory).
+pub mod limits;
 /// Planning and running client SQL as distributed jobs.
 pub mod query;
 /// A distributed query's result on its way to the client.
@@ -110,6 +112,8 @@ pub struct SchedulerOptions {
     pub semi_join_reduction: bool,
     /// Where clients read distributed results.
     pub result_endpoints: ResultEndpoints,
+    /// The bounds every statement runs within.
+    pub limits: limits::Limits,
 }
 
 /// Where Flight SQL clients read a distributed query's result.
@@ -121,10 +125,9 @@ pub enum ResultEndpoints {
     Scheduler,
     /// From the executors that wrote them, one endpoint per result file:
     /// the job runs when the client asks for the statement's endpoints, and
-    /// the client must reach every executor's Flight port (its registered
-    /// host), where Ballista's shuffle service answers anyone: for clients
-    /// of one trust domain only. Saves the scheduler's hop (README, "Result
-    /// endpoints").
+    /// the client must reach every executor's data port (its registered
+    /// host), where the one-time grant in each ticket admits the read.
+    /// Saves the scheduler's hop (docs/sql.md, "Result endpoints").
     Executors,
 }
 
@@ -150,6 +153,7 @@ impl SchedulerOptions {
             top_n_narrowing_min_bytes: rewrite::top_n::TOP_N_NARROWING_MIN_BYTES,
             semi_join_reduction: true,
             result_endpoints: ResultEndpoints::Scheduler,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -158,7 +162,7 @@ impl SchedulerOptions {
 /// and metrics). Ballista keeps it an hour, for its own web UI and job
 /// listings, which LakeLink does not serve; a result's files are known by the
 /// time its job ends. Kept an hour, the scheduler grew by 1.1 MiB a query over
-/// TPC-H SF 1 for that hour (README, "Scheduler memory").
+/// TPC-H SF 1 for that hour (benches/results/HISTORY.md, "Scheduler memory").
 pub const FINISHED_JOB_STATE_SECONDS: u64 = 60;
 
 /// The number of the client connection a request arrived on.
@@ -339,15 +343,17 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         semi_join_reduction: options.semi_join_reduction,
     };
     let jobs = Arc::new(job::BallistaJobs(scheduler.clone()));
-    let engine =
-        Arc::new(query_engine(&ext, lake, cluster_addr, &link, jobs, partitions, rewrites, &options.settings).await?);
+    let engine = query_engine(&ext, lake, cluster_addr, &link, jobs, partitions, rewrites, &options.settings).await?;
+    let engine = Arc::new(engine.with_query_memory(options.limits.query_memory));
     let auth = Authenticator::new(options.auth.clone());
     let loopback = addr.ip().is_loopback();
     if !options.auth.enabled() && !loopback {
         tracing::warn!("Flight SQL has no authentication: anyone who reaches port {} can query the lake", addr.port());
     }
     let flight = FlightServiceServer::new(
-        LakeLinkFlightSql::new(engine, auth.clone(), link.clone()).with_result_endpoints(options.result_endpoints),
+        LakeLinkFlightSql::new(engine, auth.clone(), link.clone())
+            .with_result_endpoints(options.result_endpoints)
+            .with_limits(options.limits),
     )
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);

@@ -12,8 +12,8 @@
 //! [`lakelink_protocol::result::MAX_CLIENT_MESSAGE`] goes on unchanged. Any
 //! other batch (compressed, over the limit, or of a file whose column types
 //! differ from the advertised ones, e.g. dictionaries) is decoded, conformed
-//! to the advertised schema and encoded again (README, "Result transfer",
-//! for what it saves). The rules are the executors' own
+//! to the advertised schema and encoded again (docs/benchmarks.md, "Result
+//! transfer", for what it saves). The rules are the executors' own
 //! ([`lakelink_protocol::result::send_to_client`]), which serve results to
 //! clients directly when the scheduler hands out executor endpoints
 //! ([`grant`](crate::result::grant)).

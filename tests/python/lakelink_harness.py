@@ -97,6 +97,41 @@ def make_tls_files(folder: Path, name: str = "ca") -> TlsFiles:
 
 
 # --------------------------------------------------------------------------
+# Flight SQL messages written by hand (for plain Flight clients)
+# --------------------------------------------------------------------------
+
+TICKET_TYPE = "type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery"
+COMMAND_TYPE = "type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def proto_field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def any_message(type_url: str, value: bytes) -> bytes:
+    """A protobuf `Any` (field 1 type_url, field 2 value)."""
+    return proto_field(1, type_url.encode()) + proto_field(2, value)
+
+
+def statement_descriptor(sql: str):
+    """The FlightDescriptor of a Flight SQL `CommandStatementQuery`."""
+    from pyarrow import flight
+
+    return flight.FlightDescriptor.for_command(any_message(COMMAND_TYPE, proto_field(1, sql.encode())))
+
+
+# --------------------------------------------------------------------------
 # Binaries
 # --------------------------------------------------------------------------
 
@@ -454,6 +489,10 @@ class Cluster:
         if token and self.token is not None:
             args += ["--token", self.token]
         return args
+
+    def flight_headers(self) -> list[tuple[bytes, bytes]]:
+        """The call headers of this cluster's token, if it has one."""
+        return [(b"authorization", f"Bearer {self.token}".encode())] if self.token else []
 
     def member_port_uri(self, port: int) -> str:
         """The URI of one of this cluster's ports on loopback."""

@@ -99,3 +99,17 @@ def test_cli_with_token_and_password(auth_cluster, auth_secrets):
     assert bad.stderr.strip(), "refused CLI call printed nothing to stderr"
     bad = _cli(auth_cluster, "--token", "wrong", "-c", sql)
     assert bad.returncode != 0, bad.stdout
+
+
+def test_password_guessing_is_throttled_and_tokens_are_not_locked_out(cluster_factory, tpch_lake_small, auth_secrets):
+    c = cluster_factory("throttle", tpch_lake_small, executors=1, token=auth_secrets["token"],
+                        user=auth_secrets["user"], password=auth_secrets["password"])
+    for _ in range(10):
+        assert "wrong user name or password" in _refused(c, username=auth_secrets["user"], password="guess")
+    # The eleventh try is refused unchecked, even with the right password.
+    text = _refused(c, username=auth_secrets["user"], password=auth_secrets["password"])
+    assert "too many failed logins" in text, text
+    # Wrong bearer tokens lock nobody out.
+    for _ in range(15):
+        _refused(c, token="tok-guess-" + "0" * 20)
+    _answers(c, token=auth_secrets["token"])

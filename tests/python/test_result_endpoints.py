@@ -25,25 +25,12 @@ def direct_cluster(tpch_lake_big, tmp_path_factory, auth_secrets):
         c.stop()
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field."""
-    size, n = b"", len(payload)
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        size += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            break
-    return bytes([number << 3 | 2]) + size + payload
-
-
 def statement_info(cluster: h.Cluster, sql: str) -> flight.FlightInfo:
     """The FlightInfo of a Flight SQL statement, asked with a plain Flight client."""
-    command = _field(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") \
-        + _field(2, _field(1, sql.encode()))
     client = cluster.flight_client()
     header = client.authenticate_basic_token(cluster.user, cluster.password)
     options = flight.FlightCallOptions(headers=[header])
-    return client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
+    return client.get_flight_info(h.statement_descriptor(sql), options)
 
 
 def read_endpoint(cluster: h.Cluster, endpoint: flight.FlightEndpoint) -> pa.Table:

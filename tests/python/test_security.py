@@ -28,35 +28,14 @@ import pytest
 
 import lakelink_harness as h
 
-TICKET_TYPE = "type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery"
-COMMAND_TYPE = "type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def any_message(type_url: str, value: bytes) -> bytes:
-    """A protobuf `Any` (field 1 type_url, field 2 value)."""
-    return _field(1, type_url.encode()) + _field(2, value)
+_field = h.proto_field
+any_message = h.any_message
+command = h.statement_descriptor
 
 
 def statement_ticket(handle: bytes) -> flight.Ticket:
-    return flight.Ticket(any_message(TICKET_TYPE, _field(1, handle)))
+    return flight.Ticket(any_message(h.TICKET_TYPE, _field(1, handle)))
 
-
-def command(sql: str) -> flight.FlightDescriptor:
-    return flight.FlightDescriptor.for_command(any_message(COMMAND_TYPE, _field(1, sql.encode())))
 
 
 def client(cluster: h.Cluster, token: str | None = None) -> tuple[flight.FlightClient, flight.FlightCallOptions]:

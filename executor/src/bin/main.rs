@@ -54,6 +54,17 @@ struct Args {
     /// scheduler's `--scheduling`.
     #[arg(long, default_value = "pull", value_parser = ["pull", "push"])]
     scheduling: String,
+    /// The memory the executor's tasks may hold (e.g. 8GiB), split evenly
+    /// between its task slots; operators that can spill (sorts, aggregations)
+    /// do so at their share, others fail the query with "Resources
+    /// exhausted". 0: no limit. Default: Ballista's share of the host memory.
+    #[arg(long, value_parser = lakelink_protocol::limits::parse_bytes)]
+    memory_pool: Option<u64>,
+    /// The most bytes of results kept for clients that have not read them
+    /// yet (--result-endpoints executors); past it the executor grants no
+    /// more reads and the statement fails with a clear error. 0: no cap.
+    #[arg(long, default_value = "4GiB", value_parser = lakelink_protocol::limits::parse_bytes)]
+    max_unread_results: u64,
 }
 
 #[tokio::main]
@@ -75,6 +86,8 @@ async fn main() -> std::process::ExitCode {
     };
     let options = ExecutorOptions {
         cluster_secret,
+        memory_pool: args.memory_pool,
+        max_unread_results: args.max_unread_results,
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| lakelink_protocol::tls::TlsIdentity { cert, key }),
         cluster_ca: args.tls_ca.map(lakelink_protocol::tls::TlsCa),
         scheduler: args.scheduler,

@@ -91,6 +91,21 @@ struct Args {
     /// the client asks where to read).
     #[arg(long, default_value = "scheduler", value_parser = ["scheduler", "executors"])]
     result_endpoints: String,
+    /// The longest a statement may run, in seconds, before it is cancelled
+    /// with an error naming this flag. 0: no limit.
+    #[arg(long, default_value_t = lakelink_scheduler::limits::DEFAULT_QUERY_TIMEOUT.as_secs())]
+    query_timeout: u64,
+    /// The largest result the scheduler passes on (e.g. 16GiB); a larger
+    /// one ends with an error naming this flag and its statement is
+    /// cancelled. 0: no limit.
+    #[arg(long, default_value = "16GiB", value_parser = lakelink_protocol::limits::parse_bytes)]
+    max_result_size: u64,
+    /// The memory a statement the scheduler runs itself (catalog reads)
+    /// may hold, spilling where it can (e.g. 2GiB). 0: no limit. Default: a
+    /// quarter of the host's memory. Executors bound theirs with
+    /// `lakelink-executor --memory-pool`.
+    #[arg(long, value_parser = lakelink_protocol::limits::parse_bytes)]
+    query_memory: Option<u64>,
 }
 
 fn parse_bytes_or_never(s: &str) -> Result<u64, String> {
@@ -142,6 +157,11 @@ async fn main() -> std::process::ExitCode {
     options.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| lakelink_scheduler::TlsIdentity { cert, key });
     options.cluster_ca = args.tls_ca.map(lakelink_scheduler::TlsCa);
     options.allow_plaintext_auth = args.allow_plaintext_auth;
+    options.limits.query_timeout = (args.query_timeout > 0).then(|| std::time::Duration::from_secs(args.query_timeout));
+    options.limits.max_result_bytes = args.max_result_size;
+    if let Some(bytes) = args.query_memory {
+        options.limits.query_memory = bytes;
+    }
     let result = async {
         let running = start(options).await?;
         tokio::select! {

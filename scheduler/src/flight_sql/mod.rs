@@ -34,6 +34,7 @@ use crate::ResultEndpoints;
 use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
 use crate::job::RunningJob;
+use crate::limits::Limits;
 use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, bind, new_execution, result_schema};
 use lakelink_protocol::cluster::ClusterLink;
 
@@ -54,6 +55,7 @@ pub struct LakeLinkFlightSql {
     /// Where clients read distributed results: from the executors (the job
     /// runs when the statement is described) or through this scheduler.
     endpoints: ResultEndpoints,
+    limits: Limits,
     statements: Statements,
     /// How the scheduler reaches executors to read or grant results.
     link: ClusterLink,
@@ -70,10 +72,17 @@ impl LakeLinkFlightSql {
             auth,
             link,
             endpoints: ResultEndpoints::Scheduler,
+            limits: Limits::none(),
             statements: Statements::default(),
             sql_info: metadata::sql_info(),
             xdbc_info: metadata::xdbc_info(),
         }
+    }
+
+    /// Runs every statement within `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Answers distributed results at `endpoints`.
@@ -110,6 +119,10 @@ impl LakeLinkFlightSql {
         if self.endpoints == ResultEndpoints::Executors
             && let Some(job) = self.engine.run_as_job(df.clone()).await.map_err(query_status)?
         {
+            // Its result is read elsewhere: the timeout cancels the job.
+            if let Some(timeout) = self.limits.query_timeout {
+                self.engine.cancel_after(&df, timeout);
+            }
             return executor_endpoints(job, &schema, descriptor, &self.link).await;
         }
         let ticket = self.statements.keep(Ready::Plan { df: Box::new(df), schema: schema.clone() }, owner);
@@ -122,14 +135,15 @@ impl LakeLinkFlightSql {
         df: DataFrame,
         schema: SchemaRef,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
-        match self.engine.execute(df, schema.clone()).await.map_err(query_status)? {
-            QueryResult::Job(job) => Ok(Response::new(crate::result::forward(job, schema, self.link.clone()))),
+        let data = match self.engine.execute(df, schema.clone()).await.map_err(query_status)? {
+            QueryResult::Job(job) => crate::result::forward(job, schema, self.link.clone()),
             QueryResult::Batches(batches) => {
                 let batches = batches.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
-                let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
-                Ok(Response::new(Box::pin(data)))
+                let encoded = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
+                futures::StreamExt::boxed(encoded)
             }
-        }
+        };
+        Ok(Response::new(self.limits.bound(data)))
     }
 
     /// The plan for the next execution of the prepared statement `handle`:

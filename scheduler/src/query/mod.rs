@@ -25,7 +25,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{ParamValues, Result, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::SessionState;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
@@ -86,6 +88,8 @@ pub struct QueryEngine {
     nl: NlEnv,
     partitions: Partitions,
     rewrites: Rewrites,
+    /// The memory a statement run here may hold; 0: no limit.
+    query_memory: u64,
 }
 
 impl QueryEngine {
@@ -100,7 +104,36 @@ impl QueryEngine {
         rewrites: Rewrites,
     ) -> Self {
         let nl = NlEnv { metadata_dir: Some(lake.root().join(crate::catalog::METADATA_DIR)) };
-        Self { distributed, local, lake, sessions: Sessions::default(), cluster, nl, partitions, rewrites }
+        Self {
+            distributed,
+            local,
+            lake,
+            sessions: Sessions::default(),
+            cluster,
+            nl,
+            partitions,
+            rewrites,
+            query_memory: 0,
+        }
+    }
+
+    /// Bounds the memory of each statement run here (catalog reads) to
+    /// `bytes`, spilling where DataFusion can; 0: no limit.
+    pub fn with_query_memory(mut self, bytes: u64) -> Self {
+        self.query_memory = bytes;
+        self
+    }
+
+    /// Cancels the query of `df` once `timeout` has passed, if it still runs.
+    pub fn cancel_after(&self, df: &DataFrame, timeout: std::time::Duration) {
+        let options = lakelink_model::LlmOptions::from_config(df.task_ctx().session_config().options());
+        let cluster = self.cluster.clone();
+        // Bare on purpose: a timer; cancelling a query that has ended does nothing.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            cluster.cancel(&options.query_id);
+        });
     }
 
     /// If `sql` is `SET`/`RESET` of a model setting, applies it to the
@@ -141,6 +174,12 @@ impl QueryEngine {
         for (key, value) in settings {
             session::check(key, value, &defaults)?;
             options.set(key, value)?;
+        }
+        if self.query_memory > 0 {
+            let pool = Arc::new(FairSpillPool::new(usize::try_from(self.query_memory).unwrap_or(usize::MAX)));
+            let runtime =
+                RuntimeEnvBuilder::from_runtime_env(state.runtime_env()).with_memory_pool(pool).build_arc()?;
+            state = SessionStateBuilder::new_from_existing(state).with_runtime_env(runtime).build();
         }
         Ok(SessionContext::new_with_state(new_query_id(state)?))
     }

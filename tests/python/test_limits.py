@@ -1,0 +1,127 @@
+"""Bounded resources: a statement that runs too long, returns too much or
+holds too much memory fails alone with an error naming the flag, while
+another client's statement succeeds at the same time; results nobody reads
+do not fill an executor's disk past its cap."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pyarrow import flight
+
+import lakelink_harness as h
+
+
+@pytest.fixture(scope="module")
+def bounded(tpch_lake_small, tmp_path_factory):
+    c = h.Cluster("bounded", tpch_lake_small, tmp_path_factory.mktemp("cluster-bounded"),
+                  scheduler_args=["--query-timeout", "4", "--max-result-size", "1MiB", "--query-memory", "16MiB"],
+                  executor_args=["--memory-pool", "24MiB"])
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def fails_alone(cluster: h.Cluster, bomb: str) -> str:
+    """Runs `bomb` on one connection while another keeps answering; the
+    bomb's error text."""
+    answered: list[int] = []
+    stop = threading.Event()
+
+    def other() -> None:
+        with cluster.connection() as conn:
+            while not stop.is_set():
+                answered.append(h.scalar(conn, "SELECT count(*) FROM nation"))
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        with cluster.connection() as conn, pytest.raises(Exception) as failure:
+            h.query(conn, bomb)
+    finally:
+        stop.set()
+        t.join(120)
+    assert answered and set(answered) == {25}, "the other client's statements answered"
+    with cluster.connection() as conn:
+        assert h.scalar(conn, "SELECT count(*) FROM region") == 5, "the cluster serves after the bomb"
+    return h.error_text(failure.value)
+
+
+def test_a_statement_past_the_timeout_is_cancelled(bounded):
+    err = fails_alone(bounded, "SELECT count(*) FROM lineitem a, lineitem b WHERE a.l_comment < b.l_comment")
+    assert "--query-timeout" in err, err
+
+
+def test_a_result_past_the_size_cap_is_cut(bounded):
+    err = fails_alone(bounded, "SELECT * FROM lineitem")
+    assert "--max-result-size" in err, err
+    with bounded.connection() as conn:
+        assert h.scalar(conn, "SELECT count(*) FROM lineitem") == h.parquet_dataset(bounded.lake, "lineitem").count_rows()
+
+
+def test_a_memory_bomb_in_the_scheduler_fails_alone(bounded):
+    # A catalog-only statement runs in the scheduler, under --query-memory.
+    bomb = ("SELECT cardinality(array_agg(repeat(a.column_name, 1000))) "
+            "FROM information_schema.columns a, information_schema.columns b")
+    err = fails_alone(bounded, bomb)
+    assert "--query-memory" in err, err
+
+
+def test_a_memory_bomb_on_the_executors_fails_alone(bounded):
+    bomb = "SELECT cardinality(array_agg(repeat(l_comment, 20))) FROM lineitem"
+    err = fails_alone(bounded, bomb)
+    assert "--memory-pool" in err and "Failed to allocate" in err, err
+
+
+def test_unread_results_stay_under_the_executors_cap(tpch_lake_small, tmp_path_factory):
+    cap = 256 * 1024
+    c = h.Cluster("unread", tpch_lake_small, tmp_path_factory.mktemp("cluster-unread"),
+                  scheduler_args=["--result-endpoints", "executors"],
+                  executor_args=["--max-unread-results", str(cap)])
+    c.start()
+    try:
+        client = c.flight_client()
+        options = flight.FlightCallOptions(headers=c.flight_headers(), timeout=120)
+        def held(ex) -> int:
+            return sum(p.stat().st_size for p in (ex.work_dir / "lakelink-results").glob("*.arrow"))
+
+        def settled() -> list[int]:
+            """What each executor holds once the granted files stop growing."""
+            before = None
+            while True:
+                now = [held(ex) for ex in c.executors]
+                if now == before:
+                    return now
+                before = now
+                time.sleep(0.5)
+
+        refused = None
+        one_result = 0
+        infos = []
+        for i in range(12):  # each asks for all of lineitem, never read
+            try:
+                infos.append(client.get_flight_info(h.statement_descriptor("SELECT * FROM lineitem"), options))
+            except flight.FlightError as e:
+                refused = str(e)
+                break
+            if i == 0:
+                one_result = max(settled())
+        assert refused is not None, "the executors kept granting past their cap"
+        assert "--max-unread-results" in refused, refused
+        # Checked before each grant: at most one statement's files past the cap.
+        for ex, bytes_held in zip(c.executors, settled()):
+            assert bytes_held <= cap + one_result, f"{ex.name} holds {bytes_held} bytes of unread results"
+        # Reading the results frees the executors for the next statements.
+        rows = h.parquet_dataset(c.lake, "lineitem").count_rows()
+        for info in infos:
+            read = sum(c.flight_client(e.locations[0]).do_get(e.ticket).read_all().num_rows for e in info.endpoints)
+            assert read == rows
+        assert settled() == [0] * len(c.executors)
+        with c.connection() as conn:
+            assert h.scalar(conn, "SELECT count(*) FROM region") == 5
+    finally:
+        c.stop()
