@@ -9,6 +9,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (number, unit) = (t[..split].trim(), t[split..].trim());
+    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a size such as 512MiB or 2GB"))?;
     let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1_000,
@@ -21,7 +22,6 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "tib" => 1 << 40,
         _ => return Err(format!("'{text}': unknown unit '{unit}'; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
     };
-    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a size such as 512MiB or 2GB"))?;
     let bytes = value * scale as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
         return Err(format!("'{text}' is out of range"));
