@@ -1,6 +1,6 @@
 //! TLS on the scheduler's two ports (rustls): a listener that hands the
 //! server connections whose TLS handshake has completed. Handshakes run
-//! side by side, each within [`HANDSHAKE_TIMEOUT`], so a slow or silent
+//! side by side, each within [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT), so a slow or silent
 //! client holds up nobody else.
 
 use std::net::SocketAddr;
