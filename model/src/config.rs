@@ -324,10 +324,16 @@ settings! {
     /// The answer cache folder.
     cache_dir: String = home_cache().join("llm-cache").display().to_string(), Operator,
         default_doc = "~/.cache/lakelink/llm-cache";
+    /// The most bytes the answer cache keeps: past it, the answers used
+    /// least recently are removed (0: no cap).
+    cache_max_bytes: u64 = 1 << 30, Operator, default_doc = "1073741824 (1 GiB)";
     /// The folder where every process appends its model-call trail
     /// (`system.model_calls`, `system.nl_tasks`).
     trail_dir: String = home_cache().join("trail").display().to_string(), Operator,
         default_doc = "~/.cache/lakelink/trail";
+    /// The most bytes the trail folder keeps: each process starts a new file
+    /// every 16 MiB and the oldest files are removed past it (0: no cap).
+    trail_max_bytes: u64 = 256 << 20, Operator, default_doc = "268435456 (256 MiB)";
     /// CPU threads of the local generative model (in the model process).
     threads: usize = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8), Operator,
         default_doc = "the machine's cores, at most 8", check = at_most(256usize);

@@ -196,12 +196,12 @@ impl Scope {
     fn trail_choice(&self, usage: Usage, served: &Served, confidence: f64) {
         let mut call = self.record(1, usage, served, false, "ok");
         call.confidence = Some(confidence);
-        trail::record(&self.options.trail_dir, &call);
+        trail::record(&self.options, &call);
     }
 
     fn trail_served(&self, rows: usize, usage: Usage, served: &Served, cache_hit: bool, outcome: &str) {
         let call = self.record(rows, usage, served, cache_hit, outcome);
-        trail::record(&self.options.trail_dir, &call);
+        trail::record(&self.options, &call);
     }
 
     fn record(&self, rows: usize, usage: Usage, served: &Served, cache_hit: bool, outcome: &str) -> ModelCall {
@@ -218,7 +218,7 @@ impl Scope {
     }
 
     fn cache(&self) -> Option<DiskCache> {
-        self.options.cache.then(|| DiskCache::new(&self.options.cache_dir))
+        self.options.cache.then(|| DiskCache::for_options(&self.options))
     }
 
     /// One model request under the budget, the concurrency limit and the time limit.

@@ -2,6 +2,12 @@
 //! from the answer cache) is appended as one JSON line to a file of the
 //! process in `trail_dir`. The scheduler reads the folder as the table
 //! `system.model_calls`.
+//!
+//! A process starts a new file (`HOST-PID-STARTMS.jsonl`) every
+//! [`FILE_BYTES`] (or quarter of the cap, if less); once the folder holds more than `trail_max_bytes`, its
+//! oldest files are removed. A scan for recent calls (`time >= ...`) skips
+//! the files last written before that time, and one for a query's calls
+//! parses only the lines naming it ([`Scan`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -101,39 +107,54 @@ pub fn process_name() -> &'static str {
     NAME.get_or_init(|| format!("{}:{}", host_name(), std::process::id()))
 }
 
-type Writers = Mutex<Vec<(PathBuf, Arc<Mutex<std::fs::File>>)>>;
+/// The size at which a process starts a new trail file.
+pub const FILE_BYTES: u64 = 16 << 20;
 
-/// Appends a record to this process's trail file in `dir`. Failures are
-/// logged: the trail never fails a query.
-pub fn record(dir: &str, call: &ModelCall) {
-    append(Path::new(dir), call)
+/// The file a process appends to in one folder.
+struct TrailFile {
+    file: std::fs::File,
+    path: PathBuf,
+    written: u64,
 }
 
-/// Appends one JSON line to this process's file in `dir`. Failures are
-/// logged: the trail never fails a query.
-pub fn append<T: Serialize>(dir: &Path, value: &T) {
+impl TrailFile {
+    fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let name = format!("{}-{}.jsonl", process_name().replace(':', "-"), now_ms());
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self { file, path, written: 0 })
+    }
+}
+
+type Writers = Mutex<Vec<(PathBuf, Arc<Mutex<TrailFile>>)>>;
+
+/// Appends a record to this process's trail file in the folder `options`
+/// name. Failures are logged: the trail never fails a query.
+pub fn record(options: &crate::LlmOptions, call: &ModelCall) {
+    append(Path::new(&options.trail_dir), options.trail_max_bytes, call)
+}
+
+/// Appends one JSON line to this process's file in `dir`, which keeps at
+/// most `max_bytes` (0: no cap). Failures are logged: the trail never fails
+/// a query.
+pub fn append<T: Serialize>(dir: &Path, max_bytes: u64, value: &T) {
     static WRITERS: OnceLock<Writers> = OnceLock::new();
     let file = {
         let mut writers = WRITERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
         match writers.iter().find(|(d, _)| d == dir) {
             Some((_, f)) => f.clone(),
-            None => {
-                let opened = std::fs::create_dir_all(dir).and_then(|_| {
-                    let name = format!("{}.jsonl", process_name().replace(':', "-"));
-                    std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name))
-                });
-                match opened {
-                    Ok(f) => {
-                        let f = Arc::new(Mutex::new(f));
-                        writers.push((dir.to_path_buf(), f.clone()));
-                        f
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot open the model-call trail in {}: {e}", dir.display());
-                        return;
-                    }
+            None => match TrailFile::open(dir) {
+                Ok(f) => {
+                    let f = Arc::new(Mutex::new(f));
+                    writers.push((dir.to_path_buf(), f.clone()));
+                    f
                 }
-            }
+                Err(e) => {
+                    tracing::warn!("cannot open the model-call trail in {}: {e}", dir.display());
+                    return;
+                }
+            },
         }
     };
     let mut line = match serde_json::to_vec(value) {
@@ -142,20 +163,50 @@ pub fn append<T: Serialize>(dir: &Path, value: &T) {
     };
     line.push(b'\n');
     let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = f.write_all(&line) {
+    if let Err(e) = f.file.write_all(&line) {
         tracing::warn!("cannot append to the model-call trail in {}: {e}", dir.display());
+        return;
+    }
+    f.written += line.len() as u64;
+    // Files of at most a quarter of the cap, so pruning keeps several.
+    let file_bytes = if max_bytes == 0 { FILE_BYTES } else { FILE_BYTES.min((max_bytes / 4).max(1)) };
+    if f.written >= file_bytes {
+        match TrailFile::open(dir) {
+            Ok(next) => {
+                *f = next;
+                prune(dir, max_bytes, &f.path);
+            }
+            Err(e) => tracing::warn!("cannot start a new model-call trail file in {}: {e}", dir.display()),
+        }
     }
 }
 
-/// Every model call recorded in `dir`, oldest first.
-pub fn read_all(dir: &Path) -> Vec<ModelCall> {
-    let mut calls: Vec<ModelCall> = read_lines(dir);
-    calls.sort_by_key(|c| c.time_ms);
-    calls
+/// Removes the oldest trail files of `dir` (never `current`) while it holds
+/// more than `max_bytes`; how many.
+pub fn prune(dir: &Path, max_bytes: u64, current: &Path) -> usize {
+    if max_bytes == 0 {
+        return 0;
+    }
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = trail_files(dir)
+        .into_iter()
+        .filter_map(|p| std::fs::metadata(&p).ok().map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len(), p)))
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    let mut removed = 0;
+    for (_, len, path) in files {
+        if total <= max_bytes {
+            break;
+        }
+        if path != current && std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            removed += 1;
+        }
+    }
+    removed
 }
 
-/// Every record of type `T` in the files of `dir`; unreadable lines are skipped.
-pub fn read_lines<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
+fn trail_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -165,9 +216,54 @@ pub fn read_lines<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
     };
     files.sort();
     files
+}
+
+/// What a scan of the trail needs: records from `since_ms` on (files last
+/// written before are not opened), and only lines holding `needle` (others
+/// are not parsed). Records outside either may still be returned: the
+/// caller filters exactly.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// The earliest time of a record wanted, milliseconds since the epoch.
+    pub since_ms: Option<i64>,
+    /// A string every wanted record's line holds.
+    pub needle: Option<String>,
+}
+
+/// Every model call recorded in `dir`, oldest first.
+pub fn read_all(dir: &Path) -> Vec<ModelCall> {
+    read_calls(dir, &Scan::default())
+}
+
+/// The model calls recorded in `dir` that `scan` asks for, oldest first.
+pub fn read_calls(dir: &Path, scan: &Scan) -> Vec<ModelCall> {
+    let mut calls: Vec<ModelCall> = read_lines_of(dir, scan);
+    calls.sort_by_key(|c| c.time_ms);
+    calls
+}
+
+/// Every record of type `T` in the files of `dir`; unreadable lines are skipped.
+pub fn read_lines<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
+    read_lines_of(dir, &Scan::default())
+}
+
+/// The records of type `T` in the files of `dir` that `scan` asks for.
+pub fn read_lines_of<T: serde::de::DeserializeOwned>(dir: &Path, scan: &Scan) -> Vec<T> {
+    let since = scan.since_ms.map(|ms| UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
+    trail_files(dir)
         .iter()
+        .filter(|p| match since {
+            // Written last before the time asked for: every record is older.
+            Some(since) => std::fs::metadata(p).and_then(|m| m.modified()).map_or(true, |m| m >= since),
+            None => true,
+        })
         .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<_>>())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| scan.needle.as_deref().is_none_or(|n| l.contains(n)))
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -214,4 +310,34 @@ pub fn to_batch(calls: &[ModelCall]) -> datafusion::common::Result<RecordBatch> 
         Arc::new(Float64Array::from_iter(calls.iter().map(|c| c.confidence))),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(query_id: &str) -> ModelCall {
+        ModelCall::now(query_id, "llm_filter", "m", "local")
+    }
+
+    #[test]
+    fn files_rotate_the_oldest_go_and_scans_read_what_they_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let trail = dir.path().join("trail");
+        // A cap of about eight lines: files of two, four of them kept.
+        let line = serde_json::to_vec(&call("q-10")).unwrap().len() as u64 + 1;
+        for i in 0..20 {
+            append(&trail, 8 * line, &call(&format!("q-{i}")));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let kept = read_all(&trail);
+        let total: u64 = trail_files(&trail).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+        assert!(total <= 8 * line, "{total} bytes kept");
+        assert!(kept.iter().any(|c| c.query_id == "q-19"), "the newest stays");
+        assert!(!kept.iter().any(|c| c.query_id == "q-0"), "the oldest went");
+        let needle = Scan { needle: Some("\"q-19\"".into()), ..Scan::default() };
+        assert_eq!(read_calls(&trail, &needle).len(), 1);
+        let future = Scan { since_ms: Some(now_ms() + 60_000), ..Scan::default() };
+        assert!(read_calls(&trail, &future).is_empty(), "files written before the time asked for are skipped");
+    }
 }

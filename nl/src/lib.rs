@@ -286,7 +286,7 @@ pub async fn compile(state: &SessionState, env: &NlEnv, request: Request) -> Res
         memo.retain(|_, (at, _, _)| at.elapsed() < MEMO_TTL);
         memo.get(&key).map(|(_, sql, model)| (sql.clone(), model.clone()))
     };
-    let disk = DiskCache::new(&options.cache_dir);
+    let disk = DiskCache::for_options(&options);
     // On disk: `{"sql": ..., "model": ...}`.
     let cached = remembered.or_else(|| match options.cache.then(|| disk.get(&key)).flatten() {
         Some(Answer::Text(Some(entry))) => {
@@ -494,7 +494,7 @@ impl Job<'_> {
                 Ok(c) => c,
                 Err(e) => {
                     call.outcome = e.to_string();
-                    trail::record(&options.trail_dir, &call);
+                    trail::record(&options, &call);
                     return Err(DataFusionError::Execution(format!(
                         "{}('{}'): the model {} failed: {e}",
                         self.request.function,
@@ -512,7 +512,7 @@ impl Job<'_> {
             match self.check_or_fix(&text, &mut attempts).await {
                 Ok(answer) => {
                     let answer = self.complete_dates(answer).await;
-                    trail::record(&options.trail_dir, &call);
+                    trail::record(&options, &call);
                     return Ok(Candidate {
                         model: generator.id().to_string(),
                         answer: Ok(answer),
@@ -524,7 +524,7 @@ impl Job<'_> {
                 }
                 Err(problem) => {
                     call.outcome = "retried".into();
-                    trail::record(&options.trail_dir, &call);
+                    trail::record(&options, &call);
                     let (hint, more_tables) = repair::hint(&problem, self.knowledge, &text);
                     for t in more_tables {
                         if !retrieved.tables.contains(&t) {
@@ -619,7 +619,7 @@ impl Job<'_> {
             total_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             process: trail::process_name().to_string(),
         };
-        task::record(&options.trail_dir, &record);
+        task::record(options, &record);
     }
 }
 

@@ -70,7 +70,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Embeds texts through the model layer, with each text's vector cached on disk.
 async fn embed(options: &LlmOptions, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
     let embedder = hub::embedder(options).await.map_err(crate::NlError::Model)?;
-    let disk = DiskCache::new(&options.cache_dir);
+    let disk = DiskCache::for_options(options);
     let keys: Vec<String> = texts.iter().map(|t| cache::key(&[embedder.id(), "nl-doc", t])).collect();
     let mut out: Vec<Option<Vec<f32>>> = keys
         .iter()

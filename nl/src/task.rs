@@ -51,9 +51,9 @@ fn dir(trail_dir: &str) -> PathBuf {
     Path::new(trail_dir).join("nl_tasks")
 }
 
-/// Appends a task to the trail.
-pub fn record(trail_dir: &str, task: &NlTask) {
-    trail::append(&dir(trail_dir), task);
+/// Appends a task to the trail folder `options` name.
+pub fn record(options: &lakelink_model::LlmOptions, task: &NlTask) {
+    trail::append(&dir(&options.trail_dir), options.trail_max_bytes, task);
 }
 
 /// Every task in the trail, oldest first.

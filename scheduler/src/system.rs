@@ -3,7 +3,9 @@
 //!
 //! * `system.model_calls`: every model request of every process (and every
 //!   batch of rows answered from the cache), read from the trail folder
-//!   (`lakelink.llm.trail_dir`) when the table is scanned.
+//!   (`lakelink.llm.trail_dir`) when the table is scanned; a filter on
+//!   `time` (`>`, `>=`) or `query_id` (`=`) narrows what is read
+//!   ([`trail::Scan`]).
 //! * `system.nl_tasks`: every compiled `nl_*` call: question, attempts with
 //!   their errors, retrieved tables, final SQL, outcome and timings.
 
@@ -12,10 +14,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use lakelink_model::trail;
 use lakelink_udf::LlmOptions;
@@ -47,19 +50,19 @@ impl SchemaProvider for SystemSchema {
 struct TrailTable {
     name: &'static str,
     schema: fn() -> SchemaRef,
-    read: fn(&str) -> Result<datafusion::arrow::array::RecordBatch>,
+    read: fn(&str, &trail::Scan) -> Result<datafusion::arrow::array::RecordBatch>,
 }
 
 const TABLES: &[TrailTable] = &[
     TrailTable {
         name: "model_calls",
         schema: trail::schema,
-        read: |dir| trail::to_batch(&trail::read_all(std::path::Path::new(dir))),
+        read: |dir, scan| trail::to_batch(&trail::read_calls(std::path::Path::new(dir), scan)),
     },
     TrailTable {
         name: "nl_tasks",
         schema: lakelink_nl::task::schema,
-        read: |dir| lakelink_nl::task::to_batch(&lakelink_nl::task::read_all(dir)),
+        read: |dir, _| lakelink_nl::task::to_batch(&lakelink_nl::task::read_all(dir)),
     },
 ];
 
@@ -73,18 +76,66 @@ impl TableProvider for TrailTable {
         TableType::View
     }
 
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // They narrow what is read; DataFusion still applies every one.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let options = LlmOptions::from_config(state.config_options());
-        let read = self.read;
-        let batch = tokio::task::spawn_blocking(move || read(&options.trail_dir))
+        let (read, scan) = (self.read, scan_of(filters));
+        let batch = tokio::task::spawn_blocking(move || read(&options.trail_dir, &scan))
             .await
             .map_err(|e| DataFusionError::Execution(format!("reading the trail failed: {e}")))??;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)
+    }
+}
+
+/// What of the trail `filters` need: `time > / >= literal` and
+/// `query_id = 'literal'` narrow the read; other filters read everything.
+fn scan_of(filters: &[Expr]) -> trail::Scan {
+    let mut scan = trail::Scan::default();
+    for filter in filters {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter else { continue };
+        let (Expr::Column(column), Expr::Literal(value, _)) = (left.as_ref(), right.as_ref()) else { continue };
+        match (column.name.as_str(), op, value) {
+            ("query_id", Operator::Eq, ScalarValue::Utf8(Some(id))) => {
+                scan.needle = serde_json::to_string(id).ok();
+            }
+            ("time", Operator::Gt | Operator::GtEq, time) => {
+                let ms = match time {
+                    ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1000),
+                    ScalarValue::TimestampMillisecond(Some(v), _) => Some(*v),
+                    ScalarValue::TimestampMicrosecond(Some(v), _) => Some(v / 1000),
+                    ScalarValue::TimestampNanosecond(Some(v), _) => Some(v / 1_000_000),
+                    _ => None,
+                };
+                scan.since_ms = ms.max(scan.since_ms);
+            }
+            _ => {}
+        }
+    }
+    scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn time_and_query_filters_narrow_the_read() {
+        let since = lit(ScalarValue::TimestampMillisecond(Some(1_700_000_000_000), Some("UTC".into())));
+        let scan = scan_of(&[col("time").gt_eq(since), col("query_id").eq(lit("q-1")), col("rows").gt(lit(3u64))]);
+        assert_eq!(scan.since_ms, Some(1_700_000_000_000));
+        assert_eq!(scan.needle.as_deref(), Some("\"q-1\""));
+        let scan = scan_of(&[col("time").lt(lit(ScalarValue::TimestampMillisecond(Some(5), None)))]);
+        assert_eq!((scan.since_ms, scan.needle), (None, None), "an upper bound reads everything");
     }
 }
