@@ -10,7 +10,7 @@ B="$CARGO_TARGET_DIR/release"
 logs=$(mktemp -d)
 scheduling="${LAKELINK_SCHEDULING:-pull}"   # pull (default) or push
 secret="$logs/cluster.secret"
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret"
+(umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret")
 # Extra scheduler flags, e.g. LAKELINK_SCHEDULER_ARGS="--target-partitions 4"
 # shellcheck disable=SC2086
 "$B/lakelink-scheduler" --lake "$lake" --port "$port" --cluster-port $((port + 1)) --cluster-secret-file "$secret" \

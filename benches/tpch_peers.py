@@ -699,6 +699,7 @@ class Cluster:
         self.port, cluster_port = ports[0], ports[5]
         secret = self.workdir / "cluster.secret"
         secret.write_text(os.urandom(24).hex() + "\n")
+        secret.chmod(0o600)
         self.procs.append(Watched("scheduler", [b / "lakelink-scheduler", "--lake", self.lake, "--port",
                                                 self.port, "--cluster-port", cluster_port,
                                                 "--cluster-secret-file", secret, "--bind", "127.0.0.1"],

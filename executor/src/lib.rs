@@ -1,7 +1,8 @@
 //! The LakeLink executor: a Ballista executor that knows LakeLink's functions
 //! and codecs, run as its own process ([`run`]) or inside another one
-//! ([`start_in_process`], used by embedded mode and tests; it always takes
-//! tasks pushed by the scheduler).
+//! ([`start_in_process`], used by embedded mode and tests; it polls the
+//! scheduler's cluster port for tasks and serves its data in plaintext on
+//! loopback).
 #![warn(missing_docs)]
 
 pub mod flight;
@@ -112,6 +113,13 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
     std::fs::create_dir_all(&work_dir).map_err(ExecutorError::WorkDir)?;
     let ext = &options.extensions;
     let link = ClusterLink { secret: options.cluster_secret.clone(), ca: options.cluster_ca.clone() };
+    if options.push_scheduling && options.tls.is_some() {
+        return Err(ExecutorError::Config(
+            "push scheduling cannot use TLS: Ballista's task port (--grpc-port) serves plaintext; use pull \
+             scheduling (the default)"
+                .into(),
+        ));
+    }
     let tls = options.tls.as_ref().map(TlsIdentity::server_config).transpose().map_err(ExecutorError::Config)?;
     let config = ExecutorProcessConfig {
         bind_host: options.bind_host.clone(),

@@ -20,10 +20,19 @@ pub const SECRET_ENV: &str = "LAKELINK_CLUSTER_SECRET";
 
 /// Where a process looks for the cluster secret when it is given none:
 /// `~/.config/lakelink/cluster.secret`.
-pub fn default_file() -> std::path::PathBuf {
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    home.join(".config").join("lakelink").join("cluster.secret")
+pub fn default_file() -> Result<std::path::PathBuf, String> {
+    // Not a shared folder such as /tmp, where another user could plant one.
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
+        format!(
+            "HOME is not set, so there is no default cluster secret file: give --cluster-secret-file or {SECRET_ENV}"
+        )
+    })?;
+    Ok(std::path::PathBuf::from(home).join(".config").join("lakelink").join("cluster.secret"))
 }
+
+/// How long an executor waits for the secret file to appear (its scheduler,
+/// started moments before, may not have written it yet).
+pub const SECRET_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The cluster secret of this process: `LAKELINK_CLUSTER_SECRET`, else the
 /// file given, else [`default_file`]; a scheduler (`create`) writes a new
@@ -32,7 +41,10 @@ pub fn resolve(file: Option<&Path>, create: bool) -> Result<ClusterSecret, Strin
     if let Ok(text) = std::env::var(SECRET_ENV) {
         return ClusterSecret::parse(&text).map_err(|e| format!("{SECRET_ENV}: {e}"));
     }
-    let path = file.map(Path::to_path_buf).unwrap_or_else(default_file);
+    let path = match file {
+        Some(path) => path.to_path_buf(),
+        None => default_file()?,
+    };
     if create {
         let existed = path.exists();
         let secret = ClusterSecret::from_file_or_new(&path)?;
@@ -40,13 +52,21 @@ pub fn resolve(file: Option<&Path>, create: bool) -> Result<ClusterSecret, Strin
             tracing::info!("wrote a new cluster secret to {}: give it to every executor", path.display());
         }
         Ok(secret)
-    } else if path.exists() {
-        ClusterSecret::from_file(&path)
     } else {
-        Err(format!(
-            "no cluster secret: {} does not exist; give the scheduler's secret with --cluster-secret-file or {SECRET_ENV}",
-            path.display()
-        ))
+        let deadline = std::time::Instant::now() + SECRET_FILE_WAIT;
+        while !path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        if path.exists() {
+            ClusterSecret::from_file(&path)
+        } else {
+            Err(format!(
+                "no cluster secret: {} does not exist (waited {} s); give the scheduler's secret with \
+                 --cluster-secret-file or {SECRET_ENV}",
+                path.display(),
+                SECRET_FILE_WAIT.as_secs()
+            ))
+        }
     }
 }
 
@@ -82,8 +102,20 @@ impl ClusterSecret {
         Ok(Self(text.to_string()))
     }
 
-    /// The secret in `path`.
+    /// The secret in `path`, a file only its owner may read.
     pub fn from_file(path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read the cluster secret file {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the cluster secret file {} may be read by other users (mode {:o}): `chmod 600` it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the cluster secret file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -242,5 +274,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(ClusterSecret::from_file_or_new(&path).unwrap(), first);
         assert_eq!(ClusterSecret::from_file(&path).unwrap(), first);
+        // A copy others may read is refused, with the fix.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = ClusterSecret::from_file(&path).unwrap_err();
+        assert!(refused.contains("chmod 600") && refused.contains("644"), "{refused}");
     }
 }

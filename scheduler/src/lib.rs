@@ -1,9 +1,11 @@
 //! The LakeLink scheduler: a Ballista scheduler over a lake folder, with the
-//! Arrow Flight SQL front door on the same port.
+//! Arrow Flight SQL front door for clients.
 //!
-//! [`start`] binds the port, opens the lake, starts Ballista's scheduler with
-//! LakeLink's functions and codecs, and serves both Ballista's own gRPC (for
-//! executors) and Flight SQL (for clients).
+//! [`start`] binds two ports, opens the lake, starts Ballista's scheduler
+//! with LakeLink's functions and codecs, and serves Flight SQL alone on the
+//! client port (with the client credentials, [`auth`]) and Ballista's
+//! scheduler protocol alone on the cluster port (with the cluster secret),
+//! both with TLS when given a certificate ([`tls`]).
 #![warn(missing_docs)]
 
 /// Optional bearer-token and password authentication.
@@ -283,6 +285,13 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     if options.tls.is_some() != options.cluster_ca.is_some() {
         return Err(SchedulerError::Config(
             "TLS needs both a certificate (--tls-cert, --tls-key) and the cluster's CA (--tls-ca)".into(),
+        ));
+    }
+    if options.push_scheduling && options.tls.is_some() {
+        return Err(SchedulerError::Config(
+            "push scheduling cannot use TLS: Ballista's executor task port serves plaintext; use pull scheduling \
+             (the default)"
+                .into(),
         ));
     }
     let (listener, addr) = bind(&options.bind_host, options.port).await?;

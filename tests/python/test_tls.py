@@ -6,6 +6,7 @@ non-loopback address without TLS, or with an empty token, is refused at start.""
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pyarrow as pa
 import pytest
@@ -98,10 +99,10 @@ def test_the_shell_never_sends_its_token_to_executors(tls_cluster):
     assert ok.returncode == 0, ok.stderr
 
 
-def _scheduler_refuses(tpch_lake_small, tmp_path, *args: str) -> str:
+def _scheduler_refuses(tpch_lake_small, tmp_path, *args: str, secret_mode: int = 0o600) -> str:
     secret = tmp_path / "cluster.secret"
     secret.write_text("s" * 48)
-    secret.chmod(0o600)
+    secret.chmod(secret_mode)
     port, cluster_port = h.free_ports(2)
     res = subprocess.run([h.binary("lakelink-scheduler"), "--lake", str(tpch_lake_small), "--port", str(port),
                           "--cluster-port", str(cluster_port), "--cluster-secret-file", str(secret), *args],
@@ -127,3 +128,46 @@ def test_a_tls_certificate_needs_its_ca(tpch_lake_small, tmp_path):
     err = _scheduler_refuses(tpch_lake_small, tmp_path, "--bind", "127.0.0.1", "--tls-cert", str(files.cert),
                              "--tls-key", str(files.key))
     assert "--tls-ca" in err, err
+
+
+def test_push_scheduling_with_tls_is_refused(tpch_lake_small, tmp_path):
+    files = h.make_tls_files(tmp_path / "tls")
+    err = _scheduler_refuses(tpch_lake_small, tmp_path, "--bind", "127.0.0.1", "--scheduling", "push",
+                             "--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca))
+    assert "push scheduling cannot use TLS" in err, err
+
+
+def test_a_secret_file_others_may_read_is_refused(tpch_lake_small, tmp_path):
+    err = _scheduler_refuses(tpch_lake_small, tmp_path, "--bind", "127.0.0.1", secret_mode=0o644)
+    assert "chmod 600" in err, err
+
+
+def test_an_executor_waits_for_the_secret_its_scheduler_writes(tpch_lake_small, tmp_path):
+    """Started first, an executor waits for the default secret file (HOME of
+    its own) that the scheduler started after it writes."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    c = h.Cluster("secret-wait", tpch_lake_small, tmp_path / "cluster", executors_wanted=0, env=env, tls=False)
+    c.token = None  # started below without credentials, whatever the suite's mode
+    port, cluster_port, fport, gport = h.free_ports(4)
+    executor = h.Proc("executor-first", [h.binary("lakelink-executor"), "--scheduler", f"127.0.0.1:{cluster_port}",
+                                         "--port", str(fport), "--grpc-port", str(gport), "--bind", "127.0.0.1"],
+                      tmp_path / "executor.log", env=env).start(tmp_path)
+    try:
+        time.sleep(1.0)
+        assert executor.alive(), executor.describe(40)
+        scheduler = h.Proc("scheduler", [h.binary("lakelink-scheduler"), "--lake", str(tpch_lake_small),
+                                         "--port", str(port), "--cluster-port", str(cluster_port),
+                                         "--bind", "127.0.0.1"], tmp_path / "scheduler.log", env=env).start(tmp_path)
+        try:
+            c.port = port
+            c.wait_ready()
+            with c.connection() as conn:
+                assert h.scalar(conn, "SELECT count(*) FROM nation") == 25
+            secret = home / ".config" / "lakelink" / "cluster.secret"
+            assert secret.stat().st_mode & 0o777 == 0o600
+        finally:
+            scheduler.stop()
+    finally:
+        executor.stop()
