@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::follow::{
     Finish, MAX_RAW_MESSAGE, Next, ResultPartition, TaskKey, follow, next_header, partition_path, task_key,
 };
-use crate::results::{self, BoxedStream, GRANT_ACTION, GrantRequest, Grants, TICKET_PREFIX};
+use crate::results::{self, BoxedStream, GRANT_ACTION, GrantRequest, Grants, REVOKE_ACTION, TICKET_PREFIX};
 use lakelink_protocol::cluster::{ClusterSecret, unauthenticated};
 
 /// See the module documentation.
@@ -233,6 +233,12 @@ impl FlightService for ExecutorFlightService {
         if request.get_ref().r#type == GRANT_ACTION {
             let token = self.grant(&request.get_ref().body).await?;
             let answer = arrow_flight::Result { body: token.into_bytes().into() };
+            return Ok(Response::new(Box::pin(stream::once(async { Ok(answer) }))));
+        }
+        if request.get_ref().r#type == REVOKE_ACTION {
+            let token = String::from_utf8_lossy(&request.get_ref().body).into_owned();
+            let revoked = self.grants.revoke(&token);
+            let answer = arrow_flight::Result { body: if revoked { "revoked" } else { "unknown" }.into() };
             return Ok(Response::new(Box::pin(stream::once(async { Ok(answer) }))));
         }
         self.inner.do_action(request).await

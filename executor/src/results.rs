@@ -30,8 +30,8 @@ use tonic::Status;
 
 use crate::follow::{Finish, TaskKey};
 pub use lakelink_protocol::result::{
-    BoxedStream, GRANT_ACTION, GRANT_TTL, GrantRequest, MAX_CLIENT_MESSAGE, Sent, TICKET_PREFIX, conform,
-    schema_message, send_to_client,
+    BoxedStream, GRANT_ACTION, GRANT_TTL, GrantRequest, MAX_CLIENT_MESSAGE, REVOKE_ACTION, Sent, TICKET_PREFIX,
+    conform, schema_message, send_to_client,
 };
 
 struct Grant {
@@ -131,6 +131,13 @@ impl Grants {
         std::fs::hard_link(path, &kept)?;
         granted.insert(token.clone(), Grant { path: kept, task, schema, expires: Instant::now() + GRANT_TTL });
         Ok(token)
+    }
+
+    /// Withdraws the grant `token`, unread, and removes its file; whether
+    /// there was one.
+    pub fn revoke(&self, token: &str) -> bool {
+        let grant = self.granted.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
+        grant.map(|g| std::fs::remove_file(&g.path)).is_some()
     }
 
     /// An unexpired grant, which is used up.

@@ -45,6 +45,9 @@ pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024 * 1024;
 /// The Flight action with which the scheduler asks for a grant; its body is
 /// a JSON [`GrantRequest`], its answer the token.
 pub const GRANT_ACTION: &str = "lakelink.grant_result";
+/// The Flight action (cluster members only) that withdraws an unread grant
+/// (its body the token) and removes its file.
+pub const REVOKE_ACTION: &str = "lakelink.revoke_grant";
 
 /// How a client's result ticket begins; the token follows.
 pub const TICKET_PREFIX: &str = "lakelink-result:";

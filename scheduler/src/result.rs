@@ -32,7 +32,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use lakelink_protocol::cluster::ClusterLink;
-use lakelink_protocol::result::{GRANT_ACTION, GrantRequest, Sent, TICKET_PREFIX, send_to_client};
+use lakelink_protocol::result::{GRANT_ACTION, GrantRequest, REVOKE_ACTION, Sent, TICKET_PREFIX, send_to_client};
 
 use crate::error::query_status;
 use crate::job::{Located, RunningJob};
@@ -243,7 +243,13 @@ pub async fn grant(located: &Located, schema: &Schema, link: &ClusterLink) -> Re
         .await?
         .do_action(arrow_flight::Action::new(GRANT_ACTION, body))
         .await
-        .map_err(|e| refused(&e))?
+        .map_err(|e| match e.code() {
+            // The executor's cap of unread results: the caller may read it another way.
+            tonic::Code::ResourceExhausted => {
+                Status::resource_exhausted(format!("cannot hand {} to the client: {}", describe(located), e.message()))
+            }
+            _ => refused(&e),
+        })?
         .into_inner();
     let token = answers.message().await.map_err(|e| refused(&e))?.ok_or_else(|| refused(&"no token"))?.body;
     let ticket = [TICKET_PREFIX.as_bytes(), &token].concat();
@@ -253,6 +259,24 @@ pub async fn grant(located: &Located, schema: &Schema, link: &ClusterLink) -> Re
         located.host,
         located.port
     )))
+}
+
+/// Withdraws the grants of `endpoints` (made by [`grant`] at `located`,
+/// unread), so their files do not wait for clients that will not come.
+pub async fn revoke(granted: &[(Located, FlightEndpoint)], link: &ClusterLink) {
+    for (located, endpoint) in granted {
+        let Some(token) = endpoint.ticket.as_ref().and_then(|t| t.ticket.strip_prefix(TICKET_PREFIX.as_bytes())) else {
+            continue;
+        };
+        let action = arrow_flight::Action::new(REVOKE_ACTION, token.to_vec());
+        let revoked = match executor_client(located, link).await {
+            Ok(mut client) => client.do_action(action).await.map(|_| ()),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = revoked {
+            tracing::warn!("cannot withdraw the unread grant of {}: {status}", describe(located));
+        }
+    }
 }
 
 fn describe(located: &Located) -> String {

@@ -181,6 +181,7 @@ def test_executor_data_ports_need_the_cluster_secret(secure_cluster):
     follow = b'lakelink-follow:{"job_id":"AAAAAAAAAAAAA","stage_id":1,"partition_id":0,"task_id":0}'
     for attempt in [lambda: stranger.do_get(flight.Ticket(follow), options).read_all(),
                     lambda: list(stranger.do_action(flight.Action("lakelink.grant_result", b"{}"), options)),
+                    lambda: list(stranger.do_action(flight.Action("lakelink.revoke_grant", b"0" * 64), options)),
                     lambda: list(stranger.list_flights(options=options)),
                     lambda: stranger.do_get(flight.Ticket(b"\x0a\x00"), options).read_all()]:
         assert "did not present the cluster secret" in refused(attempt)

@@ -123,7 +123,18 @@ impl LakeLinkFlightSql {
             if let Some(timeout) = self.limits.query_timeout {
                 self.engine.cancel_after(&df, timeout);
             }
-            return executor_endpoints(job, &schema, descriptor, &self.link).await;
+            match executor_endpoints(job, &schema, descriptor.clone(), &self.link).await {
+                // An executor holding its cap of unread results grants no
+                // more: the statement runs again, read through here, so
+                // one client's unread results do not stop the others.
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tracing::info!("{}: the result is passed through the scheduler instead", status.message());
+                    let df = new_execution(df).map_err(query_status)?;
+                    let ticket = self.statements.keep(Ready::Plan { df: Box::new(df), schema: schema.clone() }, owner);
+                    return flight_info(&schema, ticket, descriptor);
+                }
+                answer => return answer,
+            }
         }
         let ticket = self.statements.keep(Ready::Plan { df: Box::new(df), schema: schema.clone() }, owner);
         flight_info(&schema, ticket, descriptor)
@@ -263,10 +274,19 @@ async fn executor_endpoints(
     link: &ClusterLink,
 ) -> Result<Response<FlightInfo>, Status> {
     let sent = crate::result::sent_schema(schema).await?;
-    let mut endpoints = vec![];
-    while let Some(located) = job.partition(endpoints.len()).await.map_err(query_status)? {
-        endpoints.push(crate::result::grant(&located, &sent, link).await?);
+    let mut granted = vec![];
+    while let Some(located) = job.partition(granted.len()).await.map_err(query_status)? {
+        match crate::result::grant(&located, &sent, link).await {
+            Ok(endpoint) => granted.push((located, endpoint)),
+            Err(status) => {
+                // The statement fails (or is read another way): the grants
+                // made so far would wait for nobody.
+                crate::result::revoke(&granted, link).await;
+                return Err(status);
+            }
+        }
     }
+    let endpoints: Vec<FlightEndpoint> = granted.into_iter().map(|(_, endpoint)| endpoint).collect();
     // The clients read the partitions from the executors: the job runs on,
     // and its files go once it has ended (granted ones have a name of their
     // own until they are read).
