@@ -12,9 +12,9 @@
 //! ([`crate::follow`]), and it is removed once read, or after its grant has
 //! expired (looked for every [`SWEEP_EVERY`], and at each grant and result
 //! ticket). The unread granted files an executor holds are capped
-//! (`--max-unread-results`): past the cap it grants no more, and the
-//! statement asking fails with a clear error, until clients read theirs or
-//! their grants expire. What the client is sent follows the contract of
+//! (`--max-unread-results`): past the cap it grants no more (the scheduler
+//! then passes the statement's result through itself), until clients read
+//! theirs or their grants expire. What the client is sent follows the contract of
 //! [`lakelink_protocol::result`].
 
 use std::collections::HashMap;

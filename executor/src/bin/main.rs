@@ -62,7 +62,7 @@ struct Args {
     memory_pool: Option<u64>,
     /// The most bytes of results kept for clients that have not read them
     /// yet (--result-endpoints executors); past it the executor grants no
-    /// more reads and the statement fails with a clear error. 0: no cap.
+    /// more reads and results pass through the scheduler instead. 0: no cap.
     #[arg(long, default_value = "4GiB", value_parser = lakelink_protocol::limits::parse_bytes)]
     max_unread_results: u64,
 }
