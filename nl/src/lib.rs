@@ -8,6 +8,8 @@
 //! * [`fix`]: repairs of missing joins and misspelt tables without the model;
 //! * [`check`]: extraction (DataFusion's parser) and checking (read-only
 //!   planning, table policy);
+//! * [`coverage`]: whether a checked query covers its question (values,
+//!   years, top N named; no contradictory equalities);
 //! * [`rewrite`]: `nl_query`, `nl_filter`, `nl_sql` and `nl_accept` in a
 //!   statement are replaced by what they compile to;
 //! * [`task`]: the trail of NL tasks (`system.nl_tasks`).
@@ -16,6 +18,7 @@
 //! ensembles (first success, or a vote by result), trail.
 
 pub mod check;
+pub mod coverage;
 pub mod error;
 pub mod fix;
 pub mod knowledge;
@@ -471,6 +474,7 @@ impl Job<'_> {
         let mut model_ms = 0.0;
         let mut calls = 0;
         let mut last = String::new();
+        let mut uncovered: Option<Answered> = None;
         for n in 0..attempts_allowed {
             let input = PromptInput {
                 question: &self.request.question,
@@ -512,6 +516,22 @@ impl Job<'_> {
             match self.check_or_fix(&text, &mut attempts).await {
                 Ok(answer) => {
                     let answer = self.complete_dates(answer).await;
+                    // A query that checks but leaves part of the question
+                    // out goes back with the gap while attempts remain; it
+                    // stays the answer if no later one checks.
+                    if n + 1 < attempts_allowed
+                        && let Some(gap) = self.coverage_gap(&answer)
+                    {
+                        call.outcome = "retried".into();
+                        trail::record(&options, &call);
+                        let sql = match &answer {
+                            Answered::Query(q) => q.sql.clone(),
+                            Answered::Condition(_) => text,
+                        };
+                        attempts.push(Attempt { sql, error: format!("does not answer the question: {gap}") });
+                        uncovered = Some(answer);
+                        continue;
+                    }
                     trail::record(&options, &call);
                     return Ok(Candidate {
                         model: generator.id().to_string(),
@@ -540,7 +560,21 @@ impl Job<'_> {
                 }
             }
         }
-        Ok(Candidate { model: generator.id().to_string(), answer: Err(last), attempts, retrieved, model_ms, calls })
+        let answer = match uncovered {
+            Some(answer) => Ok(answer),
+            None => Err(last),
+        };
+        Ok(Candidate { model: generator.id().to_string(), answer, attempts, retrieved, model_ms, calls })
+    }
+
+    /// What of the question a checked query leaves out ([`coverage`]), for
+    /// strategies that repair.
+    fn coverage_gap(&self, answer: &Answered) -> Option<String> {
+        let Answered::Query(q) = answer else { return None };
+        if !self.strategy.repairs() {
+            return None;
+        }
+        coverage::gap(&self.request.question, &q.query, &q.sql, self.knowledge)
     }
 
     /// The candidate whose result most candidates share (the first on a tie).

@@ -1,0 +1,254 @@
+//! Coverage: whether a query that checks (parses, plans, is allowed)
+//! answers the question it was written for, told by code. A gap goes back to
+//! the model as a precise hint, like a planning error; a query whose only
+//! fault is a gap is still the answer when the attempts run out.
+//!
+//! * contradictory equalities: `x = 'a' AND x = 'b'` in one conjunction
+//!   matches no row (the model's way of writing "a or b");
+//! * named values: a value of a listed low-cardinality column that the
+//!   question names as a word (a nation, a ship mode, a segment) must be in
+//!   the query;
+//! * years: a year the question names must be in the query (or the next
+//!   one, the end of a half-open range);
+//! * top N: "top 5" asks for `LIMIT 5`.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Query, Value, ValueWithSpan, Visit, Visitor};
+
+use crate::knowledge::Knowledge;
+
+/// The first gap between `question` and `query` (rendered as `sql`), as a
+/// hint for the model; `None` when none is seen.
+pub fn gap(question: &str, query: &Query, sql: &str, knowledge: &Knowledge) -> Option<String> {
+    contradiction(query)
+        .or_else(|| missing_value(question, sql, knowledge))
+        .or_else(|| missing_year(question, sql))
+        .or_else(|| missing_limit(question, sql))
+}
+
+/// `column = 'a' AND column = 'b'` (a ≠ b) in one conjunction.
+fn contradiction(query: &Query) -> Option<String> {
+    struct Find(Option<String>);
+    impl Visitor for Find {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let Expr::BinaryOp { op: BinaryOperator::And, .. } = expr {
+                let mut equal: HashMap<String, String> = HashMap::new();
+                for part in conjuncts(expr) {
+                    let Some((column, value)) = equality(part) else { continue };
+                    match equal.get(&column.to_lowercase()) {
+                        Some(other) if other != &value => {
+                            self.0 = Some(format!(
+                                "`{column} = '{other}'` and `{column} = '{value}'` cannot both hold, so no row \
+                                 matches; for either one write `{column} IN ('{other}', '{value}')`"
+                            ));
+                            return ControlFlow::Break(());
+                        }
+                        _ => {
+                            equal.insert(column.to_lowercase(), value);
+                        }
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut find = Find(None);
+    let _ = query.visit(&mut find);
+    find.0
+}
+
+/// The parts of an `AND` chain.
+fn conjuncts(expr: &Expr) -> Vec<&Expr> {
+    match expr {
+        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            let mut parts = conjuncts(left);
+            parts.extend(conjuncts(right));
+            parts
+        }
+        Expr::Nested(inner) => conjuncts(inner),
+        other => vec![other],
+    }
+}
+
+/// `column = 'text'` (either way round): the column as written and the text.
+fn equality(expr: &Expr) -> Option<(String, String)> {
+    let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = expr else { return None };
+    let text = |e: &Expr| match e {
+        Expr::Value(ValueWithSpan { value: Value::SingleQuotedString(s), .. }) => Some(s.clone()),
+        _ => None,
+    };
+    let column = |e: &Expr| match e {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Some(e.to_string()),
+        _ => None,
+    };
+    column(left).zip(text(right)).or_else(|| column(right).zip(text(left)))
+}
+
+/// The words of `text`, lower case: runs of letters, digits, `-` and `_`
+/// (so `REG AIR` is two words and `1-URGENT` one).
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Whether `phrase` (one or more words) stands in `words` as whole words.
+fn names(words: &[String], phrase: &str) -> bool {
+    let wanted = self::words(phrase);
+    !wanted.is_empty() && words.windows(wanted.len()).any(|w| w == wanted.as_slice())
+}
+
+/// A listed value the question names that the query leaves out.
+fn missing_value(question: &str, sql: &str, knowledge: &Knowledge) -> Option<String> {
+    let asked = words(question);
+    let used = sql.to_lowercase();
+    for table in &knowledge.tables {
+        for column in &table.columns {
+            for value in &column.values {
+                // Short codes ('R', 'O', '1') are not told from ordinary words.
+                if value.chars().count() < 3 || !names(&asked, value) {
+                    continue;
+                }
+                // Another listed value holding this one as a word ('AIR' in
+                // 'REG AIR') that the query uses covers it.
+                if used.contains(&value.to_lowercase()) {
+                    continue;
+                }
+                return Some(format!(
+                    "the question names '{value}' ({}.{}) but the query does not use it; filter on it",
+                    table.name, column.name
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// A year (1900–2099) the question names that the query leaves out.
+fn missing_year(question: &str, sql: &str) -> Option<String> {
+    for word in words(question) {
+        let Ok(year) = word.parse::<u32>() else { continue };
+        if !(1900..2100).contains(&year) || word.len() != 4 {
+            continue;
+        }
+        if !sql.contains(&year.to_string()) && !sql.contains(&(year + 1).to_string()) {
+            return Some(format!(
+                "the question names the year {year} but the query does not restrict any date to it; add \
+                 `date_column >= DATE '{year}-01-01' AND date_column < DATE '{}-01-01'` (or the part of it asked for)",
+                year + 1
+            ));
+        }
+    }
+    None
+}
+
+/// "top N" without `LIMIT N`.
+fn missing_limit(question: &str, sql: &str) -> Option<String> {
+    let asked = words(question);
+    let number = |w: &str| -> Option<u64> {
+        w.parse().ok().or_else(|| {
+            let small = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];
+            small.iter().position(|s| *s == w).map(|i| i as u64 + 1)
+        })
+    };
+    let n = asked.windows(2).find(|w| w[0] == "top").and_then(|w| number(&w[1]))?;
+    let limit = words(sql).windows(2).find(|w| w[0] == "limit").and_then(|w| w[1].parse::<u64>().ok());
+    match limit {
+        Some(l) if l == n => None,
+        Some(l) => Some(format!("the question asks for the top {n}, but the query has LIMIT {l}; use LIMIT {n}")),
+        None => Some(format!("the question asks for the top {n}; order the rows and end with LIMIT {n}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knowledge::{ColumnInfo, TableInfo};
+
+    fn query(sql: &str) -> Box<Query> {
+        use datafusion::sql::sqlparser::ast::Statement;
+        use datafusion::sql::sqlparser::dialect::GenericDialect;
+        use datafusion::sql::sqlparser::parser::Parser;
+        match Parser::parse_sql(&GenericDialect {}, sql).unwrap().remove(0) {
+            Statement::Query(q) => q,
+            other => panic!("not a query: {other}"),
+        }
+    }
+
+    fn knowledge() -> Knowledge {
+        let column = |name: &str, values: &[&str]| ColumnInfo {
+            name: name.into(),
+            sql_type: "VARCHAR".into(),
+            description: String::new(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        Knowledge {
+            tables: vec![
+                TableInfo {
+                    name: "nation".into(),
+                    description: String::new(),
+                    columns: vec![column("n_name", &["FRANCE", "JAPAN", "UNITED STATES"])],
+                },
+                TableInfo {
+                    name: "lineitem".into(),
+                    description: String::new(),
+                    columns: vec![
+                        column("l_shipmode", &["AIR", "REG AIR", "SHIP"]),
+                        column("l_returnflag", &["A", "N", "R"]),
+                    ],
+                },
+            ],
+            joins: vec![],
+            examples: vec![],
+            version: String::new(),
+        }
+    }
+
+    fn gap_of(question: &str, sql: &str) -> Option<String> {
+        gap(question, &query(sql), sql, &knowledge())
+    }
+
+    #[test]
+    fn contradictory_equalities_are_a_gap() {
+        let sql = "SELECT count(*) FROM lineitem WHERE l_shipmode = 'AIR' AND l_quantity > 3 AND l_shipmode = 'SHIP'";
+        let hint = gap_of("How many items were shipped by air or ship?", sql).unwrap();
+        assert!(hint.contains("IN ('AIR', 'SHIP')"), "{hint}");
+        let either = "SELECT count(*) FROM lineitem WHERE l_shipmode = 'AIR' OR l_shipmode = 'SHIP'";
+        assert_eq!(gap_of("How many items were shipped by air or ship?", either), None);
+    }
+
+    #[test]
+    fn a_named_value_must_be_used() {
+        let question = "How many orders did customers from Japan place?";
+        let hint = gap_of(question, "SELECT count(*) FROM orders").unwrap();
+        assert!(hint.contains("'JAPAN' (nation.n_name)"), "{hint}");
+        assert_eq!(
+            gap_of(question, "SELECT count(*) FROM orders o JOIN nation n ON 1=1 WHERE n.n_name = 'JAPAN'"),
+            None
+        );
+        // 'AIR' inside 'REG AIR' is covered by it; short codes are not checked.
+        assert_eq!(gap_of("Items shipped by reg air", "SELECT 1 FROM lineitem WHERE l_shipmode = 'REG AIR'"), None);
+        assert_eq!(gap_of("Is a returned item an R?", "SELECT 1"), None);
+        // A value names the question only as whole words.
+        assert_eq!(gap_of("The frances of the world", "SELECT 1"), None);
+    }
+
+    #[test]
+    fn a_named_year_must_be_used() {
+        let question = "Revenue in 1995 by nation";
+        assert!(gap_of(question, "SELECT 1").unwrap().contains("1995"));
+        assert_eq!(gap_of(question, "SELECT 1 WHERE d >= DATE '1995-01-01' AND d < DATE '1996-01-01'"), None);
+        assert_eq!(gap_of("Orders until 1996", "SELECT 1 WHERE d < DATE '1997-01-01'"), None);
+    }
+
+    #[test]
+    fn top_n_asks_for_its_limit() {
+        assert!(gap_of("the top 5 suppliers", "SELECT 1").unwrap().contains("LIMIT 5"));
+        assert!(gap_of("the top ten suppliers", "SELECT 1 LIMIT 5").unwrap().contains("LIMIT 10"));
+        assert_eq!(gap_of("the top 5 suppliers", "SELECT 1 ORDER BY 1 DESC LIMIT 5"), None);
+    }
+}
