@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 lake="$1"; port="$2"; shift 3
-B="$CARGO_TARGET_DIR/release"
+B="${LAKELINK_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 logs=$(mktemp -d)
 scheduling="${LAKELINK_SCHEDULING:-pull}"   # pull (default) or push
 secret="$logs/cluster.secret"
