@@ -4,10 +4,10 @@
 //! `system.model_calls`.
 //!
 //! A process starts a new file (`HOST-PID-STARTMS.jsonl`) every
-//! [`FILE_BYTES`] (or quarter of the cap, if less); once the folder holds more than `trail_max_bytes`, its
+//! [`FILE_BYTES`](crate::trail::FILE_BYTES) (or quarter of the cap, if less); once the folder holds more than `trail_max_bytes`, its
 //! oldest files are removed. A scan for recent calls (`time >= ...`) skips
 //! the files last written before that time, and one for a query's calls
-//! parses only the lines naming it ([`Scan`]).
+//! parses only the lines naming it ([`Scan`](crate::trail::Scan)).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //!   batch of rows answered from the cache), read from the trail folder
 //!   (`lakelink.llm.trail_dir`) when the table is scanned; a filter on
 //!   `time` (`>`, `>=`) or `query_id` (`=`) narrows what is read
-//!   ([`trail::Scan`]).
+//!   ([`Scan`](lakelink_model::trail::Scan)).
 //! * `system.nl_tasks`: every compiled `nl_*` call: question, attempts with
 //!   their errors, retrieved tables, final SQL, outcome and timings.
 
