@@ -39,6 +39,9 @@ pub struct DiskCache {
     max_bytes: u64,
 }
 
+/// How stale a file's use mark may grow before a read renews it.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Bytes each process wrote to each cache folder since it last looked at
 /// the folder's size, and whether a sweep of it runs now.
 fn written() -> &'static Mutex<HashMap<PathBuf, (u64, bool)>> {
@@ -64,11 +67,18 @@ impl DiskCache {
 
     /// The cached answer for `key`; unreadable entries count as missing.
     pub fn get(&self, key: &str) -> Option<Answer> {
+        use std::io::Read;
         let path = self.path(key);
-        let bytes = std::fs::read(&path).ok()?;
+        let mut file = std::fs::File::open(&path).ok()?;
+        let mut bytes = vec![];
+        file.read_to_end(&mut bytes).ok()?;
         let answer = serde_json::from_slice(&bytes).ok()?;
-        if self.max_bytes > 0 {
-            // Used now: the last to be removed.
+        // Used now: the last to be removed. Marked at most every
+        // TOUCH_EVERY, so a hot answer costs no write on every read.
+        let stale = |f: &std::fs::File| {
+            f.metadata().and_then(|m| m.modified()).map_or(true, |at| at.elapsed().unwrap_or_default() > TOUCH_EVERY)
+        };
+        if self.max_bytes > 0 && stale(&file) {
             let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
         }
         Some(answer)
@@ -100,7 +110,8 @@ impl DiskCache {
         }
         {
             let mut written = written().lock().unwrap_or_else(|e| e.into_inner());
-            let (count, sweeping) = written.entry(self.dir.clone()).or_insert((u64::MAX / 2, false));
+            // A process's first write looks at the folder at once.
+            let (count, sweeping) = written.entry(self.dir.clone()).or_insert((self.max_bytes / 10, false));
             *count = count.saturating_add(bytes);
             if *sweeping || *count < self.max_bytes / 10 {
                 return;

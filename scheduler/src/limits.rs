@@ -48,7 +48,7 @@ impl Limits {
     }
 
     /// The error of a statement that ran past `--query-timeout`.
-    pub fn timed_out(timeout: Duration) -> Status {
+    fn timed_out(timeout: Duration) -> Status {
         Status::deadline_exceeded(format!(
             "the statement ran longer than the scheduler's limit of {} s (--query-timeout) and was cancelled",
             timeout.as_secs()

@@ -58,36 +58,33 @@ def refused(call) -> str:
     pytest.fail(f"the call went through: {result}")
 
 
-def handle_of(ticket: flight.Ticket) -> bytes:
-    """The statement handle inside a statement ticket (Any -> field 1)."""
-    raw = ticket.ticket
-    # Any: field 1 (type url), field 2 (value = TicketStatementQuery bytes)
-    i = 0
-    value = b""
-    while i < len(raw):
-        key = raw[i]
-        i += 1
-        length, shift = 0, 0
-        while True:
-            b = raw[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        if key >> 3 == 2:
-            value = raw[i:i + length]
-        i += length
-    assert value[0] >> 3 == 1
-    n, j, shift = 0, 1, 0
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    """The varint at `buf[i:]` and the index after it."""
+    n, shift = 0, 0
     while True:
-        b = value[j]
-        j += 1
+        b = buf[i]
+        i += 1
         n |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
-            break
-    return value[j:j + n]
+            return n, i
+
+
+def _length_delimited(raw: bytes) -> dict[int, bytes]:
+    """The length-delimited fields of a protobuf message, by number."""
+    fields, i = {}, 0
+    while i < len(raw):
+        key, i = _read_varint(raw, i)
+        length, i = _read_varint(raw, i)
+        fields[key >> 3] = raw[i:i + length]
+        i += length
+    return fields
+
+
+def handle_of(ticket: flight.Ticket) -> bytes:
+    """The statement handle inside a statement ticket: Any's value (field 2)
+    is a TicketStatementQuery whose field 1 is the handle."""
+    return _length_delimited(_length_delimited(ticket.ticket)[2])[1]
 
 
 @pytest.fixture(scope="module")

@@ -85,10 +85,10 @@ def test_the_shell_over_tls(tls_cluster):
     assert "certificate" in refused.stderr.lower() or "tls" in refused.stderr.lower(), refused.stderr
 
 
-def test_the_shell_never_sends_its_token_to_executors(tls_cluster):
-    """The shell reads results from the executors (--result-endpoints
-    executors) with the grant only: a read there with the token alone and
-    no grant is refused, so the token is not what lets the read through."""
+def test_a_token_is_no_credential_at_an_executor(tls_cluster):
+    """An executor's data port admits a client read by its grant only: the
+    client's token with no grant gets nothing, and the shell, which sends
+    its token to the scheduler alone, reads its results there."""
     ex = tls_cluster.executors[0]
     c = tls_cluster.flight_client(f"grpc+tls://127.0.0.1:{ex.flight_port}")
     options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {tls_cluster.token}".encode())],
