@@ -27,7 +27,8 @@ struct Cli {
     /// executors against; without it, the system's trusted roots.
     #[arg(long, requires = "host")]
     tls_ca: Option<std::path::PathBuf>,
-    /// A lake folder to query in embedded mode.
+    /// A lake to query in embedded mode: a folder, or an object-store URL
+    /// (s3://bucket/prefix, ...; credentials from the environment).
     #[arg(long)]
     lake: Option<String>,
     /// Executors to start in embedded mode.

@@ -152,6 +152,7 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
             tls,
             options.max_unread_results,
         )),
+        override_runtime_producer: Some(runtime_producer(Some(work_dir.clone()))),
         memory_pool_size: options.memory_pool,
         override_execution_engine: Some(Arc::new(stage::StageEngine::default())),
         ..Default::default()
@@ -214,6 +215,19 @@ fn config_producer(ext: &Extensions, link: &ClusterLink) -> ballista_core::Confi
     })
 }
 
+/// Every task's runtime: the process's object stores (a lake on a store is
+/// read with this host's credentials), spill files in `temp_dir` when given.
+fn runtime_producer(temp_dir: Option<PathBuf>) -> ballista_core::RuntimeProducer {
+    let stores = lakelink_protocol::store::registry();
+    Arc::new(move |_: &SessionConfig| {
+        let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(stores.clone());
+        if let Some(dir) = &temp_dir {
+            runtime = runtime.with_temp_file_path(dir);
+        }
+        Ok(runtime.build_arc()?)
+    })
+}
+
 /// Starts an executor inside this process for the scheduler whose cluster
 /// port is `scheduler`, reaching it as `link` says. It polls the scheduler for
 /// tasks (continuously while a job is active), serves its data (the same
@@ -261,8 +275,7 @@ pub async fn start_in_process(
         });
     }
 
-    let runtime_producer: ballista_core::RuntimeProducer =
-        Arc::new(|_: &SessionConfig| Ok(Arc::new(RuntimeEnvBuilder::new().build()?)));
+    let runtime_producer = runtime_producer(None);
     let metadata = ExecutorRegistration {
         id: ballista_core::ids::new_instance_id(),
         host: Some("127.0.0.1".into()),

@@ -8,6 +8,7 @@
 //! * [`result`]: a result on its way to a client: grants and client tickets
 //!   for results served by executors, and the rules a result message meets
 //!   to be sent as it lies;
+//! * [`store`]: where the lake lives and how every process reaches it;
 //! * [`tls`]: certificates to serve with and CAs to check peers against.
 #![warn(missing_docs)]
 
@@ -15,4 +16,5 @@ pub mod cluster;
 pub mod follow;
 pub mod limits;
 pub mod result;
+pub mod store;
 pub mod tls;

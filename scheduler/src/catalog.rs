@@ -5,14 +5,23 @@
 //!   hive-style partition folders (`year=1995/`) included, which become columns.
 //!
 //! Names starting with `.` or `_` are skipped (metadata and temporary files).
-//! The folder is listed on every catalog lookup, so a table added to the lake
-//! later is visible to the next query without a restart; a table's schema is
-//! inferred once and inferred again when its folder or file changes.
+//! The lake is a local folder or a folder of an object store
+//! ([`lakelink_protocol::store`]).
+//!
+//! **Listing.** The catalog lists the whole lake in one recursive listing
+//! and keeps what it saw: the tables, each table's files (handed to
+//! DataFusion's file-list cache, so planning a scan lists nothing) and each
+//! table's size. It lists again before each statement when the refresh
+//! interval is 0 (the default for a local folder, where a listing costs
+//! microseconds), every interval otherwise (60 s for an object store), and
+//! on `REFRESH LAKE`. A table whose files changed (added, removed,
+//! rewritten) has its schema inferred again at its next use; Parquet
+//! footers are cached by DataFusion, keyed by file and checked against the
+//! file's size and time.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -20,9 +29,15 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableConfigExt, ListingTableUrl};
 use datafusion::execution::SessionState;
+use datafusion::execution::cache::TableScopedPath;
+use datafusion::execution::cache::cache_manager::CachedFileList;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::parquet::file::reader::SerializedFileReader;
 use datafusion::prelude::SessionConfig;
+use futures::TryStreamExt;
+use lakelink_protocol::store::LakeLocation;
+use object_store::ObjectMeta;
+use object_store::path::Path;
 
 use crate::error::SchedulerError;
 
@@ -41,18 +56,55 @@ pub const METADATA_DIR: &str = "_lakelink";
 /// The file extensions a table can be read from.
 const TABLE_EXTENSIONS: &[&str] = &["parquet", "csv", "json", "avro", "arrow"];
 
+/// The refresh interval of a lake on an object store when none is given.
+pub const DEFAULT_REMOTE_REFRESH: Duration = Duration::from_secs(60);
+
+/// The memory DataFusion's file-list cache may hold (the lake's listing).
+pub const LIST_CACHE_BYTES: usize = 256 << 20;
+
 /// A lake folder seen as one schema of tables.
 #[derive(Debug)]
 pub struct LakeSchema {
-    root: PathBuf,
-    /// The session used to list files and infer schemas.
+    location: LakeLocation,
+    /// The session used to infer schemas; its runtime (object stores and
+    /// caches) is the one every planning session of the scheduler shares.
     state: SessionState,
+    /// How old the listing may grow before a statement lists again; zero:
+    /// every statement lists.
+    refresh: Duration,
+    listing: RwLock<Listing>,
+    /// One listing at a time.
+    listing_now: tokio::sync::Mutex<()>,
     cache: RwLock<HashMap<String, CachedTable>>,
+}
+
+/// What the last listing of the lake saw.
+#[derive(Debug, Default)]
+struct Listing {
+    tables: BTreeMap<String, TableFiles>,
+}
+
+/// One table's files as listed.
+#[derive(Debug, Clone, PartialEq)]
+struct TableFiles {
+    /// The table's file, or its folder.
+    path: Path,
+    folder: bool,
+    /// Every object below the folder (or the file), as DataFusion lists them.
+    objects: Vec<ObjectMeta>,
+    /// Bytes of the table's files (hidden ones left out).
+    bytes: u64,
+}
+
+impl TableFiles {
+    /// What tells a changed table from an unchanged one.
+    fn signature(&self) -> Vec<(&Path, u64, i64)> {
+        self.objects.iter().map(|m| (&m.location, m.size, m.last_modified.timestamp_millis())).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
 struct CachedTable {
-    modified: Option<SystemTime>,
     table: Arc<dyn TableProvider>,
 }
 
@@ -61,62 +113,202 @@ struct CachedTable {
 pub struct LakeEntry {
     /// The table's name.
     pub name: String,
-    /// The file or folder holding it.
-    pub path: PathBuf,
+    /// The file or folder holding it, as a user knows it (a local path or a
+    /// store URL).
+    pub location: String,
+}
+
+/// What a listing of the lake found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshSummary {
+    /// Tables in the lake.
+    pub tables: usize,
+    /// Files of those tables.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Tables added, removed or with files changed since the last listing.
+    pub changed: usize,
 }
 
 impl LakeSchema {
-    /// Opens a lake given as a local folder or a `file://` URL.
-    pub fn open(lake: &str) -> Result<Self, SchedulerError> {
-        let root = lake_root(lake)?;
+    /// Opens a lake (a local folder, `file://` or object-store URL) planned
+    /// with `runtime`'s stores and caches; the lake is listed again after
+    /// `refresh` (`None`: 0 for a local folder, [`DEFAULT_REMOTE_REFRESH`]
+    /// for a store). Lists it once; a store that cannot be listed is an
+    /// error here.
+    pub async fn open(lake: &str, runtime: Arc<RuntimeEnv>, refresh: Option<Duration>) -> Result<Self, SchedulerError> {
+        let unsupported = |reason: String| SchedulerError::UnsupportedLake { lake: lake.to_string(), reason };
+        let location = LakeLocation::parse(lake).map_err(unsupported)?;
+        location.check().await.map_err(unsupported)?;
+        let refresh = refresh.unwrap_or(if location.is_remote() { DEFAULT_REMOTE_REFRESH } else { Duration::ZERO });
         let config = SessionConfig::new().set_bool(FORCE_VIEW_TYPES, false);
-        let state = SessionStateBuilder::new().with_default_features().with_config(config).build();
-        Ok(Self { root, state, cache: RwLock::new(HashMap::new()) })
-    }
-
-    /// The lake's folder.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Lists the tables of the lake, sorted by name.
-    pub fn entries(&self) -> Vec<LakeEntry> {
-        let Ok(dir) = std::fs::read_dir(&self.root) else {
-            return vec![];
+        let state =
+            SessionStateBuilder::new().with_default_features().with_config(config).with_runtime_env(runtime).build();
+        let lake_schema = Self {
+            location,
+            state,
+            refresh,
+            listing: RwLock::default(),
+            listing_now: tokio::sync::Mutex::new(()),
+            cache: RwLock::default(),
         };
-        let mut entries: Vec<LakeEntry> = dir.filter_map(|e| e.ok()).filter_map(|e| table_entry(&e.path())).collect();
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        entries
+        lake_schema.refresh().await.map_err(|e| unsupported(e.strip_backtrace()))?;
+        Ok(lake_schema)
     }
 
-    fn entry(&self, name: &str) -> Option<LakeEntry> {
-        self.entries().into_iter().find(|e| e.name == name)
+    /// Where the lake is.
+    pub fn location(&self) -> &LakeLocation {
+        &self.location
     }
 
-    /// Whether the table `name` holds at least `min_bytes` on disk (its file,
-    /// or the files below its folder, hidden ones left out). Stops counting
-    /// once the limit is reached; false for a name that is not a table.
-    pub fn table_holds_at_least(&self, name: &str, min_bytes: u64) -> bool {
-        let Some(entry) = self.entry(name) else { return false };
-        let mut total = 0u64;
-        let mut pending = vec![entry.path];
-        while let Some(path) = pending.pop() {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
-            if meta.is_dir() {
-                let Ok(dir) = std::fs::read_dir(&path) else { continue };
-                pending.extend(
-                    dir.flatten()
-                        .filter(|e| !e.file_name().to_string_lossy().starts_with(['.', '_']))
-                        .map(|e| e.path()),
-                );
-            } else {
-                total += meta.len();
-                if total >= min_bytes {
-                    return true;
+    /// The lake's folder on this machine; `None` for a lake on a store.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.location.local.as_deref()
+    }
+
+    /// How old the listing may grow before it is taken again.
+    pub fn refresh_interval(&self) -> Duration {
+        self.refresh
+    }
+
+    /// Lists the lake before a statement when the refresh interval is 0
+    /// (otherwise [`refresh_every`] keeps the listing fresh). A listing that
+    /// fails keeps the previous one, and says so in the log: statements keep
+    /// working on what was seen.
+    pub async fn refresh_for_statement(&self) {
+        if self.refresh.is_zero()
+            && let Err(e) = self.refresh().await
+        {
+            tracing::warn!("the lake {} could not be listed; using the last listing: {e}", self.location);
+        }
+    }
+
+    /// Lists the lake now (`REFRESH LAKE`, the refresh timer): tables
+    /// added, removed or changed are seen from the next statement on.
+    pub async fn refresh(&self) -> Result<RefreshSummary> {
+        let _one = self.listing_now.lock().await;
+        let tables = self.list().await?;
+        let mut listing = self.listing.write().expect("lake listing lock");
+        let list_cache = self.state.runtime_env().cache_manager.get_list_files_cache();
+        let same = |a: &TableFiles, b: &TableFiles| a.path == b.path && a.signature() == b.signature();
+        let mut changed = 0;
+        for (name, old) in &listing.tables {
+            if !tables.get(name).is_some_and(|new| same(old, new)) {
+                changed += 1;
+                self.cache.write().expect("lake cache lock").remove(name);
+                if let Some(cache) = &list_cache {
+                    cache.remove(&TableScopedPath { table: None, path: old.path.clone() });
                 }
             }
         }
-        false
+        for (name, new) in &tables {
+            let old = listing.tables.get(name);
+            if old.is_none() {
+                changed += 1;
+            }
+            if old.is_some_and(|old| same(old, new)) || !new.folder {
+                continue;
+            }
+            // The table's files, as DataFusion would list them: planning a
+            // scan of it needs no listing of its own.
+            if let Some(cache) = &list_cache {
+                cache.put(
+                    &TableScopedPath { table: None, path: new.path.clone() },
+                    CachedFileList::new(new.objects.clone()),
+                );
+            }
+        }
+        let summary = RefreshSummary {
+            tables: tables.len(),
+            files: tables.values().map(|t| t.objects.len()).sum(),
+            bytes: tables.values().map(|t| t.bytes).sum(),
+            changed,
+        };
+        *listing = Listing { tables };
+        Ok(summary)
+    }
+}
+
+/// Lists `lake` again every refresh interval in the background, so that
+/// statements never wait for a listing; ends when the lake is dropped.
+pub fn refresh_every(lake: &Arc<LakeSchema>) {
+    if lake.refresh.is_zero() {
+        return;
+    }
+    let (lake, every) = (Arc::downgrade(lake), lake.refresh);
+    // Bare on purpose: a timer that ends with the lake.
+    #[allow(clippy::disallowed_methods)]
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(lake) = lake.upgrade() else { return };
+            if let Err(e) = lake.refresh().await {
+                tracing::warn!("the lake {} could not be listed; using the last listing: {e}", lake.location);
+            }
+        }
+    });
+}
+
+impl LakeSchema {
+    /// One recursive listing of the lake, grouped by table.
+    async fn list(&self) -> Result<BTreeMap<String, TableFiles>> {
+        let root = &self.location.prefix;
+        let objects: Vec<ObjectMeta> = self.location.store.list(Some(root)).try_collect().await?;
+        let mut tables: BTreeMap<String, TableFiles> = BTreeMap::new();
+        for meta in objects {
+            let Some(parts) = meta.location.prefix_match(root) else { continue };
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            let Some(first) = parts.first().filter(|f| !f.starts_with(['.', '_'])) else { continue };
+            if parts.len() == 1 {
+                let Some(name) = table_file_stem(first) else { continue };
+                // A folder of the same name wins over a file.
+                if tables.get(name).is_none_or(|t| !t.folder) {
+                    let bytes = meta.size;
+                    let path = meta.location.clone();
+                    tables.insert(name.to_string(), TableFiles { path, folder: false, objects: vec![meta], bytes });
+                }
+                continue;
+            }
+            let table = tables.entry(first.clone()).or_insert_with(|| TableFiles {
+                path: root.clone().join(first.as_str()),
+                folder: true,
+                objects: vec![],
+                bytes: 0,
+            });
+            if !table.folder {
+                *table =
+                    TableFiles { path: root.clone().join(first.as_str()), folder: true, objects: vec![], bytes: 0 };
+            }
+            if !parts[1..].iter().any(|p| p.starts_with(['.', '_'])) {
+                table.bytes += meta.size;
+            }
+            table.objects.push(meta);
+        }
+        Ok(tables)
+    }
+
+    /// The tables of the lake as last listed, sorted by name.
+    pub fn entries(&self) -> Vec<LakeEntry> {
+        let listing = self.listing.read().expect("lake listing lock");
+        listing
+            .tables
+            .iter()
+            .map(|(name, t)| LakeEntry { name: name.clone(), location: self.location.show(&t.path) })
+            .collect()
+    }
+
+    fn files(&self, name: &str) -> Option<TableFiles> {
+        self.listing.read().expect("lake listing lock").tables.get(name).cloned()
+    }
+
+    /// Whether the table `name` holds at least `min_bytes` (its file, or the
+    /// files below its folder, hidden ones left out), as last listed; false
+    /// for a name that is not a table.
+    pub fn table_holds_at_least(&self, name: &str, min_bytes: u64) -> bool {
+        self.files(name).is_some_and(|t| t.bytes >= min_bytes)
     }
 
     /// Resolves every table now, so that problems show at start. Returns the
@@ -124,65 +316,94 @@ impl LakeSchema {
     pub async fn check_all(&self) -> Vec<(String, DataFusionError)> {
         let mut broken = vec![];
         for entry in self.entries() {
-            if let Err(e) = self.load(&entry).await {
+            if let Err(e) = self.table(&entry.name).await {
                 broken.push((entry.name, e));
             }
         }
         broken
     }
 
-    async fn load(&self, entry: &LakeEntry) -> Result<Arc<dyn TableProvider>> {
-        let modified = modified_time(&entry.path);
-        if let Some(cached) = self.cache.read().expect("lake cache lock").get(&entry.name)
-            && cached.modified == modified
-        {
+    async fn load(&self, name: &str, files: &TableFiles) -> Result<Arc<dyn TableProvider>> {
+        if let Some(cached) = self.cache.read().expect("lake cache lock").get(name) {
             return Ok(cached.table.clone());
         }
-        let table = self.infer(entry).await.map_err(|e| {
+        let table = self.infer(files).await.map_err(|e| {
             DataFusionError::Plan(format!(
-                "table '{}' ({}) cannot be read: {}",
-                entry.name,
-                entry.path.display(),
+                "table '{name}' ({}) cannot be read: {}",
+                self.location.show(&files.path),
                 e.strip_backtrace().replace("Parquet error: Parquet error: ", "Parquet error: ")
             ))
         })?;
-        self.cache
-            .write()
-            .expect("lake cache lock")
-            .insert(entry.name.clone(), CachedTable { modified, table: table.clone() });
+        // Kept only while the listing still shows the files it was inferred from.
+        if self.files(name).is_some_and(|now| now.signature() == files.signature()) {
+            self.cache.write().expect("lake cache lock").insert(name.to_string(), CachedTable { table: table.clone() });
+        }
         Ok(table)
     }
 
-    async fn infer(&self, entry: &LakeEntry) -> Result<Arc<dyn TableProvider>> {
-        let mut location = entry.path.to_string_lossy().into_owned();
-        if entry.path.is_dir() && !location.ends_with('/') {
-            location.push('/');
-        }
-        let url = ListingTableUrl::parse(&location)?;
+    async fn infer(&self, files: &TableFiles) -> Result<Arc<dyn TableProvider>> {
+        let url = ListingTableUrl::parse(self.location.url_of(&files.path, files.folder))?;
         let config = ListingTableConfig::new(url.clone()).infer_options(&self.state).await?;
         let options = config.options.clone().ok_or_else(|| DataFusionError::Plan("no files".into()))?;
         // Partition values are plain strings: DataFusion's default dictionary
         // type does not survive Ballista's shuffles.
         let partitions: Vec<(String, DataType)> =
             options.infer_partitions(&self.state, &url).await?.into_iter().map(|name| (name, DataType::Utf8)).collect();
-        let config = config
-            .with_listing_options(options.with_table_partition_cols(partitions))
-            .infer_schema(&self.state)
-            .await
-            .map_err(|e| match first_unreadable_parquet(&entry.path) {
-                Some(file) => DataFusionError::Plan(format!(
-                    "{} is not a readable Parquet file: {}",
-                    file.display(),
-                    e.strip_backtrace()
-                )),
-                None => e,
-            })?;
+        let inferred =
+            config.with_listing_options(options.with_table_partition_cols(partitions)).infer_schema(&self.state).await;
+        let config = match inferred {
+            Ok(config) => config,
+            Err(e) => {
+                return Err(match self.first_unreadable_parquet(files).await {
+                    Some(file) => DataFusionError::Plan(format!(
+                        "{} is not a readable Parquet file: {}",
+                        self.location.show(&file),
+                        e.strip_backtrace()
+                    )),
+                    None => e,
+                });
+            }
+        };
         let config = match config.file_schema.as_deref().and_then(without_view_types) {
             Some(plain) => config.with_schema(Arc::new(plain)),
             None => config,
         };
         Ok(Arc::new(ListingTable::try_new(config)?))
     }
+
+    /// The first `.parquet` file of a table whose footer cannot be read, so
+    /// that an error can name it.
+    async fn first_unreadable_parquet(&self, files: &TableFiles) -> Option<Path> {
+        let store = &self.location.store;
+        for meta in &files.objects {
+            if !meta.location.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+                continue;
+            }
+            if !parquet_footer_reads(store.as_ref(), meta).await {
+                return Some(meta.location.clone());
+            }
+        }
+        None
+    }
+}
+
+/// Whether the Parquet footer of `meta` can be read (two range reads).
+async fn parquet_footer_reads(store: &dyn object_store::ObjectStore, meta: &ObjectMeta) -> bool {
+    use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+    use object_store::ObjectStoreExt;
+    if meta.size < 12 {
+        return false;
+    }
+    let Ok(tail) = store.get_range(&meta.location, meta.size - 8..meta.size).await else { return false };
+    if &tail[4..] != b"PAR1" {
+        return false;
+    }
+    let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if len + 8 > meta.size {
+        return false;
+    }
+    let Ok(footer) = store.get_range(&meta.location, meta.size - 8 - len..meta.size - 8).await else { return false };
+    ParquetMetaDataReader::decode_metadata(&footer).is_ok()
 }
 
 /// `schema` with its string and binary view columns as plain `Utf8` and
@@ -215,106 +436,92 @@ fn without_view_types(schema: &Schema) -> Option<Schema> {
 #[async_trait]
 impl SchemaProvider for LakeSchema {
     fn table_names(&self) -> Vec<String> {
-        self.entries().into_iter().map(|e| e.name).collect()
+        self.listing.read().expect("lake listing lock").tables.keys().cloned().collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        match self.entry(name) {
-            Some(entry) => self.load(&entry).await.map(Some),
+        match self.files(name) {
+            Some(files) => self.load(name, &files).await.map(Some),
             None => Ok(None),
         }
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.entry(name).is_some()
+        self.listing.read().expect("lake listing lock").tables.contains_key(name)
     }
 }
 
-/// The table a lake entry stands for, if any.
-fn table_entry(path: &Path) -> Option<LakeEntry> {
-    let file_name = path.file_name()?.to_str()?;
-    if file_name.starts_with('.') || file_name.starts_with('_') {
-        return None;
-    }
-    if path.is_dir() {
-        return Some(LakeEntry { name: file_name.to_string(), path: path.to_path_buf() });
-    }
+/// The table name of a file directly in the lake folder, if it is a table.
+fn table_file_stem(file_name: &str) -> Option<&str> {
     let (stem, ext) = file_name.rsplit_once('.')?;
-    TABLE_EXTENSIONS
-        .contains(&ext.to_ascii_lowercase().as_str())
-        .then(|| LakeEntry { name: stem.to_string(), path: path.to_path_buf() })
-}
-
-/// The first `.parquet` file at or below `path` whose footer cannot be read,
-/// so that an error can name it.
-fn first_unreadable_parquet(path: &Path) -> Option<PathBuf> {
-    if path.is_dir() {
-        let mut children: Vec<PathBuf> = std::fs::read_dir(path).ok()?.flatten().map(|e| e.path()).collect();
-        children.sort();
-        return children.iter().find_map(|c| first_unreadable_parquet(c));
-    }
-    let is_parquet = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-    let file = std::fs::File::open(path).ok()?;
-    (is_parquet && SerializedFileReader::new(file).is_err()).then(|| path.to_path_buf())
-}
-
-/// The newest modification time of a table's file or folder tree, so that a
-/// file added anywhere below a table folder shows as a change.
-fn modified_time(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    let mut newest = meta.modified().ok()?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path).ok()?.flatten() {
-            if let Some(t) = modified_time(&entry.path()) {
-                newest = newest.max(t);
-            }
-        }
-    }
-    Some(newest)
-}
-
-/// Turns the `--lake` argument into a local folder.
-fn lake_root(lake: &str) -> Result<PathBuf, SchedulerError> {
-    let path = match lake.split_once("://") {
-        None => PathBuf::from(lake),
-        Some(("file", rest)) => PathBuf::from(rest),
-        Some((scheme, _)) => {
-            return Err(SchedulerError::UnsupportedLake {
-                lake: lake.to_string(),
-                reason: format!("the '{scheme}://' scheme is not supported yet; use a local folder or file:// URL"),
-            });
-        }
-    };
-    let root = path
-        .canonicalize()
-        .map_err(|e| SchedulerError::UnsupportedLake { lake: lake.to_string(), reason: e.to_string() })?;
-    if !root.is_dir() {
-        return Err(SchedulerError::UnsupportedLake { lake: lake.to_string(), reason: "not a folder".into() });
-    }
-    Ok(root)
+    TABLE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()).then_some(stem)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn entries_name_tables_by_file_stem_or_folder() {
+    async fn open(dir: &std::path::Path, refresh: Option<Duration>) -> LakeSchema {
+        LakeSchema::open(dir.to_str().unwrap(), Arc::new(RuntimeEnv::default()), refresh).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn entries_name_tables_by_file_stem_or_folder() {
         let dir = tempfile_dir();
         std::fs::write(dir.join("orders.parquet"), b"").unwrap();
         std::fs::write(dir.join("notes.txt"), b"").unwrap();
         std::fs::create_dir(dir.join("lineitem")).unwrap();
+        std::fs::write(dir.join("lineitem/part-0.parquet"), b"1234").unwrap();
+        std::fs::write(dir.join("lineitem/_SUCCESS"), b"123456").unwrap();
+        std::fs::create_dir(dir.join("empty")).unwrap();
         std::fs::create_dir(dir.join(".lakelink")).unwrap();
+        std::fs::write(dir.join(".lakelink/x.parquet"), b"").unwrap();
         std::fs::write(dir.join("_SUCCESS"), b"").unwrap();
-        let lake = LakeSchema::open(dir.to_str().unwrap()).unwrap();
+        let lake = open(&dir, None).await;
         let names: Vec<_> = lake.entries().into_iter().map(|e| e.name).collect();
         assert_eq!(names, vec!["lineitem", "orders"]);
+        assert!(lake.table_holds_at_least("lineitem", 4) && !lake.table_holds_at_least("lineitem", 5));
+        assert_eq!(lake.refresh_interval(), Duration::ZERO);
     }
 
-    #[test]
-    fn unsupported_scheme_is_a_clear_error() {
-        let err = LakeSchema::open("s3://bucket/lake").unwrap_err().to_string();
-        assert!(err.contains("s3://"), "{err}");
+    #[tokio::test]
+    async fn unsupported_scheme_is_a_clear_error() {
+        let err = LakeSchema::open("ftp://host/lake", Arc::new(RuntimeEnv::default()), None).await.unwrap_err();
+        assert!(err.to_string().contains("ftp://"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_listing_is_kept_until_the_lake_is_refreshed() {
+        let dir = tempfile_dir();
+        write_ids(&dir.join("t/part-0.parquet"), &[1, 2]);
+        let lake = open(&dir, Some(Duration::from_secs(3600))).await;
+        let count = |lake: &LakeSchema| lake.table_names().len();
+        assert_eq!(count(&lake), 1);
+        write_ids(&dir.join("t/part-1.parquet"), &[3]);
+        write_ids(&dir.join("u.parquet"), &[4]);
+        lake.refresh_for_statement().await;
+        assert_eq!(count(&lake), 1, "listed again before the interval passed");
+        let summary = lake.refresh().await.unwrap();
+        assert_eq!((summary.tables, summary.files, summary.changed), (2, 3, 2));
+        assert_eq!(lake.refresh().await.unwrap().changed, 0);
+        // The new file is planned from the seeded file list.
+        let ctx = datafusion::prelude::SessionContext::new_with_state(lake.state.clone());
+        ctx.register_table("t", lake.table("t").await.unwrap().unwrap()).unwrap();
+        let batches = ctx.sql("SELECT count(*) FROM t").await.unwrap().collect().await.unwrap();
+        let n = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap().value(0);
+        assert_eq!(n, 3);
+    }
+
+    fn write_ids(path: &std::path::Path, ids: &[i64]) {
+        use datafusion::arrow::array::{Int64Array, RecordBatch};
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids.to_vec()))]).unwrap();
+        let mut writer =
+            datafusion::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
     }
 
     #[tokio::test]
@@ -338,7 +545,7 @@ mod tests {
         writer.write(&batch).unwrap();
         writer.close().unwrap();
 
-        let lake = LakeSchema::open(dir.to_str().unwrap()).unwrap();
+        let lake = open(&dir, None).await;
         let table = lake.table("people").await.unwrap().unwrap();
         assert_eq!(table.schema().field_with_name("name").unwrap().data_type(), &DataType::Utf8);
         let ctx = datafusion::prelude::SessionContext::new();
@@ -349,7 +556,7 @@ mod tests {
         assert_eq!(names.value(1), "a string longer than twelve bytes");
     }
 
-    fn tempfile_dir() -> PathBuf {
+    fn tempfile_dir() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("lakelink-catalog-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         dir

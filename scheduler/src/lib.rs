@@ -67,8 +67,13 @@ const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// How to run a scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
-    /// The lake: a local folder or `file://` URL.
+    /// The lake: a local folder, a `file://` URL or an object-store URL
+    /// (`s3://bucket/prefix`, `gs://`, `az://`, `http(s)://`).
     pub lake: String,
+    /// How old the lake's listing may grow before a statement lists it
+    /// again; `None`: 0 for a local folder, 60 s for a store
+    /// (see [`catalog`]).
+    pub lake_refresh: Option<std::time::Duration>,
     /// The address to listen on.
     pub bind_host: String,
     /// The client port (Flight SQL); 0 picks a free one.
@@ -139,6 +144,7 @@ impl SchedulerOptions {
     pub fn new(lake: impl Into<String>) -> Self {
         Self {
             lake: lake.into(),
+            lake_refresh: None,
             bind_host: "0.0.0.0".into(),
             port: 50050,
             cluster_port: 0,
@@ -274,11 +280,23 @@ where
 /// Starts a scheduler and returns once it is listening.
 pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, SchedulerError> {
     lakelink_model::config::check_process_defaults().map_err(|e| SchedulerError::Config(e.to_string()))?;
-    let lake = Arc::new(LakeSchema::open(&options.lake)?);
+    // One runtime for every planning session: the lake's stores, and the
+    // file lists and Parquet footers the catalog and the planner learn.
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_object_store_registry(lakelink_protocol::store::registry())
+        .with_cache_manager(
+            datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                .with_list_files_cache_limit(catalog::LIST_CACHE_BYTES),
+        )
+        .build_arc()?;
+    let lake = Arc::new(LakeSchema::open(&options.lake, runtime.clone(), options.lake_refresh).await?);
     let tables = lake.entries();
-    tracing::info!("lake {} holds {} table(s)", lake.root().display(), tables.len());
-    for (name, err) in lake.check_all().await {
-        tracing::warn!("table {name} cannot be read and will fail when queried: {err}");
+    tracing::info!("lake {} holds {} table(s)", lake.location(), tables.len());
+    catalog::refresh_every(&lake);
+    if !lake.location().is_remote() {
+        for (name, err) in lake.check_all().await {
+            tracing::warn!("table {name} cannot be read and will fail when queried: {err}");
+        }
     }
 
     options.auth.check().map_err(SchedulerError::Config)?;
@@ -312,7 +330,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     let secret = options.cluster_secret.clone();
     let link = ClusterLink { secret: secret.clone(), ca: options.cluster_ca.clone() };
 
-    let ext = options.extensions.clone();
+    let ext = options.extensions.clone().with_runtime_env(runtime);
     let mut config = SchedulerConfig::default()
         .with_hostname("localhost")
         .with_port(cluster_addr.port())
@@ -433,7 +451,7 @@ async fn query_engine(
     ext.register_all(&distributed);
     distributed.register_catalog(CATALOG, catalog.clone());
 
-    let local = SessionContext::new_with_config(ext.configure(config));
+    let local = SessionContext::new_with_config_rt(ext.configure(config), ext.runtime_env()?);
     ext.register_all(&local);
     local.register_catalog(CATALOG, catalog);
     Ok(QueryEngine::new(distributed, local, lake, cluster, partitions, rewrites))

@@ -7,7 +7,8 @@ use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
 use datafusion::catalog::TableFunctionImpl;
 use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::{FunctionRegistry, SessionState};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{AggregateUDF, AggregateUDFImpl, ScalarUDF, ScalarUDFImpl};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
@@ -75,6 +76,9 @@ pub struct Extensions {
     aggregate_codecs: HashMap<String, StateCodec<AggregateUDF>>,
     rules: Vec<Arc<dyn OptimizerRule + Send + Sync>>,
     llm_defaults: Option<LlmOptions>,
+    /// The runtime (object stores, caches) of every session this set builds;
+    /// `None`: a new one each time, with the process's object stores.
+    runtime: Option<Arc<RuntimeEnv>>,
 }
 
 impl fmt::Debug for Extensions {
@@ -106,6 +110,25 @@ impl Extensions {
         }
         ext.with_stateful_aggregate(crate::functions::LlmSummarize::with_options(defaults))
             .with_optimizer_rule(Arc::new(crate::planner::LlmPlanning))
+    }
+
+    /// Builds every session of [`Extensions::session_state`] on `runtime`:
+    /// the scheduler's planning sessions share one, so that what one learns
+    /// of the lake (file lists, Parquet footers) serves the next.
+    pub fn with_runtime_env(mut self, runtime: Arc<RuntimeEnv>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The runtime [`Extensions::with_runtime_env`] set, or a new one with
+    /// the process's object stores ([`lakelink_protocol::store::registry`]).
+    pub fn runtime_env(&self) -> Result<Arc<RuntimeEnv>> {
+        match &self.runtime {
+            Some(runtime) => Ok(runtime.clone()),
+            None => {
+                RuntimeEnvBuilder::new().with_object_store_registry(lakelink_protocol::store::registry()).build_arc()
+            }
+        }
     }
 
     /// Adds a logical optimizer rule to every planning session.
@@ -236,7 +259,8 @@ impl Extensions {
     /// A Ballista session state for `config` with every function registered
     /// and the codecs configured: the scheduler's session builder.
     pub fn session_state(&self, config: SessionConfig) -> Result<SessionState> {
-        let mut state = ballista_core::utils::default_session_builder(self.configure(config))?;
+        let state = ballista_core::utils::default_session_builder(self.configure(config))?;
+        let mut state = SessionStateBuilder::new_from_existing(state).with_runtime_env(self.runtime_env()?).build();
         self.register_on_state(&mut state)?;
         Ok(state)
     }

@@ -13,9 +13,16 @@ use lakelink_scheduler::{AuthConfig, ResultEndpoints, SchedulerOptions, start};
 #[derive(Debug, Parser)]
 #[command(name = "lakelink-scheduler", version)]
 struct Args {
-    /// The lake: a folder (or file:// URL) whose files and folders are tables.
+    /// The lake: a folder, file:// URL or object-store URL (s3://bucket/prefix,
+    /// gs://, az://, http(s)://) whose files and folders are tables. A store's
+    /// credentials come from the environment (AWS_ACCESS_KEY_ID, ...).
     #[arg(long)]
     lake: String,
+    /// Seconds between listings of the lake (new tables and files are seen
+    /// after the next one, or at once with REFRESH LAKE); 0: before every
+    /// statement. Default: 0 for a local folder, 60 for an object store.
+    #[arg(long, value_name = "SECS")]
+    lake_refresh: Option<u64>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: String,
@@ -133,6 +140,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let args = Args::parse();
     let mut options = SchedulerOptions::new(args.lake);
+    options.lake_refresh = args.lake_refresh.map(std::time::Duration::from_secs);
     options.cluster_secret = match lakelink_protocol::cluster::resolve(args.cluster_secret_file.as_deref(), true) {
         Ok(secret) => secret,
         Err(e) => {

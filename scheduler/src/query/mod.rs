@@ -103,7 +103,7 @@ impl QueryEngine {
         partitions: Partitions,
         rewrites: Rewrites,
     ) -> Self {
-        let nl = NlEnv { metadata_dir: Some(lake.root().join(crate::catalog::METADATA_DIR)) };
+        let nl = NlEnv { metadata_dir: lake.local_root().map(|root| root.join(crate::catalog::METADATA_DIR)) };
         Self {
             distributed,
             local,
@@ -205,6 +205,10 @@ impl QueryEngine {
     /// now, once.
     pub async fn plan_unbound(&self, sql: &str, settings: &[(String, String)]) -> Result<DataFrame> {
         let sql = number_question_marks(sql)?;
+        if is_refresh_lake(&sql) {
+            return self.refresh_lake(settings).await;
+        }
+        self.lake.refresh_for_statement().await;
         let ctx = self.query_context(&self.distributed, settings).await?;
         let df = if lakelink_nl::mentions_nl(&sql) {
             self.plan_nl(&ctx, &sql, settings).await?
@@ -218,6 +222,26 @@ impl QueryEngine {
             return Ok(DataFrame::new(local.state(), local.state().create_logical_plan(&sql).await?));
         }
         Ok(df)
+    }
+
+    /// `REFRESH LAKE`: lists the lake now and answers one row saying what
+    /// it holds (`tables`, `files`, `bytes`) and how many tables changed.
+    async fn refresh_lake(&self, settings: &[(String, String)]) -> Result<DataFrame> {
+        use datafusion::arrow::array::UInt64Array;
+        let summary = self.lake.refresh().await?;
+        let column = |name: &str| Field::new(name, DataType::UInt64, false);
+        let schema = Arc::new(Schema::new(vec![column("tables"), column("files"), column("bytes"), column("changed")]));
+        let value = |n: u64| Arc::new(UInt64Array::from(vec![n])) as _;
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                value(summary.tables as u64),
+                value(summary.files as u64),
+                value(summary.bytes),
+                value(summary.changed as u64),
+            ],
+        )?;
+        self.query_context(&self.local, settings).await?.read_batch(batch)
     }
 
     /// Plans a statement that calls `nl_*` functions: they are compiled
@@ -410,6 +434,12 @@ fn new_query_id(mut state: SessionState) -> Result<SessionState> {
 pub fn new_execution(df: DataFrame) -> Result<DataFrame> {
     let (state, plan) = df.into_parts();
     Ok(DataFrame::new(new_query_id(state)?, plan))
+}
+
+/// Whether `sql` is `REFRESH LAKE` (any case, spacing, a final `;`).
+fn is_refresh_lake(sql: &str) -> bool {
+    let words: Vec<&str> = sql.trim().trim_end_matches(';').split_whitespace().collect();
+    words.len() == 2 && words[0].eq_ignore_ascii_case("REFRESH") && words[1].eq_ignore_ascii_case("LAKE")
 }
 
 /// Refuses what is not a query: LakeLink serves read-only statements
