@@ -42,6 +42,7 @@ use crate::follow::{
 };
 use crate::results::{self, BoxedStream, GRANT_ACTION, GrantRequest, Grants, REVOKE_ACTION, TICKET_PREFIX};
 use lakelink_protocol::cluster::{ClusterSecret, unauthenticated};
+use lakelink_protocol::members;
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -234,6 +235,28 @@ impl FlightService for ExecutorFlightService {
             let token = self.grant(&request.get_ref().body).await?;
             let answer = arrow_flight::Result { body: token.into_bytes().into() };
             return Ok(Response::new(Box::pin(stream::once(async { Ok(answer) }))));
+        }
+        if request.get_ref().r#type == members::CANCEL_ACTION {
+            let query_id = String::from_utf8_lossy(&request.get_ref().body).into_owned();
+            lakelink_model::engine::cancel_query(&lakelink_model::config::process_defaults().trail_dir, &query_id);
+            let answer = arrow_flight::Result { body: "cancelled".into() };
+            return Ok(Response::new(Box::pin(stream::once(async { Ok(answer) }))));
+        }
+        if request.get_ref().r#type == members::TRAIL_ACTION {
+            let scan: lakelink_model::trail::Scan = serde_json::from_slice(&request.get_ref().body)
+                .map_err(|e| Status::invalid_argument(format!("malformed trail scan: {e}")))?;
+            let dir = std::path::PathBuf::from(&lakelink_model::config::process_defaults().trail_dir);
+            let files = tokio::task::spawn_blocking(move || lakelink_model::trail::read_files(&dir, &scan))
+                .await
+                .map_err(|e| Status::internal(format!("reading the trail failed: {e}")))?;
+            let answers: Vec<Result<arrow_flight::Result, Status>> = members::chunks(files)
+                .into_iter()
+                .map(|chunk| {
+                    let body = serde_json::to_vec(&chunk).map_err(|e| Status::internal(e.to_string()))?;
+                    Ok(arrow_flight::Result { body: body.into() })
+                })
+                .collect();
+            return Ok(Response::new(Box::pin(stream::iter(answers))));
         }
         if request.get_ref().r#type == REVOKE_ACTION {
             let token = String::from_utf8_lossy(&request.get_ref().body).into_owned();

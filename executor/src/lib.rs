@@ -102,6 +102,8 @@ pub const DEFAULT_MAX_UNREAD_RESULTS: u64 = 4 << 30;
 /// Runs an executor until it is stopped (Ctrl-C, SIGTERM, or the scheduler).
 pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
     lakelink_model::config::check_process_defaults().map_err(|e| ExecutorError::Config(e.to_string()))?;
+    // Tasks carry the scheduler's folders; this host uses its own.
+    lakelink_model::config::keep_host_settings();
     let (host, port) = options
         .scheduler
         .rsplit_once(':')
@@ -224,7 +226,7 @@ fn runtime_producer(temp_dir: Option<PathBuf>) -> ballista_core::RuntimeProducer
         if let Some(dir) = &temp_dir {
             runtime = runtime.with_temp_file_path(dir);
         }
-        Ok(runtime.build_arc()?)
+        runtime.build_arc()
     })
 }
 

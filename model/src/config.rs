@@ -515,6 +515,29 @@ pub fn process_defaults() -> &'static LlmOptions {
     }
 }
 
+/// The settings that belong to a host rather than to a query: folders,
+/// their caps, threads, the model process, the variable holding the API key.
+/// An executor process keeps its own ([`keep_host_settings`]).
+pub const HOST_SETTINGS: &[&str] = &[
+    "models_dir",
+    "cache_dir",
+    "cache_max_bytes",
+    "trail_dir",
+    "trail_max_bytes",
+    "threads",
+    "model_process",
+    "api_key_env",
+];
+
+static KEEP_HOST_SETTINGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on this process keeps its own values of the [`HOST_SETTINGS`]
+/// when a query's settings arrive (an executor: a task carries the
+/// scheduler's values, which name the scheduler's folders, not this host's).
+pub fn keep_host_settings() {
+    KEEP_HOST_SETTINGS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl ExtensionOptions for LlmOptions {
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -530,6 +553,9 @@ impl ExtensionOptions for LlmOptions {
 
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
         match key.strip_prefix("llm.") {
+            Some(k) if KEEP_HOST_SETTINGS.load(std::sync::atomic::Ordering::Relaxed) && HOST_SETTINGS.contains(&k) => {
+                Ok(())
+            }
             Some(k) => self.set_key(k, value),
             None => Err(DataFusionError::Configuration(format!(
                 "unknown setting lakelink.{key}; model settings are lakelink.llm.<key>"

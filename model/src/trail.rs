@@ -222,7 +222,7 @@ fn trail_files(dir: &Path) -> Vec<PathBuf> {
 /// written before are not opened), and only lines holding `needle` (others
 /// are not parsed). Records outside either may still be returned: the
 /// caller filters exactly.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Scan {
     /// The earliest time of a record wanted, milliseconds since the epoch.
     pub since_ms: Option<i64>,
@@ -249,6 +249,12 @@ pub fn read_lines<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
 
 /// The records of type `T` in the files of `dir` that `scan` asks for.
 pub fn read_lines_of<T: serde::de::DeserializeOwned>(dir: &Path, scan: &Scan) -> Vec<T> {
+    read_files(dir, scan).iter().flat_map(|(_, lines)| parse_lines(lines)).collect()
+}
+
+/// The lines of the files of `dir` that `scan` asks for, by file name: what
+/// an executor sends the scheduler of its host's trail.
+pub fn read_files(dir: &Path, scan: &Scan) -> Vec<(String, Vec<String>)> {
     let since = scan.since_ms.map(|ms| UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
     trail_files(dir)
         .iter()
@@ -257,14 +263,21 @@ pub fn read_lines_of<T: serde::de::DeserializeOwned>(dir: &Path, scan: &Scan) ->
             Some(since) => std::fs::metadata(p).and_then(|m| m.modified()).map_or(true, |m| m >= since),
             None => true,
         })
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter(|l| scan.needle.as_deref().is_none_or(|n| l.contains(n)))
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect::<Vec<_>>()
+        .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), std::fs::read_to_string(p).ok()?)))
+        .map(|(name, text)| {
+            let lines = text
+                .lines()
+                .filter(|l| !l.is_empty() && scan.needle.as_deref().is_none_or(|n| l.contains(n)))
+                .map(str::to_string)
+                .collect();
+            (name, lines)
         })
         .collect()
+}
+
+/// The records of type `T` among `lines`; unreadable lines are skipped.
+pub fn parse_lines<T: serde::de::DeserializeOwned>(lines: &[String]) -> Vec<T> {
+    lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// The schema of `system.model_calls`.

@@ -4,6 +4,8 @@
 //! * [`cluster`]: the secret the cluster's processes present to each other;
 //! * [`follow`]: a result partition read from the executor writing it, while
 //!   its task runs (the scheduler's reads);
+//! * [`members`]: the scheduler's calls to every executor (cancel a
+//!   query's model calls, read the host's model-call trail);
 //! * [`limits`]: sizes given on the command line;
 //! * [`result`]: a result on its way to a client: grants and client tickets
 //!   for results served by executors, and the rules a result message meets
@@ -15,6 +17,7 @@
 pub mod cluster;
 pub mod follow;
 pub mod limits;
+pub mod members;
 pub mod result;
 pub mod store;
 pub mod tls;

@@ -29,16 +29,31 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::displayable;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use lakelink_protocol::follow::ResultPartition;
+use lakelink_protocol::members;
 use tokio::sync::{mpsc, watch};
 
-/// The Ballista scheduler in this process, as the query engine's cluster.
+/// The Ballista scheduler in this process, as the query engine's cluster,
+/// reaching executors as `link` says.
 #[derive(Clone)]
-pub struct BallistaJobs(pub SchedulerServer<LogicalPlanNode, PhysicalPlanNode>);
+pub struct BallistaJobs {
+    /// The scheduler.
+    pub server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    /// How the scheduler reaches executors (secret, CA).
+    pub link: lakelink_protocol::cluster::ClusterLink,
+}
+
+impl BallistaJobs {
+    /// The data ports (host, port) of the executors registered now.
+    async fn executors(&self) -> Vec<(String, u16)> {
+        let executors = self.server.state.executor_manager.get_executors_state().await.unwrap_or_default();
+        executors.into_iter().map(|(meta, _, _)| (meta.host.clone(), meta.port)).collect()
+    }
+}
 
 #[async_trait]
 impl crate::query::Cluster for BallistaJobs {
     async fn submit(&self, name: &str, state: &SessionState, plan: &LogicalPlan) -> Result<RunningJob> {
-        let scheduler = &self.0;
+        let scheduler = &self.server;
         let ballista = |e: ballista_core::error::BallistaError| e.into_datafusion();
         let ctx = scheduler
             .state
@@ -52,22 +67,38 @@ impl crate::query::Cluster for BallistaJobs {
     }
 
     fn cancel(&self, name: &str) {
-        let (scheduler, name) = (self.0.clone(), name.to_string());
+        let (jobs, name) = (self.clone(), name.to_string());
         // Bare on purpose: cancelling is fire and forget: it must finish even if the caller is gone.
         #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
-            let jobs = scheduler.state.task_manager.get_all_jobs().await.unwrap_or_default();
-            for job in jobs.into_iter().filter(|j| j.job_name == name) {
+            let scheduler = &jobs.server;
+            let all = scheduler.state.task_manager.get_all_jobs().await.unwrap_or_default();
+            for job in all.into_iter().filter(|j| j.job_name == name) {
                 if let Err(e) = scheduler.cancel_job(job.job_id.clone()).await {
                     tracing::warn!("cannot cancel job {}: {e}", job.job_id);
                 }
             }
+            // Tasks already running finish; their model calls stop now, on
+            // every host.
+            let executors = jobs.executors().await;
+            crate::members::ask_all(&executors, &jobs.link, members::CANCEL_ACTION, name.into_bytes()).await;
         });
     }
 
     async fn task_slots(&self) -> usize {
-        let executors = self.0.state.executor_manager.get_executors_state().await.unwrap_or_default();
+        let executors = self.server.state.executor_manager.get_executors_state().await.unwrap_or_default();
         executors.iter().map(|(meta, _, _)| meta.specification.vcores as usize).sum()
+    }
+
+    async fn trails(&self, scan: &lakelink_model::trail::Scan) -> Vec<members::TrailChunk> {
+        let Ok(body) = serde_json::to_vec(scan) else { return vec![] };
+        let executors = self.executors().await;
+        crate::members::ask_all(&executors, &self.link, members::TRAIL_ACTION, body)
+            .await
+            .into_iter()
+            .flatten()
+            .filter_map(|answer| serde_json::from_slice(&answer).ok())
+            .collect()
     }
 }
 

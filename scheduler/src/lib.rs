@@ -20,6 +20,9 @@ pub mod flight_sql;
 pub mod job;
 /// The bounds every statement runs within (time, result size, memory).
 pub mod limits;
+/// The scheduler's calls to every executor (cancel a query's model calls,
+/// read the hosts' model-call trails).
+pub mod members;
 /// Planning and running client SQL as distributed jobs.
 pub mod query;
 /// A distributed query's result on its way to the client.
@@ -369,7 +372,7 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         top_n_narrowing_min_bytes: options.top_n_narrowing_min_bytes,
         semi_join_reduction: options.semi_join_reduction,
     };
-    let jobs = Arc::new(job::BallistaJobs(scheduler.clone()));
+    let jobs = Arc::new(job::BallistaJobs { server: scheduler.clone(), link: link.clone() });
     let engine = query_engine(&ext, lake, cluster_addr, &link, jobs, partitions, rewrites, &options.settings).await?;
     let engine = Arc::new(engine.with_query_memory(options.limits.query_memory));
     let auth = Authenticator::new(options.auth.clone());
@@ -439,7 +442,7 @@ async fn query_engine(
     let config = rewrite::settings::planning_config(settings)?;
     let catalog = Arc::new(MemoryCatalogProvider::new());
     catalog.register_schema(SCHEMA, lake.clone())?;
-    catalog.register_schema(system::SCHEMA, Arc::new(system::SystemSchema))?;
+    catalog.register_schema(system::SCHEMA, Arc::new(system::SystemSchema { cluster: Some(cluster.clone()) }))?;
 
     // Ballista's client in this session (the statements it runs itself)
     // reaches the scheduler's cluster port, presenting the secret.

@@ -190,14 +190,24 @@ const REREAD_PAUSE: Duration = Duration::from_millis(200);
 
 /// A client of the executor writing `located`, presenting the cluster secret.
 async fn executor_client(located: &Located, link: &ClusterLink) -> Result<FlightServiceClient<Channel>, Status> {
-    let unreachable =
-        |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot reach {}: {e}", describe(located)));
+    executor_client_at(&located.host, located.port, &describe(located), link).await
+}
+
+/// A client of the executor serving data on `host:port` (`what` names it in
+/// errors), presenting the cluster secret.
+pub(crate) async fn executor_client_at(
+    host: &str,
+    port: u16,
+    what: &str,
+    link: &ClusterLink,
+) -> Result<FlightServiceClient<Channel>, Status> {
+    let unreachable = |e: &dyn std::fmt::Display| Status::unavailable(format!("cannot reach {what}: {e}"));
     // Ballista's own fetches use the same limits: an executor not reached
     // within 20 s, or whose connection stops answering keep-alive pings (one
     // every five minutes, 20 s to answer), fails the query instead of
     // stalling it.
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", located.host, located.port))
-        .map_err(|e| unreachable(&e))?;
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}")).map_err(|e| unreachable(&e))?;
     let channel = link
         .endpoint(endpoint)
         .map_err(|e| unreachable(&e))?

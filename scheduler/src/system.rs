@@ -2,8 +2,10 @@
 //! scheduler.
 //!
 //! * `system.model_calls`: every model request of every process (and every
-//!   batch of rows answered from the cache), read from the trail folder
-//!   (`lakelink.llm.trail_dir`) when the table is scanned; a filter on
+//!   batch of rows answered from the cache), read when the table is scanned
+//!   from the scheduler's trail folder (`lakelink.llm.trail_dir`) and from
+//!   every executor's host (`lakelink_protocol::members`), each trail file
+//!   once (executors on the scheduler's host share its folder); a filter on
 //!   `time` (`>`, `>=`) or `query_id` (`=`) narrows what is read
 //!   ([`Scan`](lakelink_model::trail::Scan)).
 //! * `system.nl_tasks`: every compiled `nl_*` call: question, attempts with
@@ -21,14 +23,27 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use lakelink_model::trail;
+use lakelink_protocol::members::TrailChunk;
 use lakelink_udf::LlmOptions;
+
+use crate::query::Cluster;
 
 /// The schema name.
 pub const SCHEMA: &str = "system";
 
-/// The `system` schema.
-#[derive(Debug, Default)]
-pub struct SystemSchema;
+/// The `system` schema; with a cluster, `model_calls` holds its executors'
+/// hosts' calls too.
+#[derive(Default)]
+pub struct SystemSchema {
+    /// The executors whose hosts' trails are read.
+    pub cluster: Option<Arc<dyn Cluster>>,
+}
+
+impl std::fmt::Debug for SystemSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemSchema").field("cluster", &self.cluster.is_some()).finish()
+    }
+}
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
@@ -37,7 +52,10 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        Ok(TABLES.iter().find(|t| t.name == name).map(|t| Arc::new(*t) as Arc<dyn TableProvider>))
+        Ok(TABLES.iter().find(|t| t.name == name).map(|t| {
+            let remote = if t.name == "model_calls" { self.cluster.clone() } else { None };
+            Arc::new(SystemTable { table: *t, remote }) as Arc<dyn TableProvider>
+        }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -50,26 +68,51 @@ impl SchemaProvider for SystemSchema {
 struct TrailTable {
     name: &'static str,
     schema: fn() -> SchemaRef,
-    read: fn(&str, &trail::Scan) -> Result<datafusion::arrow::array::RecordBatch>,
+    /// Reads the table from a trail folder, adding the files of other
+    /// hosts' trails given (ones the folder also holds are skipped).
+    read: fn(&str, &trail::Scan, Vec<TrailChunk>) -> Result<datafusion::arrow::array::RecordBatch>,
 }
 
 const TABLES: &[TrailTable] = &[
-    TrailTable {
-        name: "model_calls",
-        schema: trail::schema,
-        read: |dir, scan| trail::to_batch(&trail::read_calls(std::path::Path::new(dir), scan)),
-    },
+    TrailTable { name: "model_calls", schema: trail::schema, read: read_model_calls },
     TrailTable {
         name: "nl_tasks",
         schema: lakelink_nl::task::schema,
-        read: |dir, _| lakelink_nl::task::to_batch(&lakelink_nl::task::read_all(dir)),
+        read: |dir, _, _| lakelink_nl::task::to_batch(&lakelink_nl::task::read_all(dir)),
     },
 ];
 
+/// The model calls of the trail in `dir` and of the `remote` files it does not hold.
+fn read_model_calls(
+    dir: &str,
+    scan: &trail::Scan,
+    remote: Vec<TrailChunk>,
+) -> Result<datafusion::arrow::array::RecordBatch> {
+    let local = trail::read_files(std::path::Path::new(dir), scan);
+    let here: std::collections::HashSet<&str> = local.iter().map(|(name, _)| name.as_str()).collect();
+    let mut calls: Vec<trail::ModelCall> = local.iter().flat_map(|(_, lines)| trail::parse_lines(lines)).collect();
+    calls.extend(remote.iter().filter(|c| !here.contains(c.file.as_str())).flat_map(|c| trail::parse_lines(&c.lines)));
+    calls.sort_by_key(|c| c.time_ms);
+    trail::to_batch(&calls)
+}
+
+/// A `system` table, with the cluster whose executors' trails it reads.
+#[derive(Clone)]
+struct SystemTable {
+    table: TrailTable,
+    remote: Option<Arc<dyn Cluster>>,
+}
+
+impl std::fmt::Debug for SystemTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.table.fmt(f)
+    }
+}
+
 #[async_trait]
-impl TableProvider for TrailTable {
+impl TableProvider for SystemTable {
     fn schema(&self) -> SchemaRef {
-        (self.schema)()
+        (self.table.schema)()
     }
 
     fn table_type(&self) -> TableType {
@@ -89,8 +132,12 @@ impl TableProvider for TrailTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let options = LlmOptions::from_config(state.config_options());
-        let (read, scan) = (self.read, scan_of(filters));
-        let batch = tokio::task::spawn_blocking(move || read(&options.trail_dir, &scan))
+        let (read, scan) = (self.table.read, scan_of(filters));
+        let remote = match &self.remote {
+            Some(cluster) => cluster.trails(&scan).await,
+            None => vec![],
+        };
+        let batch = tokio::task::spawn_blocking(move || read(&options.trail_dir, &scan, remote))
             .await
             .map_err(|e| DataFusionError::Execution(format!("reading the trail failed: {e}")))??;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)

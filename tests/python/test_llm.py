@@ -13,6 +13,7 @@ import json
 import math
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -83,10 +84,12 @@ def answer_row(system: str, row: str) -> str:
 
 
 class ScriptedModel:
-    """An OpenAI-compatible /v1/chat/completions server on 127.0.0.1:<port>."""
+    """An OpenAI-compatible /v1/chat/completions server on HOST:<port>
+    (127.0.0.1 unless given), answering each request after `delay` seconds."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.mode = "ok"  # or "500"
+        self.delay = 0.0
         self.lock = threading.Lock()
         self.chats: list[dict] = []  # every request: system, user, model, status
         model = self
@@ -115,6 +118,8 @@ class ScriptedModel:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 status, body = model.answer(raw)
+                if model.delay:
+                    time.sleep(model.delay)
                 self._send(status, body)
 
         class Server(ThreadingHTTPServer):
@@ -123,7 +128,7 @@ class ScriptedModel:
             def handle_error(self, request, client_address):
                 pass  # a client hanging up mid-request is not a test failure
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server((host, 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name="scripted-model")
 
@@ -133,7 +138,7 @@ class ScriptedModel:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.server.server_address[0]}:{self.port}/v1"
 
     def start(self) -> "ScriptedModel":
         self.thread.start()

@@ -36,11 +36,12 @@ BUCKET = "lake"
 class S3:
     """moto's S3 server on a free loopback port, and a client for it."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, host: str = "127.0.0.1"):
+        self.host = host
         self.port = h.free_ports(1)[0]
-        self.proc = h.Proc("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+        self.proc = h.Proc("moto", [sys.executable, "-m", "moto.server", "-H", host, "-p", str(self.port)],
                            workdir / "moto.log").start(workdir)
-        h.wait_for(lambda: h.port_open(self.port), 60, 0.2, "moto's S3 server",
+        h.wait_for(lambda: h.port_open(self.port, host), 60, 0.2, "moto's S3 server",
                    lambda why: pytest.fail(f"{why}\n{self.proc.describe()}"))
         # The secret is checked for in logs and answers: it must never show.
         self.secret = "sk-" + secrets.token_hex(20)
@@ -50,7 +51,7 @@ class S3:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def env(self, endpoint: str | None = None) -> dict[str, str]:
         return {

@@ -179,6 +179,9 @@ def test_executor_data_ports_need_the_cluster_secret(secure_cluster):
     for attempt in [lambda: stranger.do_get(flight.Ticket(follow), options).read_all(),
                     lambda: list(stranger.do_action(flight.Action("lakelink.grant_result", b"{}"), options)),
                     lambda: list(stranger.do_action(flight.Action("lakelink.revoke_grant", b"0" * 64), options)),
+                    # Reading the host's model-call trail, cancelling someone's query.
+                    lambda: list(stranger.do_action(flight.Action("lakelink.trail", b"{}"), options)),
+                    lambda: list(stranger.do_action(flight.Action("lakelink.cancel_query", b"q-1"), options)),
                     lambda: list(stranger.list_flights(options=options)),
                     lambda: stranger.do_get(flight.Ticket(b"\x0a\x00"), options).read_all()]:
         assert "did not present the cluster secret" in refused(attempt)
@@ -189,6 +192,13 @@ def test_executor_data_ports_need_the_cluster_secret(secure_cluster):
                                  generic_options=[("grpc.primary_user_agent", f"lakelink-cluster/{secret}")])
     missing = refused(lambda: member.do_get(flight.Ticket(follow), flight.FlightCallOptions(timeout=90)).read_all())
     assert "cluster secret" not in missing, missing
+    # A member may read the trail (the scheduler does, for system.model_calls).
+    chunks = list(member.do_action(flight.Action("lakelink.trail", b'{"since_ms": null, "needle": "no-such-query"}'),
+                                   flight.FlightCallOptions(timeout=30)))
+    assert chunks == [], chunks
+    with pytest.raises(Exception) as bad:  # pyarrow: ArrowInvalid for INVALID_ARGUMENT
+        list(member.do_action(flight.Action("lakelink.trail", b"not json"), flight.FlightCallOptions(timeout=30)))
+    assert "malformed trail scan" in str(bad.value)
 
 
 def test_parameters_are_bounded_and_others_keep_working(cluster):

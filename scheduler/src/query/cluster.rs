@@ -1,5 +1,5 @@
 //! What the query engine needs of the cluster: submit a job, cancel one,
-//! count task slots. The scheduler's Ballista server provides it
+//! count task slots, read the executors' model-call trails. The scheduler's Ballista server provides it
 //! ([`crate::job::BallistaJobs`]); tests can provide their own.
 
 use async_trait::async_trait;
@@ -22,4 +22,10 @@ pub trait Cluster: Send + Sync {
 
     /// The task slots of the executors registered now.
     async fn task_slots(&self) -> usize;
+
+    /// The model-call trail of every executor's host that `scan` asks for
+    /// (`lakelink_protocol::members`); unreachable executors are left out.
+    async fn trails(&self, _scan: &lakelink_model::trail::Scan) -> Vec<lakelink_protocol::members::TrailChunk> {
+        vec![]
+    }
 }
