@@ -73,9 +73,12 @@ pub struct LakeSchema {
     /// every statement lists.
     refresh: Duration,
     listing: RwLock<Listing>,
-    /// One listing at a time.
-    listing_now: tokio::sync::Mutex<()>,
+    /// One listing at a time; what of the store's metadata folder was
+    /// brought over (file name, size, time).
+    listing_now: tokio::sync::Mutex<HashMap<String, (u64, i64)>>,
     cache: RwLock<HashMap<String, CachedTable>>,
+    /// The metadata folder the NL compiler reads (see [`LakeSchema::metadata_dir`]).
+    metadata_dir: std::path::PathBuf,
 }
 
 /// What the last listing of the lake saw.
@@ -145,13 +148,18 @@ impl LakeSchema {
         let config = SessionConfig::new().set_bool(FORCE_VIEW_TYPES, false);
         let state =
             SessionStateBuilder::new().with_default_features().with_config(config).with_runtime_env(runtime).build();
+        let metadata_dir = match &location.local {
+            Some(root) => root.join(METADATA_DIR),
+            None => state_dir().join("lakes").join(file_name_of(&location.to_string())).join(METADATA_DIR),
+        };
         let lake_schema = Self {
             location,
             state,
             refresh,
             listing: RwLock::default(),
-            listing_now: tokio::sync::Mutex::new(()),
+            listing_now: tokio::sync::Mutex::new(HashMap::new()),
             cache: RwLock::default(),
+            metadata_dir,
         };
         lake_schema.refresh().await.map_err(|e| unsupported(e.strip_backtrace()))?;
         Ok(lake_schema)
@@ -162,9 +170,16 @@ impl LakeSchema {
         &self.location
     }
 
-    /// The lake's folder on this machine; `None` for a lake on a store.
-    pub fn local_root(&self) -> Option<&std::path::Path> {
-        self.location.local.as_deref()
+    /// The lake's metadata folder (`_lakelink/`: `catalog.toml`,
+    /// `nl_examples.jsonl`) as the NL compiler reads it: the lake's own for a
+    /// local folder. For a lake on a store, a copy in the scheduler's state
+    /// folder (`$LAKELINK_STATE_DIR`, else `~/.local/share/lakelink`, under
+    /// `lakes/<lake URL as a file name>/`), brought over at every listing:
+    /// `catalog.toml` replaced when the store's changed, the store's
+    /// examples added to the ones kept here; examples accepted with
+    /// `nl_accept` stay in the copy (the store is not written to).
+    pub fn metadata_dir(&self) -> &std::path::Path {
+        &self.metadata_dir
     }
 
     /// How old the listing may grow before it is taken again.
@@ -187,8 +202,11 @@ impl LakeSchema {
     /// Lists the lake now (`REFRESH LAKE`, the refresh timer): tables
     /// added, removed or changed are seen from the next statement on.
     pub async fn refresh(&self) -> Result<RefreshSummary> {
-        let _one = self.listing_now.lock().await;
-        let tables = self.list().await?;
+        let mut synced = self.listing_now.lock().await;
+        let (tables, metadata) = self.list().await?;
+        if self.location.is_remote() {
+            self.bring_metadata(metadata, &mut synced).await;
+        }
         let mut listing = self.listing.write().expect("lake listing lock");
         let list_cache = self.state.runtime_env().cache_manager.get_list_files_cache();
         let same = |a: &TableFiles, b: &TableFiles| a.path == b.path && a.signature() == b.signature();
@@ -253,14 +271,51 @@ pub fn refresh_every(lake: &Arc<LakeSchema>) {
 }
 
 impl LakeSchema {
-    /// One recursive listing of the lake, grouped by table.
-    async fn list(&self) -> Result<BTreeMap<String, TableFiles>> {
+    /// Copies the store's metadata files that changed since the last
+    /// listing into [`LakeSchema::metadata_dir`]. A failure is logged: the
+    /// NL compiler then works with the copy it has.
+    async fn bring_metadata(&self, files: Vec<ObjectMeta>, synced: &mut HashMap<String, (u64, i64)>) {
+        use object_store::ObjectStoreExt;
+        for meta in files {
+            let Some(name) = meta.location.filename().map(str::to_string) else { continue };
+            let seen = (meta.size, meta.last_modified.timestamp_millis());
+            if synced.get(&name) == Some(&seen) {
+                continue;
+            }
+            let copied = async {
+                let bytes = self.location.store.get(&meta.location).await?.bytes().await?;
+                std::fs::create_dir_all(&self.metadata_dir)?;
+                let path = self.metadata_dir.join(&name);
+                if name == lakelink_nl::knowledge::EXAMPLES_FILE {
+                    merge_lines(&path, &String::from_utf8_lossy(&bytes))?;
+                } else {
+                    std::fs::write(&path, &bytes)?;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            match copied.await {
+                Ok(()) => {
+                    synced.insert(name, seen);
+                }
+                Err(e) => tracing::warn!("cannot copy {} of the lake: {e}", self.location.show(&meta.location)),
+            }
+        }
+    }
+
+    /// One recursive listing of the lake, grouped by table, and the files of
+    /// its metadata folder.
+    async fn list(&self) -> Result<(BTreeMap<String, TableFiles>, Vec<ObjectMeta>)> {
         let root = &self.location.prefix;
         let objects: Vec<ObjectMeta> = self.location.store.list(Some(root)).try_collect().await?;
         let mut tables: BTreeMap<String, TableFiles> = BTreeMap::new();
+        let mut metadata = vec![];
         for meta in objects {
             let Some(parts) = meta.location.prefix_match(root) else { continue };
             let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            if parts.len() == 2 && parts[0] == METADATA_DIR {
+                metadata.push(meta);
+                continue;
+            }
             let Some(first) = parts.first().filter(|f| !f.starts_with(['.', '_'])) else { continue };
             if parts.len() == 1 {
                 let Some(name) = table_file_stem(first) else { continue };
@@ -287,7 +342,7 @@ impl LakeSchema {
             }
             table.objects.push(meta);
         }
-        Ok(tables)
+        Ok((tables, metadata))
     }
 
     /// The tables of the lake as last listed, sorted by name.
@@ -451,6 +506,40 @@ impl SchemaProvider for LakeSchema {
     }
 }
 
+/// The scheduler's state folder: `$LAKELINK_STATE_DIR`, else
+/// `~/.local/share/lakelink`.
+fn state_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("LAKELINK_STATE_DIR") {
+        return dir.into();
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".local").join("share").join("lakelink")
+}
+
+/// `text` with every character but letters, digits, `-` and `.` made `_`.
+fn file_name_of(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// Appends to the file at `path` the lines of `text` it does not hold yet.
+fn merge_lines(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let held = std::fs::read_to_string(path).unwrap_or_default();
+    let known: std::collections::HashSet<&str> = held.lines().collect();
+    let new: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !known.contains(l)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    if !held.is_empty() && !held.ends_with('\n') {
+        file.write_all(b"\n")?;
+    }
+    for line in new {
+        writeln!(file, "{line}")?;
+    }
+    Ok(())
+}
+
 /// The table name of a file directly in the lake folder, if it is a table.
 fn table_file_stem(file_name: &str) -> Option<&str> {
     let (stem, ext) = file_name.rsplit_once('.')?;
@@ -510,6 +599,17 @@ mod tests {
         let batches = ctx.sql("SELECT count(*) FROM t").await.unwrap().collect().await.unwrap();
         let n = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap().value(0);
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn merged_examples_keep_both_sides_once() {
+        let dir = tempfile_dir();
+        let path = dir.join("nl_examples.jsonl");
+        std::fs::write(&path, "{\"a\":1}").unwrap();
+        merge_lines(&path, "{\"b\":2}\n{\"a\":1}\n\n").unwrap();
+        merge_lines(&path, "{\"b\":2}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(file_name_of("s3://bucket/a b/lake"), "s3___bucket_a_b_lake");
     }
 
     fn write_ids(path: &std::path::Path, ids: &[i64]) {

@@ -162,10 +162,12 @@ def test_tpch_from_s3_equals_datafusion_over_the_same_files(s3, tpch_lake_small,
     _no_secret_anywhere(c, s3.secret, [])
 
 
-def test_new_tables_and_files_appear_after_refresh_lake(s3, cluster_factory):
+def test_new_tables_and_files_appear_after_refresh_lake(s3, cluster_factory, tmp_path):
     prefix = "refresh-" + secrets.token_hex(4)
     s3.put_table(f"{prefix}/events/part-0.parquet", range(10))
-    c = cluster_factory("s3-refresh", f"s3://{BUCKET}/{prefix}", executors=1, env=s3.env(),
+    state = tmp_path / "scheduler-state"
+    c = cluster_factory("s3-refresh", f"s3://{BUCKET}/{prefix}", executors=1,
+                        env={**s3.env(), "LAKELINK_STATE_DIR": str(state)},
                         scheduler_args=["--lake-refresh", "3600"])
     conn = c.connect(rpc_timeout=120)
     try:
@@ -173,6 +175,8 @@ def test_new_tables_and_files_appear_after_refresh_lake(s3, cluster_factory):
         s3.put_table(f"{prefix}/events/part-1.parquet", range(10, 15))
         s3.put_table(f"{prefix}/later.parquet", range(3))
         s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}/broken/part-0.parquet", Body=b"not parquet at all" * 20)
+        catalog = b'[tables.events]\ndescription = "clicks"\n'
+        s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}/_lakelink/catalog.toml", Body=catalog)
         # Until the next listing the lake is what was listed.
         assert h.scalar(conn, "SELECT count(*) FROM events") == 10
         with pytest.raises(Exception) as info:
@@ -183,6 +187,9 @@ def test_new_tables_and_files_appear_after_refresh_lake(s3, cluster_factory):
         assert summary == [{"tables": 3, "files": 4, "bytes": summary[0]["bytes"], "changed": 3}], summary
         assert h.scalar(conn, "SELECT count(*) FROM events") == 15
         assert h.scalar(conn, "SELECT sum(id) FROM later") == 3
+        # The lake's NL metadata is brought to the scheduler's state folder.
+        copies = list(state.glob("lakes/*/_lakelink/catalog.toml"))
+        assert [p.read_bytes() for p in copies] == [catalog], copies
         # A corrupt file fails its table alone, named by its URL.
         with pytest.raises(Exception) as info:
             h.query(conn, "SELECT * FROM broken")

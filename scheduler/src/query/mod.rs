@@ -103,7 +103,7 @@ impl QueryEngine {
         partitions: Partitions,
         rewrites: Rewrites,
     ) -> Self {
-        let nl = NlEnv { metadata_dir: lake.local_root().map(|root| root.join(crate::catalog::METADATA_DIR)) };
+        let nl = NlEnv { metadata_dir: Some(lake.metadata_dir().to_path_buf()) };
         Self {
             distributed,
             local,
