@@ -28,6 +28,9 @@ pub enum ClientError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// An object store refused or could not be reached.
+    #[error("{0}")]
+    Store(String),
     /// The embedded cluster failed to start.
     #[error("embedded mode: {0}")]
     Embedded(String),

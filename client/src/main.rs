@@ -70,9 +70,10 @@ enum Datagen {
         /// Scale factor: 1 is 6 million lineitem rows.
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
-        /// Folder to write the lake into.
+        /// Folder to write the lake into, or an object-store URL
+        /// (s3://bucket/prefix, ...; credentials from the environment).
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: String,
     },
     /// An online shop: customers, products, orders, order items and
     /// customer reviews in plain sentences (with their known sentiment and
@@ -81,9 +82,9 @@ enum Datagen {
         /// Scale factor: 1 is 200,000 orders and 50,000 reviews.
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
-        /// Folder to write the lake into.
+        /// Folder to write the lake into, or an object-store URL.
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: String,
     },
 }
 
@@ -114,14 +115,31 @@ fn main() -> ExitCode {
 fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> Result<(), ClientError> {
     if let Some(Command::Datagen { kind }) = &cli.command {
         let started = std::time::Instant::now();
-        let (name, scale, out, summary) = match kind {
-            Datagen::Tpch { scale, out } => ("TPC-H", scale, out, datagen::tpch(*scale, out)?),
-            Datagen::Shop { scale, out } => ("shop", scale, out, datagen::shop::shop(*scale, out)?),
+        let (name, scale, out) = match kind {
+            Datagen::Tpch { scale, out } => ("TPC-H", scale, out),
+            Datagen::Shop { scale, out } => ("shop", scale, out),
+        };
+        let generate = |folder: &std::path::Path| match kind {
+            Datagen::Tpch { .. } => datagen::tpch(*scale, folder),
+            Datagen::Shop { .. } => datagen::shop::shop(*scale, folder),
+        };
+        let summary = match datagen::store_url(out) {
+            None => generate(std::path::Path::new(out.strip_prefix("file://").unwrap_or(out)))?,
+            // On a store: written to a temporary folder, then uploaded.
+            Some(url) => {
+                let temp = tempfile::Builder::new()
+                    .prefix("lakelink-datagen-")
+                    .tempdir()
+                    .map_err(|e| ClientError::Io { path: std::env::temp_dir(), source: e })?;
+                let summary = generate(temp.path())?;
+                rt.block_on(datagen::upload(temp.path(), url))?;
+                summary
+            }
         };
         for (table, files, rows) in summary {
             eprintln!("{table:<12} {rows:>12} rows in {files} file(s)");
         }
-        eprintln!("{name} SF {scale} written to {} in {:.1} s", out.display(), started.elapsed().as_secs_f64());
+        eprintln!("{name} SF {scale} written to {out} in {:.1} s", started.elapsed().as_secs_f64());
         return Ok(());
     }
     let (url, _cluster) = match (&cli.host, &cli.lake) {

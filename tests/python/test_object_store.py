@@ -11,10 +11,12 @@ no answer and no log.
 from __future__ import annotations
 
 import http.client
+import os
 import http.server
 import re
 import secrets
 import socketserver
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -251,3 +253,23 @@ def test_a_missing_bucket_stops_the_scheduler_with_a_clear_error(s3, tmp_path):
     text = log.read_text(errors="replace")
     assert "no-such-bucket" in text and re.search(r"(?i)bucket|not found|does not exist", text), text
     assert s3.secret not in text
+
+
+def test_datagen_writes_a_lake_to_the_store(s3, tpch_lake_small, cluster_factory, tmp_path):
+    env = {**os.environ, **s3.env()}
+    out = subprocess.run([h.binary("lakelink"), "datagen", "tpch", "--scale", "0.01", "--out", f"s3://{BUCKET}/generated"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert f"written to s3://{BUCKET}/generated" in out.stderr, out.stderr
+    keys = [o["Key"] for o in s3.client.list_objects_v2(Bucket=BUCKET, Prefix="generated/")["Contents"]]
+    assert "generated/_lakelink/catalog.toml" in keys, keys
+    c = cluster_factory("s3-datagen", f"s3://{BUCKET}/generated", executors=1, env=s3.env())
+    with c.connection(rpc_timeout=120) as conn:
+        expected = h.parquet_dataset(tpch_lake_small, "lineitem").count_rows()
+        assert h.scalar(conn, "SELECT count(*) FROM lineitem") == expected
+    # A store that refuses: a clear error naming the object, the process survives to say so.
+    bad = {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    out = subprocess.run([h.binary("lakelink"), "datagen", "tpch", "--scale", "0.01", "--out", f"s3://{BUCKET}/x"],
+                         env=bad, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and f"s3://{BUCKET}/x/" in out.stderr, out.stderr
+    assert s3.secret not in out.stderr

@@ -167,3 +167,48 @@ where
 {
     (arrow::array::RecordBatchReader::schema(&it), Box::new(it))
 }
+
+/// `out` when it names an object store (`s3://`, `gs://`, ...), not a local
+/// folder or `file://` URL.
+pub fn store_url(out: &str) -> Option<&str> {
+    out.split_once("://").filter(|(scheme, _)| *scheme != "file").map(|_| out)
+}
+
+/// Uploads every file below `folder` to the lake at `url`, keeping the
+/// layout; large files go in parts.
+pub async fn upload(folder: &Path, url: &str) -> Result<(), ClientError> {
+    use object_store::{ObjectStoreExt, WriteMultipart};
+    use std::io::Read;
+    let lake = lakelink_protocol::store::LakeLocation::parse(url)
+        .map_err(|reason| ClientError::Store(format!("cannot use {url}: {reason}")))?;
+    let mut pending = vec![folder.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| ClientError::Io { path: dir.clone(), source: e })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(folder).expect("below the folder");
+            let mut key = lake.prefix.clone();
+            for part in relative.iter() {
+                key = key.join(part.to_string_lossy().as_ref());
+            }
+            let failed = |e: object_store::Error| ClientError::Store(format!("cannot write {}: {e}", lake.show(&key)));
+            let mut writer = WriteMultipart::new(lake.store.put_multipart(&key).await.map_err(failed)?);
+            let mut file = std::fs::File::open(&path).map_err(|e| ClientError::Io { path: path.clone(), source: e })?;
+            let mut buffer = vec![0u8; 8 << 20];
+            loop {
+                let n = file.read(&mut buffer).map_err(|e| ClientError::Io { path: path.clone(), source: e })?;
+                if n == 0 {
+                    break;
+                }
+                writer.wait_for_capacity(4).await.map_err(failed)?;
+                writer.write(&buffer[..n]);
+            }
+            writer.finish().await.map_err(failed)?;
+        }
+    }
+    Ok(())
+}
