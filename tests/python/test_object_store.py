@@ -273,3 +273,27 @@ def test_datagen_writes_a_lake_to_the_store(s3, tpch_lake_small, cluster_factory
                          env=bad, capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and f"s3://{BUCKET}/x/" in out.stderr, out.stderr
     assert s3.secret not in out.stderr
+
+
+def test_every_lake_layout_on_the_store(s3, cluster_factory):
+    prefix = "layouts-" + secrets.token_hex(4)
+    s3.put_table(f"{prefix}/single.parquet", range(2))
+    s3.put_table(f"{prefix}/folder/part-0.parquet", range(3))
+    s3.put_table(f"{prefix}/folder/part-1.parquet", range(3, 5))
+    s3.put_table(f"{prefix}/events/year=2024/part-0.parquet", range(2))
+    s3.put_table(f"{prefix}/events/year=2025/part-0.parquet", range(1))
+    s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}/tags.csv", Body=b"id,tag\n7,x\n8,y\n")
+    s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}/notes.json", Body=b'{"id": 1}\n{"id": 2}\n{"id": 3}\n')
+    s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}/README.txt", Body=b"not a table")
+    s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}/_SUCCESS", Body=b"")
+    c = cluster_factory("s3-layouts", f"s3://{BUCKET}/{prefix}", executors=1, env=s3.env())
+    with c.connection(rpc_timeout=120) as conn:
+        tables = sorted(r["table_name"] for r in h.query(
+            conn, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").to_pylist())
+        assert tables == ["events", "folder", "notes", "single", "tags"], tables
+        assert h.scalar(conn, "SELECT count(*) FROM single") == 2
+        assert h.scalar(conn, "SELECT sum(id) FROM folder") == 10
+        rows = h.query(conn, "SELECT year, count(*) AS n FROM events GROUP BY year ORDER BY year").to_pylist()
+        assert rows == [{"year": "2024", "n": 2}, {"year": "2025", "n": 1}], rows
+        assert h.scalar(conn, "SELECT tag FROM tags WHERE id = 8") == "y"
+        assert h.scalar(conn, "SELECT count(*) FROM notes") == 3
