@@ -20,9 +20,10 @@ use tonic::{Request, Status};
 /// How long a session token from a password login stays valid.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
-/// Failed logins for one user name (or for the bearer token) within
-/// [`THROTTLE_WINDOW`] after which further attempts are refused unchecked
-/// until the window has passed.
+/// Failed password logins from one client address within
+/// [`THROTTLE_WINDOW`] after which further attempts from that address are
+/// refused unchecked until the window has passed. Counted per address, not
+/// per user name: a guesser elsewhere cannot lock the real user out.
 const MAX_FAILURES: usize = 10;
 /// The fewest characters an operator's bearer token may have.
 const MIN_TOKEN_CHARS: usize = 16;
@@ -116,8 +117,7 @@ impl Authenticator {
         token
     }
 
-    /// Refuses `who` (a user name, or `bearer`) while it has failed too often
-    /// lately.
+    /// Refuses `who` (a client address) while it has failed too often lately.
     fn throttled(&self, who: &str) -> Result<(), Status> {
         let mut failures = self.failures.lock().expect("failure lock");
         let Some(times) = failures.get_mut(who) else { return Ok(()) };
@@ -139,7 +139,9 @@ impl Authenticator {
         status
     }
 
-    fn check(&self, header: Option<&str>) -> Result<Caller, Status> {
+    /// Checks the credentials in `header` of a request from `peer` (its
+    /// address, when known).
+    fn check(&self, header: Option<&str>, peer: Option<std::net::IpAddr>) -> Result<Caller, Status> {
         if !self.config.enabled() {
             return Ok(Caller { user: "anonymous".into(), needs_session_token: false });
         }
@@ -181,11 +183,12 @@ impl Authenticator {
             .ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
             let (u, p) =
                 decoded.split_once(':').ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
-            self.throttled(u)?;
+            let from = peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+            self.throttled(&from)?;
             if constant_time_eq(u, user) && constant_time_eq(p, password) {
                 return Ok(Caller { user: u.to_string(), needs_session_token: true });
             }
-            return Err(self.failed(u, Status::unauthenticated("wrong user name or password")));
+            return Err(self.failed(&from, Status::unauthenticated("wrong user name or password")));
         }
         Err(Status::unauthenticated("unsupported authorization scheme; use Bearer or Basic"))
     }
@@ -194,7 +197,7 @@ impl Authenticator {
 impl Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let caller = self.check(header.as_deref())?;
+        let caller = self.check(header.as_deref(), crate::flight_sql::peer(&request))?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
@@ -221,43 +224,46 @@ mod tests {
     #[test]
     fn open_server_lets_everyone_in() {
         let auth = Authenticator::new(AuthConfig::default());
-        assert_eq!(auth.check(None).unwrap().user, "anonymous");
+        assert_eq!(auth.check(None, None).unwrap().user, "anonymous");
     }
 
     #[test]
     fn token_and_password_logins() {
         let auth =
             Authenticator::new(AuthConfig { token: Some(TOKEN.into()), basic: Some(("ada".into(), "pw".into())) });
-        assert!(auth.check(None).is_err());
-        assert!(auth.check(Some(&format!("Bearer {TOKEN}"))).is_ok());
-        assert!(auth.check(Some("Bearer wrong")).is_err());
-        let caller = auth.check(Some(&basic("ada", "pw"))).unwrap();
+        assert!(auth.check(None, None).is_err());
+        assert!(auth.check(Some(&format!("Bearer {TOKEN}")), None).is_ok());
+        assert!(auth.check(Some("Bearer wrong"), None).is_err());
+        let caller = auth.check(Some(&basic("ada", "pw")), None).unwrap();
         assert!(caller.needs_session_token);
-        assert!(auth.check(Some(&basic("ada", "nope"))).is_err());
+        assert!(auth.check(Some(&basic("ada", "nope")), None).is_err());
         let unpadded = basic("ada", "pw").trim_end_matches('=').to_string();
-        assert!(auth.check(Some(&unpadded)).is_ok(), "unpadded base64 must be accepted");
+        assert!(auth.check(Some(&unpadded), None).is_ok(), "unpadded base64 must be accepted");
         let session = auth.issue_session_token("ada");
-        assert_eq!(auth.check(Some(&format!("Bearer {session}"))).unwrap().user, "ada");
+        assert_eq!(auth.check(Some(&format!("Bearer {session}")), None).unwrap().user, "ada");
     }
 
     #[test]
-    fn guessing_is_throttled_per_user() {
+    fn guessing_is_throttled_per_address() {
         let auth =
             Authenticator::new(AuthConfig { token: Some(TOKEN.into()), basic: Some(("ada".into(), "pw".into())) });
-        for _ in 0..MAX_FAILURES {
-            assert_eq!(auth.check(Some(&basic("ada", "guess"))).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let (guesser, user) = (Some("203.0.113.7".parse().unwrap()), Some("198.51.100.2".parse().unwrap()));
+        for i in 0..MAX_FAILURES {
+            let name = if i % 2 == 0 { "ada" } else { "bob" };
+            let refused = auth.check(Some(&basic(name, "guess")), guesser).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         }
-        // Even the right password is refused unchecked while throttled.
-        let refused = auth.check(Some(&basic("ada", "pw"))).unwrap_err();
+        // Even the right password is refused unchecked from that address.
+        let refused = auth.check(Some(&basic("ada", "pw")), guesser).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
         assert!(refused.message().contains("too many failed logins"));
-        // Another name is counted apart, and wrong bearer tokens lock
-        // nobody out.
-        assert!(auth.check(Some(&basic("bob", "x"))).is_err_and(|e| e.code() == tonic::Code::Unauthenticated));
+        // The real user, elsewhere, is not locked out; wrong bearer tokens
+        // lock nobody out.
+        assert!(auth.check(Some(&basic("ada", "pw")), user).is_ok());
         for _ in 0..MAX_FAILURES * 2 {
-            let _ = auth.check(Some("Bearer guess"));
+            let _ = auth.check(Some("Bearer guess"), guesser);
         }
-        assert!(auth.check(Some(&format!("Bearer {TOKEN}"))).is_ok());
+        assert!(auth.check(Some(&format!("Bearer {TOKEN}")), guesser).is_ok());
     }
 
     #[test]

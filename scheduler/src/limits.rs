@@ -3,8 +3,12 @@
 //! (`--query-timeout`), how large a result the scheduler passes on
 //! (`--max-result-size`) and how much memory a statement the scheduler runs
 //! itself may hold (`--query-memory`; executors bound their tasks with
-//! `lakelink-executor --memory-pool`).
+//! `lakelink-executor --memory-pool`) and how many statements one client
+//! address may run at once (`--max-client-statements`, [`ClientSlots`]).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_flight::FlightData;
@@ -12,6 +16,58 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
 use lakelink_protocol::limits::show_bytes;
 use tonic::Status;
+
+/// The statements each client address runs now, held to
+/// [`Limits::max_client_statements`]: one client cannot take every planning
+/// task and result stream of the scheduler from the others.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSlots {
+    max: usize,
+    running: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One running statement of a client; its end frees the slot.
+#[derive(Debug)]
+pub struct ClientSlot {
+    slots: ClientSlots,
+    ip: IpAddr,
+}
+
+impl ClientSlots {
+    /// At most `max` statements per address (0: no limit).
+    pub fn new(max: usize) -> Self {
+        Self { max, running: Arc::default() }
+    }
+
+    /// A slot for a statement of the client at `peer`; `None` when nothing
+    /// is counted (no limit, or an unknown address).
+    pub fn take(&self, peer: Option<IpAddr>) -> Result<Option<ClientSlot>, Status> {
+        let Some(ip) = peer.filter(|_| self.max > 0) else { return Ok(None) };
+        let mut running = self.running.lock().expect("client slots lock");
+        let n = running.entry(ip).or_default();
+        if *n >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "this client address ({ip}) already runs {} statements, the scheduler's limit per client address \
+                 (--max-client-statements); wait for one to end",
+                self.max
+            )));
+        }
+        *n += 1;
+        Ok(Some(ClientSlot { slots: self.clone(), ip }))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut running = self.slots.running.lock().expect("client slots lock");
+        if let Some(n) = running.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// See the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,10 +79,16 @@ pub struct Limits {
     /// The memory a statement run in the scheduler may hold (spilling
     /// where it can); 0: no limit.
     pub query_memory: u64,
+    /// The most statements one client address may have running at once
+    /// (being planned, or their results being read through the scheduler);
+    /// 0: no limit.
+    pub max_client_statements: usize,
 }
 
 /// The default `--query-timeout`: an hour.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The default `--max-client-statements`.
+pub const DEFAULT_MAX_CLIENT_STATEMENTS: usize = 64;
 /// The default `--max-result-size`.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 16 << 30;
 
@@ -37,6 +99,7 @@ impl Default for Limits {
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             // A quarter of the host's memory (2 GiB where it is unknown).
             query_memory: lakelink_protocol::limits::host_memory().map_or(2 << 30, |m| m / 4),
+            max_client_statements: DEFAULT_MAX_CLIENT_STATEMENTS,
         }
     }
 }
@@ -44,7 +107,7 @@ impl Default for Limits {
 impl Limits {
     /// No bounds at all.
     pub fn none() -> Self {
-        Self { query_timeout: None, max_result_bytes: 0, query_memory: 0 }
+        Self { query_timeout: None, max_result_bytes: 0, query_memory: 0, max_client_statements: 0 }
     }
 
     /// The error of a statement that ran past `--query-timeout`.
@@ -101,6 +164,21 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_address_runs_at_most_its_share() {
+        let slots = ClientSlots::new(2);
+        let (a, b) = (Some("10.0.0.1".parse().unwrap()), Some("10.0.0.2".parse().unwrap()));
+        let first = slots.take(a).unwrap();
+        let _second = slots.take(a).unwrap();
+        let refused = slots.take(a).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("--max-client-statements"), "{refused}");
+        assert!(slots.take(b).unwrap().is_some(), "another address has its own share");
+        drop(first);
+        assert!(slots.take(a).unwrap().is_some(), "an ended statement frees its slot");
+        assert!(ClientSlots::new(0).take(a).unwrap().is_none());
+    }
 
     fn message(bytes: usize) -> Result<FlightData, Status> {
         Ok(FlightData { data_body: vec![0u8; bytes].into(), ..Default::default() })

@@ -132,3 +132,31 @@ def test_unread_results_stay_under_the_executors_cap(tpch_lake_small, tmp_path_f
             assert h.scalar(conn, "SELECT count(*) FROM region") == 5
     finally:
         c.stop()
+
+
+def test_one_client_address_runs_at_most_its_share_of_statements(cluster_factory, tpch_lake_big):
+    c = cluster_factory("capped", tpch_lake_big, executors=1)
+    c.stop()
+    c.scheduler_args = ["--max-client-statements", "2"]
+    c.executors.clear()
+    c.start()
+    # Two results left unread keep their statements running.
+    conns = [c.connect() for _ in range(2)]
+    cursors = [conn.cursor() for conn in conns]
+    try:
+        for cur in cursors:
+            cur.execute("SELECT * FROM lineitem")
+        time.sleep(1)
+        with c.connection() as third:
+            with pytest.raises(Exception) as refused:
+                h.scalar(third, "SELECT count(*) FROM orders WHERE o_orderkey > 0")
+            text = h.error_text(refused.value)
+            assert "--max-client-statements" in text, text
+            # Reading one result to its end frees its slot.
+            assert cursors[0].fetch_arrow_table().num_rows == h.parquet_dataset(tpch_lake_big, "lineitem").count_rows()
+            h.wait_for(lambda: h.scalar(third, "SELECT count(*) FROM orders WHERE o_orderkey > 0") > 0, 30, 0.5,
+                       "a statement after another ended", lambda why: pytest.fail(f"{why}\n{c.logs()}"))
+    finally:
+        for cur, conn in zip(cursors, conns):
+            cur.close()
+            conn.close()

@@ -14,6 +14,7 @@ import random
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -273,3 +274,56 @@ def test_an_executor_killed_mid_query(three_hosts, tpch_lake_small, bridge_model
     with three_hosts.connect() as conn:
         h.wait_for(lambda: h.scalar(conn, "SELECT count(*) FROM lineitem") == expected, 120, 1.0,
                    "a query on the surviving executor", lambda why: pytest.fail(f"{why}\n{three_hosts.logs()}"))
+
+
+GUESS_SCRIPT = r"""
+import sys
+import adbc_driver_flightsql.dbapi as flight_sql
+import adbc_driver_manager
+uri, user, password, tries = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for _ in range(tries):
+    try:
+        with flight_sql.connect(uri, db_kwargs={"username": user, "password": password}) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM information_schema.tables")
+                cur.fetchall()
+        print("ANSWERED")
+    except adbc_driver_manager.Error as e:
+        print("REFUSED", str(e).replace("\n", " "))
+"""
+
+
+def test_password_guessing_from_one_host_does_not_lock_out_another(hosts, s3_on_bridge, tmp_path):
+    """A guesser on one host is throttled; the real user on another logs in."""
+    home = tmp_path / "auth-sched"
+    home.mkdir()
+    secret_file = home / "cluster.secret"
+    secret_file.write_text(secrets.token_hex(24) + "\n")
+    secret_file.chmod(0o600)
+    password = "pw-" + secrets.token_hex(8)
+    sched = hosts.addr["sched"]
+    cmd = [h.binary("lakelink-scheduler"), "--lake", f"s3://{BUCKET}/tpch", "--bind", sched, "--port", "50070",
+           "--cluster-port", "50071", "--cluster-secret-file", str(secret_file), "--user", "ada",
+           "--password", password, "--allow-plaintext-auth"]
+    env = {**s3_on_bridge.env(f"http://{hosts.outside}:{s3_on_bridge.port}"), "HOME": str(home)}
+    proc = h.Proc("auth-sched", hosts.command("sched", cmd), tmp_path / "auth-sched.log", env=env).start(home)
+    uri = f"grpc://{sched}:50070"
+    try:
+        def guess(password: str, tries: int) -> list[str]:
+            out = subprocess.run(["ip", "netns", "exec", hosts.ns["ex1"], sys.executable, "-c", GUESS_SCRIPT,
+                                  uri, "ada", password, str(tries)], capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr
+            return out.stdout.splitlines()
+
+        h.wait_for(lambda: h.port_open(50070, sched), 60, 0.2, "the scheduler",
+                   lambda why: pytest.fail(f"{why}\n{proc.describe()}"))
+        answers = guess("wrong", 11)
+        assert all("wrong user name or password" in a for a in answers[:10]), answers
+        assert "too many failed logins" in answers[10], answers
+        # The guesser's own address is refused even the right password ...
+        assert "too many failed logins" in guess(password, 1)[0]
+        # ... while the user at another address logs in.
+        with h.adbc_connect(uri, username="ada", password=password, rpc_timeout=60) as conn:
+            assert h.scalar(conn, "SELECT count(*) FROM information_schema.tables") > 0
+    finally:
+        proc.stop()

@@ -107,6 +107,11 @@ struct Args {
     /// cancelled. 0: no limit.
     #[arg(long, default_value = "16GiB", value_parser = lakelink_protocol::limits::parse_bytes)]
     max_result_size: u64,
+    /// The most statements one client address may have running at once
+    /// (being planned, or their results read through the scheduler); one
+    /// more is refused with an error naming this flag. 0: no limit.
+    #[arg(long, default_value_t = lakelink_scheduler::limits::DEFAULT_MAX_CLIENT_STATEMENTS)]
+    max_client_statements: usize,
     /// The memory a statement the scheduler runs itself (catalog reads)
     /// may hold, spilling where it can (e.g. 2GiB). 0: no limit. Default: a
     /// quarter of the host's memory. Executors bound theirs with
@@ -167,6 +172,7 @@ async fn main() -> std::process::ExitCode {
     options.allow_plaintext_auth = args.allow_plaintext_auth;
     options.limits.query_timeout = (args.query_timeout > 0).then(|| std::time::Duration::from_secs(args.query_timeout));
     options.limits.max_result_bytes = args.max_result_size;
+    options.limits.max_client_statements = args.max_client_statements;
     if let Some(bytes) = args.query_memory {
         options.limits.query_memory = bytes;
     }

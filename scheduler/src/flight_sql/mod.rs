@@ -34,7 +34,7 @@ use crate::ResultEndpoints;
 use crate::auth::{Authenticator, Caller};
 use crate::error::query_status;
 use crate::job::RunningJob;
-use crate::limits::Limits;
+use crate::limits::{ClientSlot, ClientSlots, Limits};
 use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, bind, new_execution, result_schema};
 use lakelink_protocol::cluster::ClusterLink;
 
@@ -56,6 +56,8 @@ pub struct LakeLinkFlightSql {
     /// runs when the statement is described) or through this scheduler.
     endpoints: ResultEndpoints,
     limits: Limits,
+    /// The statements each client address runs now.
+    slots: ClientSlots,
     statements: Statements,
     /// How the scheduler reaches executors to read or grant results.
     link: ClusterLink,
@@ -73,6 +75,7 @@ impl LakeLinkFlightSql {
             link,
             endpoints: ResultEndpoints::Scheduler,
             limits: Limits::none(),
+            slots: ClientSlots::default(),
             statements: Statements::default(),
             sql_info: metadata::sql_info(),
             xdbc_info: metadata::xdbc_info(),
@@ -82,6 +85,7 @@ impl LakeLinkFlightSql {
     /// Runs every statement within `limits`.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self.slots = ClientSlots::new(limits.max_client_statements);
         self
     }
 
@@ -140,11 +144,13 @@ impl LakeLinkFlightSql {
         flight_info(&schema, ticket, descriptor)
     }
 
-    /// Runs a planned statement and streams its result.
+    /// Runs a planned statement and streams its result, holding the
+    /// client's `slot` until the stream ends.
     async fn statement_stream(
         &self,
         df: DataFrame,
         schema: SchemaRef,
+        slot: Option<ClientSlot>,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
         let data = match self.engine.execute(df, schema.clone()).await.map_err(query_status)? {
             QueryResult::Job(job) => crate::result::forward(job, schema, self.link.clone()),
@@ -154,7 +160,11 @@ impl LakeLinkFlightSql {
                 futures::StreamExt::boxed(encoded)
             }
         };
-        Ok(Response::new(self.limits.bound(data)))
+        let data = futures::StreamExt::map(self.limits.bound(data), move |message| {
+            let _held = &slot;
+            message
+        });
+        Ok(Response::new(futures::StreamExt::boxed(data)))
     }
 
     /// The plan for the next execution of the prepared statement `handle`:
@@ -230,6 +240,15 @@ fn session_key<T>(request: &Request<T>) -> String {
         Some(id) => format!("connection-{}", id.0),
         None => "default".into(),
     }
+}
+
+/// The address a request came from, when known.
+pub(crate) fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+        .or_else(|| request.remote_addr().map(|a| a.ip()))
 }
 
 /// The user a request was authenticated as (`anonymous` without auth):
@@ -359,6 +378,7 @@ impl FlightSqlService for LakeLinkFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (session, owner) = (session_key(&request), owner(&request));
+        let _slot = self.slots.take(peer(&request))?;
         self.statement_info(&query.query, None, request.into_inner(), &session, &owner).await
     }
 
@@ -368,6 +388,7 @@ impl FlightSqlService for LakeLinkFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (session, owner) = (session_key(&request), owner(&request));
+        let _slot = self.slots.take(peer(&request))?;
         let (sql, planned) = self.prepared_plan(&cmd.prepared_statement_handle, &session, &owner).await?;
         self.statement_info(&sql, planned, request.into_inner(), &session, &owner).await
     }
@@ -379,7 +400,10 @@ impl FlightSqlService for LakeLinkFlightSql {
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
         match self.statements.take(&ticket.statement_handle, &owner(&request))? {
             Ready::Change(change) => Ok(batch_stream(change_batch(&change)?)),
-            Ready::Plan { df, schema } => self.statement_stream(*df, schema).await,
+            Ready::Plan { df, schema } => {
+                let slot = self.slots.take(peer(&request))?;
+                self.statement_stream(*df, schema, slot).await
+            }
         }
     }
 
@@ -389,6 +413,7 @@ impl FlightSqlService for LakeLinkFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<FlightStream<arrow_flight::FlightData>>, Status> {
         let (session, owner) = (session_key(&request), owner(&request));
+        let slot = self.slots.take(peer(&request))?;
         let (sql, planned) = self.prepared_plan(&query.prepared_statement_handle, &session, &owner).await?;
         let Some(df) = planned else {
             let change = self.engine.apply_setting(&session, &sql).await.map_err(query_status)?;
@@ -396,7 +421,7 @@ impl FlightSqlService for LakeLinkFlightSql {
             return Ok(batch_stream(change_batch(&change)?));
         };
         let schema = result_schema(&df);
-        self.statement_stream(df, schema).await
+        self.statement_stream(df, schema, slot).await
     }
 
     async fn do_action_create_prepared_statement(
