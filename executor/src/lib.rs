@@ -64,6 +64,9 @@ pub struct ExecutorOptions {
     pub scheduler: String,
     /// Address to listen on.
     pub bind_host: String,
+    /// Without TLS, listen or reach the scheduler beyond loopback anyway
+    /// (the cluster secret then crosses the network in the clear).
+    pub allow_plaintext_cluster: bool,
     /// Host name the scheduler and other executors reach this executor by.
     pub external_host: Option<String>,
     /// Port serving shuffle and result data (Arrow Flight).
@@ -104,6 +107,18 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
     lakelink_model::config::check_process_defaults().map_err(|e| ExecutorError::Config(e.to_string()))?;
     // Tasks carry the scheduler's folders; this host uses its own.
     lakelink_model::config::keep_host_settings();
+    if options.tls.is_none() && !options.allow_plaintext_cluster {
+        let beyond = [options.bind_host.as_str(), options.scheduler.rsplit_once(':').map_or("", |(h, _)| h)]
+            .into_iter()
+            .find(|host| !is_loopback(host));
+        if let Some(host) = beyond {
+            return Err(ExecutorError::Config(format!(
+                "the cluster secret would cross the network in the clear ({host} is beyond loopback): serve TLS \
+                 (--tls-cert, --tls-key, --tls-ca), keep the executor and its scheduler on loopback, or pass \
+                 --allow-plaintext-cluster"
+            )));
+        }
+    }
     let (host, port) = options
         .scheduler
         .rsplit_once(':')
@@ -161,6 +176,12 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
     };
     start_executor_process(Arc::new(config)).await?;
     Ok(())
+}
+
+/// Whether `host` (an address or `localhost`) is a loopback address.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Serves the executor's Arrow Flight service ([`flight::ExecutorFlightService`]),

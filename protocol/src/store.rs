@@ -23,6 +23,13 @@
 //!
 //! Instance credentials (EC2/ECS roles, GCE metadata, Azure managed identity)
 //! are used where no key is given, as `object_store` does.
+//!
+//! The same settings may be given in the `[lake]` table of the config file
+//! (`$LAKELINK_CONFIG`, else `~/.config/lakelink/lakelink.toml`), with
+//! `object_store`'s lower-case names (`aws_access_key_id`, `aws_endpoint`,
+//! `aws_allow_http`, `google_service_account`, `azure_storage_account_key`,
+//! ...); a variable wins over the file. A file holding a key, secret, token
+//! or password must not be readable by others (`chmod 600`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -170,14 +177,58 @@ impl ObjectStoreRegistry for LakeStores {
     }
 }
 
-/// The store serving `url`, configured by this process's environment.
+/// The store serving `url`, configured by the config file's `[lake]` table
+/// and this process's environment (which wins).
 fn open_store(url: &Url) -> Result<Box<dyn ObjectStore>> {
-    let settings = std::env::vars().filter(|(key, _)| ENV_PREFIXES.iter().any(|p| key.starts_with(p)));
+    let file = file_settings().as_ref().map_err(|e| DataFusionError::Configuration(e.clone()))?;
+    let env = std::env::vars().filter(|(key, _)| ENV_PREFIXES.iter().any(|p| key.starts_with(p)));
+    let settings = file.iter().cloned().chain(env);
     let base = Url::parse(&url[..url::Position::BeforePath])
         .map_err(|e| DataFusionError::Configuration(format!("{url} is not a store URL: {e}")))?;
     object_store::parse_url_opts(&base, settings)
         .map(|(store, _)| store)
         .map_err(|e| DataFusionError::Configuration(format!("cannot open the object store {base}: {e}")))
+}
+
+/// The `[lake]` table of the config file, read once; an error when the file
+/// cannot be read, is not TOML, or lets others read the secrets it holds.
+fn file_settings() -> &'static std::result::Result<Vec<(String, String)>, String> {
+    static SETTINGS: OnceLock<std::result::Result<Vec<(String, String)>, String>> = OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let path = match std::env::var_os("LAKELINK_CONFIG") {
+            Some(p) => PathBuf::from(p),
+            None => match std::env::var_os("HOME") {
+                Some(home) => PathBuf::from(home).join(".config/lakelink/lakelink.toml"),
+                None => return Ok(vec![]),
+            },
+        };
+        if !path.exists() {
+            return Ok(vec![]);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        lake_table(&text, || file_is_private(&path)).map_err(|e| format!("config file {}: {e}", path.display()))
+    })
+}
+
+/// The settings of the `[lake]` table of `text`; `private` says whether the
+/// file is readable by its owner only (asked only when a secret is there).
+fn lake_table(text: &str, private: impl FnOnce() -> bool) -> std::result::Result<Vec<(String, String)>, String> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| format!("not valid TOML: {e}"))?;
+    let Some(lake) = doc.get("lake") else { return Ok(vec![]) };
+    let table = lake.as_table().ok_or("[lake] must be a table")?;
+    let settings: Vec<(String, String)> =
+        table.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect();
+    let secret = |k: &str| ["key", "secret", "token", "password"].iter().any(|w| k.to_ascii_lowercase().contains(w));
+    if settings.iter().any(|(k, _)| secret(k)) && !private() {
+        return Err("[lake] holds a secret but others may read the file; chmod 600 it".into());
+    }
+    Ok(settings)
+}
+
+/// Whether only the file's owner may read it.
+fn file_is_private(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
 }
 
 #[cfg(test)]
@@ -205,6 +256,24 @@ mod tests {
         assert_eq!(lake.prefix.as_ref(), "some/lake");
         assert_eq!(lake.to_string(), "s3://bucket/some/lake");
         assert_eq!(lake.url_of(&Path::from("some/lake/orders"), true), "s3://bucket/some/lake/orders/");
+    }
+
+    #[test]
+    fn the_config_files_lake_table() {
+        let text = "[llm]\nbackend = 'openai'\n[lake]\naws_endpoint = 'http://127.0.0.1:9000'\naws_allow_http = true\n";
+        let settings = lake_table(text, || panic!("no secret: the mode is not asked")).unwrap();
+        assert_eq!(
+            settings,
+            vec![
+                ("aws_allow_http".to_string(), "true".to_string()),
+                ("aws_endpoint".to_string(), "http://127.0.0.1:9000".to_string()),
+            ]
+        );
+        let secret = "[lake]\naws_secret_access_key = 'abc'\n";
+        assert!(lake_table(secret, || false).unwrap_err().contains("chmod 600"));
+        assert_eq!(lake_table(secret, || true).unwrap().len(), 1);
+        assert!(lake_table("lake = 3", || true).unwrap_err().contains("must be a table"));
+        assert!(lake_table("", || true).unwrap().is_empty());
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct SchedulerOptions {
     /// Serve client credentials (a token, passwords) over plaintext on an
     /// address beyond loopback; refused unless set.
     pub allow_plaintext_auth: bool,
+    /// Serve the cluster port (where executors present the cluster secret)
+    /// over plaintext on an address beyond loopback; refused unless set.
+    pub allow_plaintext_cluster: bool,
     /// The custom functions every node knows.
     pub extensions: Extensions,
     /// An executor silent for this long is considered dead.
@@ -156,6 +159,7 @@ impl SchedulerOptions {
             tls: None,
             cluster_ca: None,
             allow_plaintext_auth: false,
+            allow_plaintext_cluster: false,
             extensions: Extensions::lakelink(),
             executor_timeout_seconds: 30,
             push_scheduling: false,
@@ -330,6 +334,13 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         (port, _) => port,
     };
     let (cluster_listener, cluster_addr) = bind(&options.bind_host, cluster_port).await?;
+    if options.tls.is_none() && !cluster_addr.ip().is_loopback() && !options.allow_plaintext_cluster {
+        return Err(SchedulerError::Config(format!(
+            "the cluster secret would cross the network in the clear on the cluster port {cluster_addr}: serve TLS \
+             (--tls-cert, --tls-key, --tls-ca), listen on loopback only (--bind 127.0.0.1), or pass \
+             --allow-plaintext-cluster"
+        )));
+    }
     let secret = options.cluster_secret.clone();
     let link = ClusterLink { secret: secret.clone(), ca: options.cluster_ca.clone() };
 

@@ -101,12 +101,13 @@ class MultiHostCluster:
                    "LAKELINK_LLM_ALLOW_SESSION_ENDPOINTS": "true"}
             if name == "sched":
                 cmd = [h.binary("lakelink-scheduler"), "--lake", lake, "--bind", sched, "--port", "50050",
-                       "--cluster-port", "50051", "--cluster-secret-file", str(secret_file)]
+                       "--cluster-port", "50051", "--cluster-secret-file", str(secret_file), "--allow-plaintext-cluster"]
             else:
                 me = hosts.addr[name]
                 cmd = [h.binary("lakelink-executor"), "--scheduler", f"{sched}:50051", "--bind", me,
                        "--external-host", me, "--port", "50052", "--grpc-port", "50053",
-                       "--cluster-secret-file", str(secret_file), "--work-dir", str(home / "work")]
+                       "--cluster-secret-file", str(secret_file), "--work-dir", str(home / "work"),
+                       "--allow-plaintext-cluster"]
             self.procs[name] = h.Proc(name, hosts.command(name, cmd), workdir / f"{name}.log", env=env).start(home)
             if name == "sched":
                 time.sleep(1.0)
@@ -304,7 +305,7 @@ def test_password_guessing_from_one_host_does_not_lock_out_another(hosts, s3_on_
     sched = hosts.addr["sched"]
     cmd = [h.binary("lakelink-scheduler"), "--lake", f"s3://{BUCKET}/tpch", "--bind", sched, "--port", "50070",
            "--cluster-port", "50071", "--cluster-secret-file", str(secret_file), "--user", "ada",
-           "--password", password, "--allow-plaintext-auth"]
+           "--password", password, "--allow-plaintext-auth", "--allow-plaintext-cluster"]
     env = {**s3_on_bridge.env(f"http://{hosts.outside}:{s3_on_bridge.port}"), "HOME": str(home)}
     proc = h.Proc("auth-sched", hosts.command("sched", cmd), tmp_path / "auth-sched.log", env=env).start(home)
     uri = f"grpc://{sched}:50070"

@@ -308,3 +308,27 @@ def test_every_lake_layout_on_the_store(s3, cluster_factory):
         assert rows == [{"year": "2024", "n": 2}, {"year": "2025", "n": 1}], rows
         assert h.scalar(conn, "SELECT tag FROM tags WHERE id = 8") == "y"
         assert h.scalar(conn, "SELECT count(*) FROM notes") == 3
+
+
+def test_store_settings_from_the_config_files_lake_table(s3, cluster_factory, tmp_path):
+    prefix = "config-" + secrets.token_hex(4)
+    s3.put_table(f"{prefix}/t/part-0.parquet", range(4))
+    config = tmp_path / "lakelink.toml"
+    config.write_text("[lake]\n" + "".join(f'{k.lower()} = "{v}"\n' for k, v in s3.env().items()))
+    config.chmod(0o644)
+    # Others may read the secret: refused at start, with the reason.
+    port, cport = h.free_ports(2)
+    secret_file = tmp_path / "cluster.secret"
+    secret_file.write_text(secrets.token_hex(24) + "\n")
+    secret_file.chmod(0o600)
+    res = subprocess.run([h.binary("lakelink-scheduler"), "--lake", f"s3://{BUCKET}/{prefix}", "--bind", "127.0.0.1",
+                          "--port", str(port), "--cluster-port", str(cport), "--cluster-secret-file", str(secret_file)],
+                         env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                              "LAKELINK_CONFIG": str(config)},
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode != 0 and "chmod 600" in res.stderr, res.stderr
+    assert s3.secret not in res.stderr
+    config.chmod(0o600)
+    c = cluster_factory("s3-config", f"s3://{BUCKET}/{prefix}", executors=1, env={"LAKELINK_CONFIG": str(config)})
+    with c.connection(rpc_timeout=120) as conn:
+        assert h.scalar(conn, "SELECT sum(id) FROM t") == 6

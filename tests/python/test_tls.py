@@ -116,6 +116,16 @@ def test_auth_without_tls_beyond_loopback_is_refused_at_start(tpch_lake_small, t
     assert "--allow-plaintext-auth" in err and "--tls-cert" in err, err
 
 
+def test_a_plaintext_cluster_beyond_loopback_is_refused_at_start(tpch_lake_small, tmp_path):
+    err = _scheduler_refuses(tpch_lake_small, tmp_path, "--bind", "0.0.0.0")
+    assert "--allow-plaintext-cluster" in err and "--tls-cert" in err, err
+    secret = tmp_path / "cluster.secret"
+    for args in (["--bind", "0.0.0.0", "--scheduler", "127.0.0.1:1"], ["--bind", "127.0.0.1", "--scheduler", "192.0.2.1:50051"]):
+        res = subprocess.run([h.binary("lakelink-executor"), "--cluster-secret-file", str(secret), *args],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode != 0 and "--allow-plaintext-cluster" in res.stderr, (args, res.stderr)
+
+
 def test_an_empty_token_is_refused_at_start(tpch_lake_small, tmp_path):
     err = _scheduler_refuses(tpch_lake_small, tmp_path, "--bind", "127.0.0.1", "--auth-token", "")
     assert "empty" in err.lower(), err

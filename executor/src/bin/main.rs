@@ -32,6 +32,11 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: String,
+    /// Without TLS, serve the data port beyond loopback and reach a
+    /// scheduler beyond loopback anyway: the cluster secret then crosses the
+    /// network in the clear (trusted networks only).
+    #[arg(long)]
+    allow_plaintext_cluster: bool,
     /// Host name others reach this executor by (default: localhost).
     #[arg(long)]
     external_host: Option<String>,
@@ -92,6 +97,7 @@ async fn main() -> std::process::ExitCode {
         cluster_ca: args.tls_ca.map(lakelink_protocol::tls::TlsCa),
         scheduler: args.scheduler,
         bind_host: args.bind,
+        allow_plaintext_cluster: args.allow_plaintext_cluster,
         external_host: args.external_host,
         port: args.port,
         grpc_port: args.grpc_port,

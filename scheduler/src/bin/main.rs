@@ -54,6 +54,11 @@ struct Args {
     /// loopback without TLS, where anyone on the path can read them.
     #[arg(long)]
     allow_plaintext_auth: bool,
+    /// Serve the cluster port without TLS on an address beyond loopback:
+    /// the cluster secret then crosses the network in the clear (trusted
+    /// networks only).
+    #[arg(long)]
+    allow_plaintext_cluster: bool,
     /// Require this bearer token from Flight SQL clients.
     #[arg(long, env = "LAKELINK_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
@@ -170,6 +175,7 @@ async fn main() -> std::process::ExitCode {
     options.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| lakelink_scheduler::TlsIdentity { cert, key });
     options.cluster_ca = args.tls_ca.map(lakelink_scheduler::TlsCa);
     options.allow_plaintext_auth = args.allow_plaintext_auth;
+    options.allow_plaintext_cluster = args.allow_plaintext_cluster;
     options.limits.query_timeout = (args.query_timeout > 0).then(|| std::time::Duration::from_secs(args.query_timeout));
     options.limits.max_result_bytes = args.max_result_size;
     options.limits.max_client_statements = args.max_client_statements;
