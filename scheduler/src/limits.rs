@@ -4,7 +4,7 @@
 //! (`--max-result-size`) and how much memory a statement the scheduler runs
 //! itself may hold (`--query-memory`; executors bound their tasks with
 //! `lakelink-executor --memory-pool`) and how many statements one client
-//! address may run at once (`--max-client-statements`, [`ClientSlots`]).
+//! address may run at once (`--max-client-statements`, [`ClientSlots`](crate::limits::ClientSlots)).
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,7 +1,7 @@
 //! The scheduler's calls to every executor at once
 //! ([`lakelink_protocol::members`]): each executor is asked on its data
 //! port with the cluster secret, all in parallel, each within
-//! [`MEMBER_TIMEOUT`]; an executor that does not answer is left out (and
+//! [`MEMBER_TIMEOUT`](crate::members::MEMBER_TIMEOUT); an executor that does not answer is left out (and
 //! logged), never holding up the others.
 
 use std::time::Duration;
