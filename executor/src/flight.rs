@@ -51,6 +51,10 @@ pub struct ExecutorFlightService {
     work_dir: String,
     grants: Grants,
     secret: ClusterSecret,
+    /// Whether this service answers `lakelink.trail` with its host's trail:
+    /// an executor inside the scheduler's process (embedded mode, tests)
+    /// does not, since the scheduler reads that process's trail itself.
+    host_trail: bool,
 }
 
 impl ExecutorFlightService {
@@ -61,7 +65,14 @@ impl ExecutorFlightService {
     pub fn new(work_dir: String, secret: ClusterSecret, max_unread: u64) -> Self {
         let grants = Grants::new(Path::new(&work_dir).join("lakelink-results"), max_unread);
         grants.sweep_in_background();
-        Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir, grants, secret }
+        Self { inner: BallistaFlightService::new(work_dir.clone()), work_dir, grants, secret, host_trail: true }
+    }
+
+    /// The same service for an executor inside the scheduler's process: it
+    /// answers `lakelink.trail` with nothing.
+    pub fn in_process(mut self) -> Self {
+        self.host_trail = false;
+        self
     }
 
     /// Refuses a call that does not present the cluster secret.
@@ -246,9 +257,12 @@ impl FlightService for ExecutorFlightService {
             let scan: lakelink_model::trail::Scan = serde_json::from_slice(&request.get_ref().body)
                 .map_err(|e| Status::invalid_argument(format!("malformed trail scan: {e}")))?;
             let dir = std::path::PathBuf::from(&lakelink_model::config::process_defaults().trail_dir);
-            let files = tokio::task::spawn_blocking(move || lakelink_model::trail::read_files(&dir, &scan))
-                .await
-                .map_err(|e| Status::internal(format!("reading the trail failed: {e}")))?;
+            let host_trail = self.host_trail;
+            let files = tokio::task::spawn_blocking(move || {
+                if host_trail { lakelink_model::trail::read_files(&dir, &scan) } else { vec![] }
+            })
+            .await
+            .map_err(|e| Status::internal(format!("reading the trail failed: {e}")))?;
             let answers: Vec<Result<arrow_flight::Result, Status>> = members::chunks(files)
                 .into_iter()
                 .map(|chunk| {

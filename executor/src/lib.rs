@@ -192,7 +192,7 @@ fn flight_server(
     max_unread: u64,
 ) -> Arc<ballista_executor::ArrowFlightServerProvider> {
     Arc::new(move |work_dir, addr, mut shutdown, grpc| {
-        let service = flight_service(work_dir, secret.clone(), max_unread);
+        let service = flight_service(work_dir, secret.clone(), max_unread, false);
         let tls = tls.clone();
         // Bare on purpose: the Flight server lives until the executor shuts down.
         #[allow(clippy::disallowed_methods)]
@@ -212,13 +212,18 @@ fn flight_server(
     })
 }
 
-/// [`flight::ExecutorFlightService`] over `work_dir`, with the message limits.
+/// [`flight::ExecutorFlightService`] over `work_dir`, with the message limits
+/// (`in_process`: an executor inside the scheduler's process).
 fn flight_service(
     work_dir: String,
     secret: ClusterSecret,
     max_unread: u64,
+    in_process: bool,
 ) -> arrow_flight::flight_service_server::FlightServiceServer<flight::ExecutorFlightService> {
-    let service = flight::ExecutorFlightService::new(work_dir, secret, max_unread);
+    let mut service = flight::ExecutorFlightService::new(work_dir, secret, max_unread);
+    if in_process {
+        service = service.in_process();
+    }
     arrow_flight::flight_service_server::FlightServiceServer::new(service)
         .max_decoding_message_size(FLIGHT_MESSAGE_LIMIT)
         .max_encoding_message_size(FLIGHT_MESSAGE_LIMIT)
@@ -283,7 +288,7 @@ pub async fn start_in_process(
     let flight_port = flight_listener.local_addr().map_err(ExecutorError::Listen)?.port();
     let shutdown = ballista_executor::shutdown::ShutdownNotifier::new();
     {
-        let service = flight_service(work_dir.clone(), secret.clone(), DEFAULT_MAX_UNREAD_RESULTS);
+        let service = flight_service(work_dir.clone(), secret.clone(), DEFAULT_MAX_UNREAD_RESULTS, true);
         let mut stop = shutdown.subscribe_for_shutdown();
         // A listener bound here keeps none of the server's TCP settings:
         // without no-delay, a small response waits ~40 ms for an acknowledgement.
