@@ -228,18 +228,10 @@ pub struct Scan {
     pub since_ms: Option<i64>,
     /// A string every wanted record's line holds.
     pub needle: Option<String>,
-}
-
-/// Every model call recorded in `dir`, oldest first.
-pub fn read_all(dir: &Path) -> Vec<ModelCall> {
-    read_calls(dir, &Scan::default())
-}
-
-/// The model calls recorded in `dir` that `scan` asks for, oldest first.
-pub fn read_calls(dir: &Path, scan: &Scan) -> Vec<ModelCall> {
-    let mut calls: Vec<ModelCall> = read_lines_of(dir, scan);
-    calls.sort_by_key(|c| c.time_ms);
-    calls
+    /// Trail files the reader has already (by name): not read. The
+    /// scheduler names its own when it asks executors on its host.
+    #[serde(default)]
+    pub skip_files: Vec<String>,
 }
 
 /// Every record of type `T` in the files of `dir`; unreadable lines are skipped.
@@ -263,7 +255,9 @@ pub fn read_files(dir: &Path, scan: &Scan) -> Vec<(String, Vec<String>)> {
             Some(since) => std::fs::metadata(p).and_then(|m| m.modified()).map_or(true, |m| m >= since),
             None => true,
         })
-        .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), std::fs::read_to_string(p).ok()?)))
+        .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
+        .filter(|(name, _)| !scan.skip_files.contains(name))
+        .filter_map(|(name, p)| Some((name, std::fs::read_to_string(p).ok()?)))
         .map(|(name, text)| {
             let lines = text
                 .lines()
@@ -273,6 +267,11 @@ pub fn read_files(dir: &Path, scan: &Scan) -> Vec<(String, Vec<String>)> {
             (name, lines)
         })
         .collect()
+}
+
+/// The names of the trail files in `dir`.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    trail_files(dir).iter().filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned())).collect()
 }
 
 /// The records of type `T` among `lines`; unreadable lines are skipped.
@@ -329,6 +328,13 @@ pub fn to_batch(calls: &[ModelCall]) -> datafusion::common::Result<RecordBatch> 
 mod tests {
     use super::*;
 
+    /// The model calls recorded in `dir` that `scan` asks for, oldest first.
+    fn read_calls(dir: &Path, scan: &Scan) -> Vec<ModelCall> {
+        let mut calls: Vec<ModelCall> = read_lines_of(dir, scan);
+        calls.sort_by_key(|c| c.time_ms);
+        calls
+    }
+
     fn call(query_id: &str) -> ModelCall {
         ModelCall::now(query_id, "llm_filter", "m", "local")
     }
@@ -343,7 +349,7 @@ mod tests {
             append(&trail, 8 * line, &call(&format!("q-{i}")));
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let kept = read_all(&trail);
+        let kept = read_calls(&trail, &Scan::default());
         let total: u64 = trail_files(&trail).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
         assert!(total <= 8 * line, "{total} bytes kept");
         assert!(kept.iter().any(|c| c.query_id == "q-19"), "the newest stays");
@@ -352,5 +358,7 @@ mod tests {
         assert_eq!(read_calls(&trail, &needle).len(), 1);
         let future = Scan { since_ms: Some(now_ms() + 60_000), ..Scan::default() };
         assert!(read_calls(&trail, &future).is_empty(), "files written before the time asked for are skipped");
+        let known = Scan { skip_files: file_names(&trail), ..Scan::default() };
+        assert!(read_calls(&trail, &known).is_empty(), "files the reader has are not read");
     }
 }

@@ -18,6 +18,14 @@ use tonic::transport::Endpoint;
 /// The environment variable a process reads the cluster secret from.
 pub const SECRET_ENV: &str = "LAKELINK_CLUSTER_SECRET";
 
+/// The file's permission bits when users other than its owner may open it;
+/// `None` for a private file.
+pub(crate) fn others_may_open(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
 /// Where a process looks for the cluster secret when it is given none:
 /// `~/.config/lakelink/cluster.secret`.
 pub fn default_file() -> Result<std::path::PathBuf, String> {
@@ -104,16 +112,12 @@ impl ClusterSecret {
 
     /// The secret in `path`, a file only its owner may read.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| format!("cannot read the cluster secret file {}: {e}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
+        let open = others_may_open(path)
+            .map_err(|e| format!("cannot read the cluster secret file {}: {e}", path.display()))?;
+        if let Some(mode) = open {
             return Err(format!(
-                "the cluster secret file {} may be read by other users (mode {:o}): `chmod 600` it",
-                path.display(),
-                mode & 0o777
+                "the cluster secret file {} may be read by other users (mode {mode:o}): `chmod 600` it",
+                path.display()
             ));
         }
         let text = std::fs::read_to_string(path)

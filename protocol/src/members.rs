@@ -4,10 +4,12 @@
 //!
 //! * [`CANCEL_ACTION`] (body: a query id): stop the query's model calls on
 //!   that host now (the calls in flight end, no new one starts);
-//! * [`TRAIL_ACTION`] (body: a JSON scan, `{"since_ms":…,"needle":…}`):
-//!   the model-call trail of the executor's host, as [`TrailChunk`]s, one
-//!   JSON result each; the scheduler answers `system.model_calls` from its
-//!   own trail and every executor's, each trail file counted once.
+//! * [`TRAIL_ACTION`] (body: a JSON scan,
+//!   `{"since_ms":…,"needle":…,"skip_files":[…]}`): the model-call trail of
+//!   the executor's host, as [`TrailChunk`]s, one JSON result each, leaving
+//!   out the files the scheduler named (its own: an executor on its host
+//!   sends nothing it has); the scheduler answers `system.model_calls` from
+//!   its own trail and every executor's, each trail file counted once.
 
 use serde::{Deserialize, Serialize};
 

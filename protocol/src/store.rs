@@ -195,18 +195,11 @@ fn open_store(url: &Url) -> Result<Box<dyn ObjectStore>> {
 fn file_settings() -> &'static std::result::Result<Vec<(String, String)>, String> {
     static SETTINGS: OnceLock<std::result::Result<Vec<(String, String)>, String>> = OnceLock::new();
     SETTINGS.get_or_init(|| {
-        let path = match std::env::var_os("LAKELINK_CONFIG") {
-            Some(p) => PathBuf::from(p),
-            None => match std::env::var_os("HOME") {
-                Some(home) => PathBuf::from(home).join(".config/lakelink/lakelink.toml"),
-                None => return Ok(vec![]),
-            },
-        };
-        if !path.exists() {
-            return Ok(vec![]);
-        }
+        // The model settings' file (`[llm]`): one config file per process.
+        let Some(path) = lakelink_model::config::config_file().filter(|p| p.exists()) else { return Ok(vec![]) };
         let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        lake_table(&text, || file_is_private(&path)).map_err(|e| format!("config file {}: {e}", path.display()))
+        let private = || crate::cluster::others_may_open(&path).is_ok_and(|open| open.is_none());
+        lake_table(&text, private).map_err(|e| format!("config file {}: {e}", path.display()))
     })
 }
 
@@ -223,12 +216,6 @@ fn lake_table(text: &str, private: impl FnOnce() -> bool) -> std::result::Result
         return Err("[lake] holds a secret but others may read the file; chmod 600 it".into());
     }
     Ok(settings)
-}
-
-/// Whether only the file's owner may read it.
-fn file_is_private(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
 }
 
 #[cfg(test)]

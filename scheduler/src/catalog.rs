@@ -72,19 +72,15 @@ pub struct LakeSchema {
     /// How old the listing may grow before a statement lists again; zero:
     /// every statement lists.
     refresh: Duration,
-    listing: RwLock<Listing>,
-    /// One listing at a time; what of the store's metadata folder was
-    /// brought over (file name, size, time).
-    listing_now: tokio::sync::Mutex<HashMap<String, (u64, i64)>>,
-    cache: RwLock<HashMap<String, CachedTable>>,
+    /// Each table's files as last listed.
+    listing: RwLock<BTreeMap<String, Arc<TableFiles>>>,
+    /// Held for a whole listing (one at a time): what of the store's
+    /// metadata folder was brought over (file name, size, time).
+    metadata_synced: tokio::sync::Mutex<HashMap<String, (u64, i64)>>,
+    /// Each table's provider, inferred from the files the listing shows.
+    cache: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
     /// The metadata folder the NL compiler reads (see [`LakeSchema::metadata_dir`]).
     metadata_dir: std::path::PathBuf,
-}
-
-/// What the last listing of the lake saw.
-#[derive(Debug, Default)]
-struct Listing {
-    tables: BTreeMap<String, TableFiles>,
 }
 
 /// One table's files as listed.
@@ -93,22 +89,11 @@ struct TableFiles {
     /// The table's file, or its folder.
     path: Path,
     folder: bool,
-    /// Every object below the folder (or the file), as DataFusion lists them.
+    /// Every object below the folder (or the file), as DataFusion lists
+    /// them, by path: a change to any tells a changed table.
     objects: Vec<ObjectMeta>,
     /// Bytes of the table's files (hidden ones left out).
     bytes: u64,
-}
-
-impl TableFiles {
-    /// What tells a changed table from an unchanged one.
-    fn signature(&self) -> Vec<(&Path, u64, i64)> {
-        self.objects.iter().map(|m| (&m.location, m.size, m.last_modified.timestamp_millis())).collect()
-    }
-}
-
-#[derive(Debug, Clone)]
-struct CachedTable {
-    table: Arc<dyn TableProvider>,
 }
 
 /// One table of the lake and where it lives.
@@ -157,7 +142,7 @@ impl LakeSchema {
             state,
             refresh,
             listing: RwLock::default(),
-            listing_now: tokio::sync::Mutex::new(HashMap::new()),
+            metadata_synced: tokio::sync::Mutex::new(HashMap::new()),
             cache: RwLock::default(),
             metadata_dir,
         };
@@ -202,17 +187,16 @@ impl LakeSchema {
     /// Lists the lake now (`REFRESH LAKE`, the refresh timer): tables
     /// added, removed or changed are seen from the next statement on.
     pub async fn refresh(&self) -> Result<RefreshSummary> {
-        let mut synced = self.listing_now.lock().await;
+        let mut synced = self.metadata_synced.lock().await;
         let (tables, metadata) = self.list().await?;
         if self.location.is_remote() {
             self.bring_metadata(metadata, &mut synced).await;
         }
         let mut listing = self.listing.write().expect("lake listing lock");
         let list_cache = self.state.runtime_env().cache_manager.get_list_files_cache();
-        let same = |a: &TableFiles, b: &TableFiles| a.path == b.path && a.signature() == b.signature();
         let mut changed = 0;
-        for (name, old) in &listing.tables {
-            if !tables.get(name).is_some_and(|new| same(old, new)) {
+        for (name, old) in listing.iter() {
+            if tables.get(name) != Some(old) {
                 changed += 1;
                 self.cache.write().expect("lake cache lock").remove(name);
                 if let Some(cache) = &list_cache {
@@ -221,11 +205,11 @@ impl LakeSchema {
             }
         }
         for (name, new) in &tables {
-            let old = listing.tables.get(name);
+            let old = listing.get(name);
             if old.is_none() {
                 changed += 1;
             }
-            if old.is_some_and(|old| same(old, new)) || !new.folder {
+            if old == Some(new) || !new.folder {
                 continue;
             }
             // The table's files, as DataFusion would list them: planning a
@@ -243,7 +227,7 @@ impl LakeSchema {
             bytes: tables.values().map(|t| t.bytes).sum(),
             changed,
         };
-        *listing = Listing { tables };
+        *listing = tables;
         Ok(summary)
     }
 }
@@ -304,9 +288,12 @@ impl LakeSchema {
 
     /// One recursive listing of the lake, grouped by table, and the files of
     /// its metadata folder.
-    async fn list(&self) -> Result<(BTreeMap<String, TableFiles>, Vec<ObjectMeta>)> {
+    async fn list(&self) -> Result<(BTreeMap<String, Arc<TableFiles>>, Vec<ObjectMeta>)> {
         let root = &self.location.prefix;
-        let objects: Vec<ObjectMeta> = self.location.store.list(Some(root)).try_collect().await?;
+        let mut objects: Vec<ObjectMeta> = self.location.store.list(Some(root)).try_collect().await?;
+        // Stores list in key order; a local folder in the order its
+        // directories give. One order makes two listings comparable.
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
         let mut tables: BTreeMap<String, TableFiles> = BTreeMap::new();
         let mut metadata = vec![];
         for meta in objects {
@@ -342,21 +329,20 @@ impl LakeSchema {
             }
             table.objects.push(meta);
         }
-        Ok((tables, metadata))
+        Ok((tables.into_iter().map(|(name, files)| (name, Arc::new(files))).collect(), metadata))
     }
 
     /// The tables of the lake as last listed, sorted by name.
     pub fn entries(&self) -> Vec<LakeEntry> {
         let listing = self.listing.read().expect("lake listing lock");
         listing
-            .tables
             .iter()
             .map(|(name, t)| LakeEntry { name: name.clone(), location: self.location.show(&t.path) })
             .collect()
     }
 
-    fn files(&self, name: &str) -> Option<TableFiles> {
-        self.listing.read().expect("lake listing lock").tables.get(name).cloned()
+    fn files(&self, name: &str) -> Option<Arc<TableFiles>> {
+        self.listing.read().expect("lake listing lock").get(name).cloned()
     }
 
     /// Whether the table `name` holds at least `min_bytes` (its file, or the
@@ -380,7 +366,7 @@ impl LakeSchema {
 
     async fn load(&self, name: &str, files: &TableFiles) -> Result<Arc<dyn TableProvider>> {
         if let Some(cached) = self.cache.read().expect("lake cache lock").get(name) {
-            return Ok(cached.table.clone());
+            return Ok(cached.clone());
         }
         let table = self.infer(files).await.map_err(|e| {
             DataFusionError::Plan(format!(
@@ -390,8 +376,8 @@ impl LakeSchema {
             ))
         })?;
         // Kept only while the listing still shows the files it was inferred from.
-        if self.files(name).is_some_and(|now| now.signature() == files.signature()) {
-            self.cache.write().expect("lake cache lock").insert(name.to_string(), CachedTable { table: table.clone() });
+        if self.files(name).is_some_and(|now| *now == *files) {
+            self.cache.write().expect("lake cache lock").insert(name.to_string(), table.clone());
         }
         Ok(table)
     }
@@ -491,7 +477,7 @@ fn without_view_types(schema: &Schema) -> Option<Schema> {
 #[async_trait]
 impl SchemaProvider for LakeSchema {
     fn table_names(&self) -> Vec<String> {
-        self.listing.read().expect("lake listing lock").tables.keys().cloned().collect()
+        self.listing.read().expect("lake listing lock").keys().cloned().collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -502,7 +488,7 @@ impl SchemaProvider for LakeSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.listing.read().expect("lake listing lock").tables.contains_key(name)
+        self.listing.read().expect("lake listing lock").contains_key(name)
     }
 }
 

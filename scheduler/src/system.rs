@@ -53,7 +53,7 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         Ok(TABLES.iter().find(|t| t.name == name).map(|t| {
-            let remote = if t.name == "model_calls" { self.cluster.clone() } else { None };
+            let remote = if t.across_hosts { self.cluster.clone() } else { None };
             Arc::new(SystemTable { table: *t, remote }) as Arc<dyn TableProvider>
         }))
     }
@@ -68,16 +68,19 @@ impl SchemaProvider for SystemSchema {
 struct TrailTable {
     name: &'static str,
     schema: fn() -> SchemaRef,
+    /// Whether the executors' hosts' trails are read too.
+    across_hosts: bool,
     /// Reads the table from a trail folder, adding the files of other
     /// hosts' trails given (ones the folder also holds are skipped).
     read: fn(&str, &trail::Scan, Vec<TrailChunk>) -> Result<datafusion::arrow::array::RecordBatch>,
 }
 
 const TABLES: &[TrailTable] = &[
-    TrailTable { name: "model_calls", schema: trail::schema, read: read_model_calls },
+    TrailTable { name: "model_calls", schema: trail::schema, across_hosts: true, read: read_model_calls },
     TrailTable {
         name: "nl_tasks",
         schema: lakelink_nl::task::schema,
+        across_hosts: false,
         read: |dir, _, _| lakelink_nl::task::to_batch(&lakelink_nl::task::read_all(dir)),
     },
 ];
@@ -134,7 +137,12 @@ impl TableProvider for SystemTable {
         let options = LlmOptions::from_config(state.config_options());
         let (read, scan) = (self.table.read, scan_of(filters));
         let remote = match &self.remote {
-            Some(cluster) => cluster.trails(&scan).await,
+            Some(cluster) => {
+                // Executors on this host share its trail folder: they send
+                // none of the files read here.
+                let skip_files = trail::file_names(std::path::Path::new(&options.trail_dir));
+                cluster.trails(&trail::Scan { skip_files, ..scan.clone() }).await
+            }
             None => vec![],
         };
         let batch = tokio::task::spawn_blocking(move || read(&options.trail_dir, &scan, remote))

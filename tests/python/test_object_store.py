@@ -202,6 +202,7 @@ def test_new_tables_and_files_appear_after_refresh_lake(s3, cluster_factory, tmp
 
         summary = h.query(conn, "refresh lake;").to_pylist()
         assert summary == [{"tables": 3, "files": 4, "bytes": summary[0]["bytes"], "changed": 3}], summary
+        assert summary[0]["bytes"] > 0, summary
         assert h.scalar(conn, "SELECT count(*) FROM events") == 15
         assert h.scalar(conn, "SELECT sum(id) FROM later") == 3
         # The lake's NL metadata is brought to the scheduler's state folder.
