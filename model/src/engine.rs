@@ -419,7 +419,9 @@ pub async fn answers(options: &LlmOptions, task: Arc<dyn Task>, inputs: Vec<Stri
         backend: generator.backend(),
     };
     let instructions = task.instructions();
-    let version = task.version().to_string();
+    // Calibrated and plain answers differ: they are cached apart.
+    let calibrated = if options.calibrate && task.calibrated() { " calibrated" } else { "" };
+    let version = format!("{}{calibrated}", task.version());
     let keys =
         inputs.iter().map(|input| key(&[generator.id(), task.function(), &version, &instructions, input])).collect();
     // Closed answers are scored one row per request unless the session
@@ -468,11 +470,23 @@ async fn text_batch_inner(
         && let Some(allowed) = task.allowed()
     {
         let spellings: Vec<Vec<String>> = allowed.iter().map(|a| a.spellings.clone()).collect();
+        let prior = match scope.options.calibrate && task.calibrated() {
+            true => prior(&scope, generator.as_ref(), task.as_ref(), &spellings).await,
+            false => None,
+        };
         match scope.request(n, generator.choose(&prompt, &spellings), |c| c.usage).await {
-            Ok(choice) => {
+            Ok(mut choice) => {
+                if let Some(prior) = prior {
+                    choice.probabilities = calibrated(&choice.probabilities, &prior);
+                }
                 let (best, p) = choice.best().unwrap_or((0, 0.0));
                 scope.trail_choice(choice.usage, &choice.served, p);
-                let answer = Some(Answer::Text(allowed.get(best).and_then(|a| a.value.clone())));
+                let value = if task.scored() {
+                    Some(format!("{:.6}", choice.probabilities.first().copied().unwrap_or(0.0)))
+                } else {
+                    allowed.get(best).and_then(|a| a.value.clone())
+                };
+                let answer = Some(Answer::Text(value));
                 if let Some(cache) = scope.cache() {
                     cache.put(&keys[0], answer.as_ref().expect("an answer"));
                 }
@@ -534,6 +548,52 @@ async fn text_batch_inner(
         task.function()
     ));
     scope.policy(failure, n)
+}
+
+/// The text of a row that says nothing: what the model answers for it is
+/// its bias for the question alone.
+const CONTENT_FREE: &str = "N/A";
+
+/// Answers' probabilities for a content-free row, per model and prompt.
+type Priors = tokio::sync::Mutex<HashMap<String, Vec<f64>>>;
+
+/// The model's probabilities of the allowed answers for a row that says
+/// nothing (asked once per model and prompt in each process); `None` when
+/// they cannot be had (the request then goes uncalibrated).
+async fn prior(
+    scope: &Scope,
+    generator: &dyn Generator,
+    task: &dyn Task,
+    spellings: &[Vec<String>],
+) -> Option<Vec<f64>> {
+    static PRIORS: OnceLock<Priors> = OnceLock::new();
+    let prompt = prompt::build(task, &[CONTENT_FREE.to_string()], scope.options.max_output_tokens);
+    let key = key(&[generator.id(), &prompt.system, &prompt.user, &format!("{spellings:?}")]);
+    let mut priors = PRIORS.get_or_init(Default::default).lock().await;
+    if let Some(p) = priors.get(&key) {
+        return Some(p.clone());
+    }
+    let choice = scope.request(1, generator.choose(&prompt, spellings), |c| c.usage).await.ok()?;
+    let mut call = scope.record(1, choice.usage, &choice.served, false, "ok (calibration: a content-free row)");
+    call.confidence = choice.best().map(|(_, p)| p);
+    trail::record(&scope.options, &call);
+    if priors.len() >= 4096 {
+        priors.clear();
+    }
+    priors.insert(key, choice.probabilities.clone());
+    Some(choice.probabilities)
+}
+
+/// Contextual calibration: each answer's probability divided by its
+/// probability for a content-free row, normalized again, so that a model
+/// that leans to one answer whatever the row says no longer does.
+fn calibrated(probabilities: &[f64], prior: &[f64]) -> Vec<f64> {
+    if probabilities.len() != prior.len() {
+        return probabilities.to_vec();
+    }
+    let raw: Vec<f64> = probabilities.iter().zip(prior).map(|(p, q)| p / q.max(1e-3)).collect();
+    let total: f64 = raw.iter().sum();
+    if total > 0.0 { raw.iter().map(|r| r / total).collect() } else { probabilities.to_vec() }
 }
 
 /// Rows per embedding request.

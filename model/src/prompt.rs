@@ -35,6 +35,24 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     fn allowed(&self) -> Option<Vec<Allowed>> {
         None
     }
+    /// Whether the answer is a score rather than a choice: the probability
+    /// of the first allowed answer (from 0 to 1, six decimals), the way
+    /// `llm_rank` orders rows. A model without probabilities answers in
+    /// words and [`Task::parse_one`] gives the score (1 or 0).
+    fn scored(&self) -> bool {
+        false
+    }
+    /// Whether the closed answers' probabilities are calibrated against a
+    /// content-free row where the session allows it (`lakelink.llm.calibrate`).
+    fn calibrated(&self) -> bool {
+        false
+    }
+    /// A question asked after the row, in the user message, when a request
+    /// holds one row: small models answer a question that follows the data
+    /// far better than instructions that precede it.
+    fn question(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One answer of a closed set.
@@ -89,7 +107,10 @@ pub fn build(task: &dyn Task, items: &[String], max_output_tokens: u32) -> Promp
                 "{PREAMBLE}\n{}\nThe row is between <data> and </data>. Reply with the answer only.",
                 task.instructions()
             ),
-            user: format!("<data>\n{}\n</data>", defuse(&items[0])),
+            user: match task.question() {
+                Some(question) => format!("<data>\n{}\n</data>\n{question}", defuse(&items[0])),
+                None => format!("<data>\n{}\n</data>", defuse(&items[0])),
+            },
             max_tokens: per_item,
             sample: None,
         };

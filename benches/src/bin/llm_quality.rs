@@ -15,16 +15,14 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
 use clap::Parser;
-use datafusion::parquet::arrow::ArrowWriter;
-use lakelink::datagen::shop::sample_reviews;
 use lakelink_tests::{TestCluster, query, rows};
+
+#[path = "../llm_lake.rs"]
+mod llm_lake;
+use llm_lake::{ratio, write_lake};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -36,6 +34,10 @@ struct Args {
     /// Only the cases whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// A statement run first, such as `SET lakelink.llm.calibrate = false`
+    /// (repeatable).
+    #[arg(long)]
+    set: Vec<String>,
     /// Writes the figures as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -100,55 +102,6 @@ const CLASSIFIES: &[ClassifyCase] = &[
     ClassifyCase { name: "classify: topic", labels: &["quality", "delivery", "price", "service"], truth: "topic" },
 ];
 
-fn write(path: &Path, batch: &RecordBatch) -> Result<(), Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(path.parent().expect("a folder"))?;
-    let mut writer = ArrowWriter::try_new(std::fs::File::create(path)?, batch.schema(), None)?;
-    writer.write(batch)?;
-    writer.close()?;
-    Ok(())
-}
-
-/// Reviews with distinct texts and TPC-H part names, `n` of each.
-async fn write_lake(lake: &Path, n: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let mut seen = std::collections::HashSet::new();
-    let reviews: Vec<_> =
-        sample_reviews(n * 20, 2026).into_iter().filter(|r| seen.insert(r.text.clone())).take(n).collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("review", DataType::Utf8, false),
-        Field::new("sentiment", DataType::Utf8, false),
-        Field::new("topic", DataType::Utf8, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from_iter_values(0..reviews.len() as i64)),
-            Arc::new(StringArray::from_iter_values(reviews.iter().map(|r| r.text.as_str()))),
-            Arc::new(StringArray::from_iter_values(reviews.iter().map(|r| r.sentiment))),
-            Arc::new(StringArray::from_iter_values(reviews.iter().map(|r| r.topic))),
-        ],
-    )?;
-    write(&lake.join("reviews/part-0.parquet"), &batch)?;
-
-    let tpch = lake.join("tpch");
-    lakelink::datagen::tpch(0.01, &tpch)?;
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_parquet("part", tpch.join("part").to_str().expect("utf-8 path"), Default::default()).await?;
-    let parts = ctx
-        .sql(&format!("SELECT p_partkey AS id, p_name FROM part ORDER BY p_partkey LIMIT {n}"))
-        .await?
-        .collect()
-        .await?;
-    let parts = arrow::compute::concat_batches(&parts[0].schema(), &parts)?;
-    write(&lake.join("parts/part-0.parquet"), &parts)?;
-    std::fs::remove_dir_all(&tpch)?;
-    Ok(())
-}
-
-fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { f64::NAN } else { a as f64 / b as f64 }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -156,7 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lake = dir.path().join("lake");
     write_lake(&lake, args.rows).await?;
     let cluster = TestCluster::start_isolated(&lake, dir.path()).await;
-    let mut conn = cluster.connect_with(["SET lakelink.llm.cache = false"]).await;
+    let setup = std::iter::once("SET lakelink.llm.cache = false").chain(args.set.iter().map(String::as_str));
+    let mut conn = cluster.connect_with(setup).await;
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut figures = Vec::new();
 

@@ -228,11 +228,17 @@ fn review(rng: &mut Rng, noun: &str) -> Review {
     Review { text, sentiment: if positive { "positive" } else { "negative" }, topic: TOPICS[topic_index], stars }
 }
 
+/// The nouns the shop's products (and their reviews) are named by, such as
+/// `kettle` or `yoga mat`.
+pub fn product_nouns() -> Vec<&'static str> {
+    CATEGORIES.iter().flat_map(|(_, nouns)| nouns.iter().copied()).collect()
+}
+
 /// `n` reviews of products drawn from the shop's nouns, from a fixed seed:
 /// a labelled set for measuring the `llm_*` functions.
 pub fn sample_reviews(n: usize, seed: u64) -> Vec<Review> {
     let mut rng = Rng(seed);
-    let nouns: Vec<&str> = CATEGORIES.iter().flat_map(|(_, nouns)| nouns.iter().copied()).collect();
+    let nouns = product_nouns();
     (0..n)
         .map(|_| {
             let noun = rng.pick(&nouns);
