@@ -121,6 +121,25 @@ impl SettingValue for bool {
     }
 }
 
+impl SettingValue for f64 {
+    fn parse_setting(key: &str, text: &str) -> Result<Self> {
+        parse::<f64>(key, text, "a number")
+            .and_then(|v| if v.is_finite() { Ok(v) } else { Err(invalid(key, text, "a number")) })
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A fraction: 0 (off), or above 0.5 and below 1.
+fn target(key: &str, text: &str, v: f64) -> Checked<f64> {
+    if v == 0.0 || (v > 0.5 && v < 1.0) {
+        Ok(v)
+    } else {
+        Err(invalid(key, text, "0 (off) or a fraction above 0.5 and below 1, such as 0.95"))
+    }
+}
+
 macro_rules! whole_numbers {
     ($($t:ty),*) => {$(
         impl SettingValue for $t {
@@ -318,6 +337,26 @@ settings! {
     max_calls: u64 = 10_000, Session, check = positive;
     /// Budget: prompt plus completion tokens one query may spend, per process.
     max_tokens: u64 = 5_000_000, Session, check = positive;
+    /// Whether `llm_classify`'s labels are calibrated: each label's
+    /// probability is divided by the model's probability of it for a row
+    /// that says nothing (asked once per prompt in each process), so that a
+    /// small model's lean to one label does not decide the rows. Yes/no
+    /// answers are never calibrated (with the local model it made filters worse).
+    calibrate: bool = true, Session;
+    /// Cascade of `llm_filter`: the agreement with the model-only answer to
+    /// aim for (such as `0.95`); an embedding-similarity proxy answers the
+    /// values it is sure about, thresholds chosen on a sample of 50 values the
+    /// model answers first, in each process (0: off, every value to the model).
+    cascade_target: f64 = 0.0, Session, check = target;
+    /// Semantic join: for each left value of `JOIN ... ON llm_match(left,
+    /// right, condition)`, the right values most similar to it by embedding
+    /// among which the model picks the match, in one request (at most 100;
+    /// 0: the model answers yes or no for every pair, a nested loop).
+    match_candidates: usize = 5, Session, check = |_: &str, _: &str, v: usize| Ok::<_, DataFusionError>(v.min(100));
+    /// Semantic top-k: `ORDER BY llm_rank(text, criterion) LIMIT k` lets
+    /// the model score only the `k * rank_pool` rows most similar to the
+    /// criterion by embedding (0: every row).
+    rank_pool: usize = 5, Session, check = |_: &str, _: &str, v: usize| Ok::<_, DataFusionError>(v.min(1_000));
     /// Whether answers are cached on disk across queries (and recent answers
     /// of the model process reused).
     cache: bool = true, Session;

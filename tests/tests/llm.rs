@@ -42,6 +42,33 @@ fn lake(dir: &Path) {
     let texts: Vec<String> = ids.iter().map(|i| format!("good note number {i}")).collect();
     let stars = vec![3; 2000];
     write(&dir.join("notes.parquet"), schema, ids, texts, stars);
+
+    // A semantic join's two sides: request `i` is about the part with the
+    // same key words; an item is green when `i % 50 == 0`.
+    let keys = |i: usize| format!("x{i} y{i} z{i}");
+    write_texts(&dir.join("requests.parquet"), (0..1000).map(|i| format!("order {}", keys(i))));
+    write_texts(&dir.join("parts.parquet"), (0..1000).map(|i| format!("part {}", keys(i))));
+    let colour = |i: usize| if i.is_multiple_of(50) { "green" } else { "grey" };
+    write_texts(&dir.join("items.parquet"), (0..1000).map(|i| format!("item {i} colour {}", colour(i))));
+}
+
+/// A table of `id` (from 0) and `text`.
+fn write_texts(path: &Path, texts: impl Iterator<Item = String>) {
+    let texts: Vec<String> = texts.collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int32, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let ids = Int32Array::from_iter_values(0..texts.len() as i32);
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(StringArray::from(texts))]).unwrap();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// The number after the key word `x` in a text of [`lake`]'s join tables.
+fn key_of(text: &str) -> Option<&str> {
+    text.split_whitespace().find_map(|w| w.strip_prefix('x'))
 }
 
 fn write(path: &Path, schema: Arc<Schema>, ids: Vec<i32>, texts: Vec<String>, stars: Vec<i32>) {
@@ -58,13 +85,34 @@ fn write(path: &Path, schema: Arc<Schema>, ids: Vec<i32>, texts: Vec<String>, st
 /// Answers the way a model following LakeLink's prompts would.
 fn script(chat: &Chat) -> String {
     let system = &chat.system;
-    if system.contains("Decide whether this statement about the text is true") {
+    if system.contains("statement about the text is true: the number is even")
+        || system.contains("statement about the text is true: ...\n")
+    {
+        let even =
+            |row: &str| row.split_whitespace().nth(1).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n % 2 == 0);
+        answer_rows(&chat.user, |row| if even(row) { "yes" } else { "no" }.to_string())
+    } else if system.contains("statement about the text is true: green") {
+        answer_rows(&chat.user, |row| if row.contains("green") { "yes" } else { "no" }.to_string())
+    } else if system.contains("Decide whether this statement about the text is true") {
         answer_rows(&chat.user, |row| if row.contains("good") { "yes" } else { "no" }.to_string())
     } else if let Some(labels) = system.split("labels: ").nth(1) {
         let labels: Vec<&str> = labels.split('.').next().unwrap().split(", ").collect();
         answer_rows(&chat.user, |row| labels.iter().find(|l| row.contains(*l)).map_or("none".into(), |l| l.to_string()))
     } else if system.contains("Extract from the row") {
         answer_rows(&chat.user, |row| row.rsplit(' ').next().unwrap().to_string())
+    } else if let Some(list) = system.split("The candidates are:\n").nth(1) {
+        let candidates: Vec<&str> = list.lines().map_while(|l| l.strip_prefix("- ")).collect();
+        answer_rows(&chat.user, |row| {
+            let fits = candidates.iter().find(|c| key_of(row).is_some() && key_of(c) == key_of(row));
+            fits.map_or("none".into(), |c| c.to_string())
+        })
+    } else if system.contains("statement about the two texts") {
+        answer_rows(&chat.user, |row| {
+            let (first, second) = row.split_once('\n').unwrap_or((row, ""));
+            if key_of(first).is_some() && key_of(first) == key_of(second) { "yes" } else { "no" }.to_string()
+        })
+    } else if chat.user.ends_with("Does the text say that green? Answer yes or no.") {
+        answer_rows(&chat.user, |row| if row.contains("green") { "yes" } else { "no" }.to_string())
     } else if system.contains("Summarise") {
         format!("{} texts", chat.user.lines().filter(|l| l.starts_with("- ")).count())
     } else {
@@ -153,19 +201,23 @@ async fn functions_give_their_answers() {
         assert_eq!(row[2], (id % 10 * 7).to_string());
     }
     // llm_classify has a closed answer: one row per request, read from the
-    // answer's probabilities (10 texts, 10 requests). llm_extract batches 8
+    // answer's probabilities (10 texts, 10 requests), calibrated by one more
+    // request for a content-free row (`N/A`). llm_extract batches 8
     // rows per request (the default): 10 texts in two requests, however the
     // rows were split between the executors (at most 2 partitions x 2 requests).
     let log = s.model.log();
     let (classify, extract): (Vec<_>, Vec<_>) = log.iter().partition(|c| c.system.contains("Classify"));
+    let (calibration, classify): (Vec<_>, Vec<_>) = classify.into_iter().partition(|c| c.user.contains("\nN/A\n"));
     assert_eq!(classify.len(), 10, "{} classify requests", classify.len());
+    assert_eq!(calibration.len(), 1, "{} calibration requests", calibration.len());
     assert!(classify.iter().all(|c| !c.user.contains("<item ")), "a classify request held several rows");
     assert!(extract.len() <= 4, "{} extract requests", extract.len());
     assert!(extract.iter().any(|c| c.user.contains("<item 2>")), "no extract request held several rows");
     // Each classification came from the answer probabilities (the trail's confidence).
     let scored = run(
         &mut conn,
-        "SELECT count(*), min(confidence) FROM system.model_calls WHERE function = 'llm_classify' AND NOT cache_hit",
+        "SELECT count(*), min(confidence) FROM system.model_calls \
+         WHERE function = 'llm_classify' AND NOT cache_hit AND outcome = 'ok'",
     )
     .await;
     assert_eq!(scored, vec![vec!["10".to_string(), "1.000000e0".to_string()]]);
@@ -409,4 +461,139 @@ async fn sessions_cannot_choose_an_endpoint_unless_allowed() {
     assert!(err.contains("fixed by the operator") && err.contains("allow_session_endpoints"), "{err}");
     // Other settings still work.
     run(&mut conn, "SET lakelink.llm.on_error = 'null'").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_semantic_join_asks_about_candidates_not_every_pair() {
+    let s = Setup::new().await;
+    let mut conn = s.connect(&["SET lakelink.llm.match_candidates = 3"]).await;
+    let join = "SELECT r.id, p.id FROM requests r JOIN parts p \
+                ON llm_match(r.text, p.text, 'the order is for this part') ORDER BY r.id";
+    let plan = run(&mut conn, &format!("EXPLAIN {join}")).await;
+    let plan = plan.iter().map(|r| r.join(" ")).collect::<Vec<_>>().join("\n");
+    assert!(plan.contains("__llm_candidate <= UInt64(3)"), "{plan}");
+    assert!(plan.contains("llm_similarity(r.text, p.text)"), "{plan}");
+
+    assert!(plan.contains("llm_pick(r.text, __llm_candidates"), "{plan}");
+
+    // 1,000 x 1,000 rows: every request finds its part, and the model is
+    // asked once per request to pick among its three candidates (a nested
+    // loop would ask 1,000,000 times). The scripted model reports no usable
+    // probabilities for the candidates, so a few requests are asked twice
+    // before LakeLink stops asking it for them.
+    let got = run(&mut conn, join).await;
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|r| r[0] == r[1]), "{:?}", got.iter().find(|r| r[0] != r[1]));
+    let chats = s.model.chats();
+    assert!((1000..=1050).contains(&chats), "{chats} model calls for 1,000 requests");
+    let candidates: Vec<usize> = s
+        .model
+        .log()
+        .iter()
+        .filter_map(|c| c.system.split("The candidates are:\n").nth(1))
+        .map(|list| list.lines().take_while(|l| l.starts_with("- ")).count())
+        .collect();
+    assert!(candidates.iter().all(|n| *n == 3), "{:?}", candidates.iter().find(|n| **n != 3));
+    // Every text embedded at most once per process (two executors and the
+    // scheduler's process), not once per pair.
+    assert!(s.model.embedded_texts() <= 3 * 2000, "{} texts embedded", s.model.embedded_texts());
+
+    // The same join written in WHERE is planned the same way.
+    let before = s.model.chats();
+    query(&mut conn, "SET lakelink.llm.cache = false").await.unwrap();
+    let where_form = "SELECT r.id, p.id FROM requests r, parts p \
+                      WHERE r.id < 100 AND llm_match(r.text, p.text, 'the order is for this part') ORDER BY r.id";
+    let got = run(&mut conn, where_form).await;
+    assert_eq!(got.len(), 100);
+    assert!(got.iter().all(|r| r[0] == r[1]));
+    assert_eq!(s.model.chats() - before, 100);
+
+    // match_candidates = 0: the nested loop, every pair asked.
+    query(&mut conn, "SET lakelink.llm.match_candidates = 0").await.unwrap();
+    let before = s.model.chats();
+    let nested = "SELECT r.id, p.id FROM requests r JOIN parts p \
+                  ON llm_match(r.text, p.text, 'the order is for this part') AND r.id < 20 AND p.id < 20 ORDER BY r.id";
+    let got = run(&mut conn, nested).await;
+    assert_eq!(got.len(), 20);
+    assert_eq!(s.model.chats() - before, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn semantic_top_k_scores_a_pool_not_every_row() {
+    let s = Setup::new().await;
+    let mut conn = s.connect(&["SET lakelink.llm.cache = false"]).await;
+    let green = |rows: &[Vec<String>]| rows.iter().all(|r| r[0].parse::<usize>().unwrap().is_multiple_of(50));
+
+    // 1,000 rows, 20 green: the model scores the 5 x 5 rows most similar to
+    // the criterion, and the top five are green.
+    let top = "SELECT id FROM items ORDER BY llm_rank(text, 'green') DESC LIMIT 5";
+    let got = run(&mut conn, top).await;
+    assert_eq!(got.len(), 5);
+    assert!(green(&got), "{got:?}");
+    assert!(s.model.chats() <= 25, "{} calls", s.model.chats());
+
+    // Ordered by an alias of the score: the same pool.
+    let before = s.model.chats();
+    let aliased = "SELECT id, llm_rank(text, 'green') AS score FROM items ORDER BY score DESC LIMIT 3";
+    let got = run(&mut conn, aliased).await;
+    assert_eq!(got.len(), 3);
+    assert!(green(&got), "{got:?}");
+    assert!(got.iter().all(|r| r[1].parse::<f64>().unwrap() > 0.5), "{got:?}");
+    assert!(s.model.chats() - before <= 15, "{} calls", s.model.chats() - before);
+    let plan = run(&mut conn, &format!("EXPLAIN {aliased}")).await;
+    let plan = plan.iter().map(|r| r.join(" ")).collect::<Vec<_>>().join("\n");
+    assert_eq!(plan.matches("llm_similarity(items.text, Utf8(\"green\"))").count(), 1, "{plan}");
+
+    // rank_pool = 0: every row is scored.
+    query(&mut conn, "SET lakelink.llm.rank_pool = 0").await.unwrap();
+    let before = s.model.chats();
+    let got = run(&mut conn, "SELECT id FROM items WHERE id < 200 ORDER BY llm_rank(text, 'green') DESC LIMIT 4").await;
+    assert!(green(&got), "{got:?}");
+    assert_eq!(s.model.chats() - before, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cascade_lets_the_proxy_answer_what_it_is_sure_of() {
+    let s = Setup::new().await;
+    let mut conn = s.connect(&["SET lakelink.llm.cache = false", "SET lakelink.llm.cascade_target = 0.95"]).await;
+    let sample = lakelink_udf::functions::cascade::SAMPLE;
+
+    // The words of the condition tell green items from grey ones: after its
+    // sample the proxy answers nearly every item, and every green one is found.
+    let got = run(&mut conn, "SELECT id FROM items WHERE llm_filter(text, 'green') ORDER BY id").await;
+    let ids: Vec<usize> = got.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!((0..1000).step_by(50).all(|g| ids.contains(&g)), "{ids:?}");
+    assert!(ids.len() <= 30, "{} items said green", ids.len());
+    let calls = s.model.chats();
+    assert!(calls < 3 * sample, "{calls} model calls for 1,000 items");
+    let proxy = run(
+        &mut conn,
+        "SELECT sum(rows), min(outcome) FROM system.model_calls WHERE backend = 'proxy' AND function = 'llm_filter'",
+    )
+    .await;
+    let decided: usize = proxy[0][0].parse().unwrap();
+    assert!(decided + calls >= 1000, "the proxy decided {decided}, the model {calls}");
+    assert!(proxy[0][1].starts_with("cascade: the proxy decided"), "{}", proxy[0][1]);
+
+    // Whether an item's number is even has next to nothing to do with the
+    // words: the proxy answers only the few values it is sure of, and the
+    // answers still agree with the model's on the target's share.
+    let before = s.model.chats();
+    let got = run(&mut conn, "SELECT count(*) FROM items WHERE llm_filter(text, 'the number is even')").await;
+    let even: i64 = got[0][0].parse().unwrap();
+    assert!((450..=550).contains(&even), "{even} items said even");
+    assert!(s.model.chats() - before >= 900, "{} model calls", s.model.chats() - before);
+
+    // A condition whose embedding says nothing (no words): the cascade
+    // refuses, says so in the trail, and the model answers every item.
+    let before = s.model.chats();
+    let got = run(&mut conn, "SELECT count(*) FROM items WHERE llm_filter(text, '...')").await;
+    assert_eq!(got[0][0], "500");
+    assert_eq!(s.model.chats() - before, 1000);
+    let refused = run(&mut conn, "SELECT count(*) FROM system.model_calls WHERE outcome LIKE 'cascade refused%'").await;
+    assert_ne!(refused[0][0], "0");
+
+    // A target out of range is refused with the reason.
+    let error = fails(&mut conn, "SET lakelink.llm.cascade_target = 1.5").await;
+    assert!(error.contains("cascade_target") && error.contains("fraction"), "{error}");
 }

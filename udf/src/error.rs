@@ -18,13 +18,16 @@ pub enum FunctionError {
         /// How many it was given.
         got: usize,
     },
-    /// An argument that is not text (or a value shown as text).
-    #[error("{function}: argument {position} must be text, not {found}")]
+    /// An argument of the wrong type: not text (or a value shown as text),
+    /// or not a list of texts where one is expected.
+    #[error("{function}: argument {position} must be {expected}, not {found}")]
     ArgumentType {
         /// The function.
         function: String,
         /// 1-based.
         position: usize,
+        /// What it must be: `text` or `a list of texts`.
+        expected: &'static str,
         /// Its type.
         found: DataType,
     },

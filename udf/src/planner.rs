@@ -9,6 +9,19 @@
 //!   `count(llm_embed(...))`) and sorts (`ORDER BY llm_similarity(...)`)
 //!   are computed by a projection below them, where DataFusion runs async
 //!   functions; the aggregate or sort then reads plain columns.
+//! * A semantic join (an inner join on `llm_match(left, right, condition)`)
+//!   never asks the model about every pair: the join without that
+//!   condition is computed, each pair scored by the cosine similarity of
+//!   the two texts' embeddings, each left value keeps the
+//!   `lakelink.llm.match_candidates` most similar right values (blocking),
+//!   and the model picks the one of them the condition holds for, in one
+//!   request per left value (`llm_pick`: the join as a classification).
+//!   With `match_candidates = 0` the model checks every pair instead.
+//!   Model calls in a join's `ON` run in a filter above the join, where
+//!   DataFusion runs async functions.
+//! * A semantic top-k (`ORDER BY llm_rank(text, criterion) LIMIT k`) first
+//!   keeps the `k * lakelink.llm.rank_pool` rows whose text is most similar
+//!   to the criterion by embedding (`0`: every row); the model scores those.
 //! * Aggregates receive no session settings at run time, so each
 //!   `llm_summarize` call is bound to the session's `lakelink.llm.*` options,
 //!   which then travel to executors as the function's state.
@@ -16,13 +29,18 @@
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, Result};
-use datafusion::logical_expr::expr::{AggregateFunction, Sort as SortExpr};
+use datafusion::common::{Column, DFSchema, Result};
+use datafusion::functions_aggregate::array_agg::array_agg_udaf;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction, Sort as SortExpr, WindowFunction};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
-use datafusion::logical_expr::{Aggregate, AggregateUDF, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Sort};
+use datafusion::logical_expr::{
+    Aggregate, AggregateUDF, Expr, ExprFunctionExt, Filter, Join, JoinType, LogicalPlan, LogicalPlanBuilder, Sort,
+    WindowFunctionDefinition, col, lit,
+};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
-use crate::functions::LlmSummarize;
+use crate::functions::{LlmPick, LlmSimilarity, LlmSummarize, Semantic};
 use lakelink_model::config::LlmOptions;
 
 /// Whether this node (not its children) is a scalar model call.
@@ -67,7 +85,11 @@ impl OptimizerRule for LlmPlanning {
 
     fn rewrite(&self, plan: LogicalPlan, config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
         match plan {
-            LogicalPlan::Filter(filter) => cheap_predicates_first(filter),
+            LogicalPlan::Join(join) => model_calls_above_join(join, config),
+            LogicalPlan::Filter(filter) => match semantic_join_in_filter(filter, config)? {
+                Ok(joined) => Ok(Transformed::yes(joined)),
+                Err(filter) => cheap_predicates_first(filter),
+            },
             LogicalPlan::Aggregate(aggregate) => {
                 let bound = bind_options(aggregate, config)?;
                 bound.transform_data(|plan| match plan {
@@ -75,9 +97,168 @@ impl OptimizerRule for LlmPlanning {
                     other => Ok(Transformed::no(other)),
                 })
             }
-            LogicalPlan::Sort(sort) => compute_below_sort(sort),
+            LogicalPlan::Sort(sort) => {
+                let (sort, pooled) = rank_pool_first(sort, config)?;
+                let computed = compute_below_sort(sort)?;
+                Ok(if pooled { Transformed::yes(computed.data) } else { computed })
+            }
             other => Ok(Transformed::no(other)),
         }
+    }
+}
+
+/// The left and right text of an `llm_match` call whose first argument
+/// reads only `left`'s columns and whose second reads only `right`'s (or
+/// the other way round: then they are returned swapped).
+fn match_sides(e: &Expr, left: &DFSchema, right: &DFSchema) -> Option<(Expr, Expr)> {
+    let Expr::ScalarFunction(f) = e else { return None };
+    if f.func.name() != "llm_match" || f.args.len() != 3 {
+        return None;
+    }
+    let reads = |e: &Expr, schema: &DFSchema| {
+        let columns = e.column_refs();
+        !columns.is_empty() && columns.iter().all(|c| schema.has_column(c))
+    };
+    let (a, b) = (&f.args[0], &f.args[1]);
+    if reads(a, left) && reads(b, right) {
+        Some((a.clone(), b.clone()))
+    } else if reads(a, right) && reads(b, left) {
+        Some((b.clone(), a.clone()))
+    } else {
+        None
+    }
+}
+
+/// An inner join with model calls in its `ON`: the calls move to a filter
+/// above it (where they can run), a semantic join when one is `llm_match`.
+fn model_calls_above_join(join: Join, config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
+    let Some(on) = join.filter.clone().filter(|f| join.join_type == JoinType::Inner && calls_model(f)) else {
+        return Ok(Transformed::no(LogicalPlan::Join(join)));
+    };
+    let (model, cheap): (Vec<Expr>, Vec<Expr>) = split_conjunction_owned(on).into_iter().partition(calls_model);
+    let join = LogicalPlan::Join(Join { filter: conjunction(cheap), ..join });
+    let filter = Filter::try_new(conjunction(model).expect("a model call"), Arc::new(join))?;
+    match semantic_join_in_filter(filter, config)? {
+        Ok(joined) => Ok(Transformed::yes(joined)),
+        Err(filter) => Ok(Transformed::yes(LogicalPlan::Filter(filter))),
+    }
+}
+
+/// A filter with `llm_match(left, right, condition)` right above an inner
+/// join of the two sides becomes a semantic join (see the module
+/// documentation); any other filter comes back unchanged.
+fn semantic_join_in_filter(
+    filter: Filter,
+    config: &dyn OptimizerConfig,
+) -> Result<std::result::Result<LogicalPlan, Filter>> {
+    let candidates = LlmOptions::from_config(&config.options()).match_candidates;
+    let LogicalPlan::Join(join) = filter.input.as_ref() else { return Ok(Err(filter)) };
+    if candidates == 0 || join.join_type != JoinType::Inner {
+        return Ok(Err(filter));
+    }
+    let mut conjuncts = split_conjunction_owned(filter.predicate.clone());
+    let Some((at, (left, right))) = conjuncts
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| match_sides(e, join.left.schema(), join.right.schema()).map(|sides| (i, sides)))
+    else {
+        return Ok(Err(filter));
+    };
+    let Expr::ScalarFunction(call) = conjuncts.remove(at) else { unreachable!("match_sides found a call") };
+    let condition = call.args[2].clone();
+    let output: Vec<Expr> = join.schema.columns().into_iter().map(Expr::Column).collect();
+    let similarity = Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(Semantic::udf(LlmSimilarity)),
+        vec![left.clone(), right.clone()],
+    ));
+    // Each pair's similarity is computed by a projection of its own (where
+    // async functions run); each left value's pairs are numbered from the
+    // most similar (ties to the smaller right text, so plans repeat), and
+    // the model picks among each left value's candidates in one request.
+    let mut scored = output.clone();
+    scored.push(similarity.alias("__llm_similarity"));
+    let number = row_number()
+        .partition_by(vec![left.clone()])
+        .order_by(vec![col("__llm_similarity").sort(false, true), right.clone().sort(true, true)])
+        .build()?
+        .alias("__llm_candidate");
+    let gather = Expr::WindowFunction(Box::new(WindowFunction::new(
+        WindowFunctionDefinition::AggregateUDF(array_agg_udaf()),
+        vec![right.clone()],
+    )))
+    .partition_by(vec![left.clone()])
+    .build()?
+    .alias("__llm_candidates");
+    let pick = Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(Semantic::udf(LlmPick)),
+        vec![left, col("__llm_candidates"), condition],
+    ));
+    let mut picked = output.clone();
+    picked.push(pick.alias("__llm_pick"));
+    let mut plan = LogicalPlanBuilder::from(filter.input.as_ref().clone())
+        .project(scored)?
+        .window(vec![number])?
+        .filter(col("__llm_candidate").lt_eq(lit(candidates as u64)))?
+        .window(vec![gather])?
+        .project(picked)?
+        .filter(right.eq(col("__llm_pick")))?
+        .project(output)?;
+    if let Some(rest) = conjunction(conjuncts) {
+        plan = plan.filter(rest)?;
+    }
+    Ok(Ok(plan.build()?))
+}
+
+/// `ORDER BY llm_rank(text, criterion) LIMIT k` (directly, or through a
+/// column of the projection below): the sort's input becomes the `k *
+/// rank_pool` rows most similar to the criterion. Says whether it changed.
+fn rank_pool_first(sort: Sort, config: &dyn OptimizerConfig) -> Result<(Sort, bool)> {
+    let pool = LlmOptions::from_config(&config.options()).rank_pool;
+    let (Some(k), Some(first)) = (sort.fetch, sort.expr.first()) else { return Ok((sort, false)) };
+    if pool == 0 {
+        return Ok((sort, false));
+    }
+    let rank_args = |e: &Expr| match e {
+        Expr::ScalarFunction(f) if f.func.name() == "llm_rank" && f.args.len() == 2 => Some(f.args.clone()),
+        _ => None,
+    };
+    let keep = k.saturating_mul(pool);
+    let pooled = |input: Arc<LogicalPlan>, args: Vec<Expr>, asc: bool| -> Result<Arc<LogicalPlan>> {
+        let similarity = Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(Semantic::udf(LlmSimilarity)), args));
+        let by_similarity =
+            Sort { expr: vec![SortExpr { expr: similarity, asc, nulls_first: false }], input, fetch: Some(keep) };
+        Ok(Arc::new(compute_below_sort(by_similarity)?.data))
+    };
+    if let Some(args) = rank_args(&first.expr) {
+        let input = pooled(sort.input, args, first.asc)?;
+        return Ok((Sort { input, ..sort }, true));
+    }
+    // ORDER BY an alias of llm_rank(...) computed by the projection below.
+    if let (Expr::Column(c), LogicalPlan::Projection(projection)) = (&first.expr, sort.input.as_ref()) {
+        let defined = projection.expr.iter().zip(projection.schema.columns()).find(|(_, out)| out == c);
+        let args = defined.and_then(|(e, _)| rank_args(&e.clone().unalias_nested().data));
+        if let Some(args) = args.filter(|args| !pooled_already(&projection.input, args)) {
+            let mut projection = projection.clone();
+            projection.input = pooled(projection.input, args, first.asc)?;
+            let input = Arc::new(LogicalPlan::Projection(projection));
+            return Ok((Sort { input, ..sort }, true));
+        }
+    }
+    Ok((sort, false))
+}
+
+/// Whether `plan` (under its projections) already keeps only the rows
+/// most similar to a criterion: a sort with a limit by `llm_similarity(args)`.
+fn pooled_already(plan: &LogicalPlan, args: &[Expr]) -> bool {
+    match plan {
+        LogicalPlan::Projection(p) => pooled_already(&p.input, args),
+        LogicalPlan::Sort(Sort { fetch: Some(_), input, .. }) => input.expressions().iter().any(|e| {
+            e.exists(|e| {
+                Ok(matches!(e, Expr::ScalarFunction(f) if f.func.name() == "llm_similarity" && f.args == args))
+            })
+            .unwrap_or(false)
+        }),
+        _ => false,
     }
 }
 

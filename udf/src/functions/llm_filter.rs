@@ -12,7 +12,9 @@
 //! answers, one row per request; the probability lands in the trail as the
 //! call's `confidence`). A model that reports no probabilities answers in
 //! words: `yes`/`no` (or `true`/`false`); anything else is retried once and
-//! then handled by `lakelink.llm.on_error`.
+//! then handled by `lakelink.llm.on_error`. With `lakelink.llm.cascade_target`
+//! set, an embedding proxy answers the values it is sure about
+//! ([`cascade`](super::cascade)).
 
 use std::sync::{Arc, OnceLock};
 
@@ -72,7 +74,7 @@ impl SemanticFunction for LlmFilter {
     fn documentation(&self) -> &'static Documentation {
         static DOC: OnceLock<Documentation> = OnceLock::new();
         DOC.get_or_init(|| {
-            Documentation::builder(DOC_SECTION, "Whether a condition in plain words holds for the text: the more probable of the model's answers yes and no (its probabilities of the two, one row per request). NULL text gives NULL. Cheap predicates of the same WHERE run first.", "llm_filter(text, condition)")
+            Documentation::builder(DOC_SECTION, "Whether a condition in plain words holds for the text: the more probable of the model's answers yes and no (its probabilities of the two, one row per request). NULL text gives NULL. Cheap predicates of the same WHERE run first. With `lakelink.llm.cascade_target` set, an embedding-similarity proxy answers the values it is sure about, checked on a sample the model answers first.", "llm_filter(text, condition)")
                 .with_sql_example("SELECT o_orderkey, o_comment FROM orders\nWHERE o_orderpriority = '1-URGENT' AND llm_filter(o_comment, 'mentions a deposit')\nLIMIT 20;")
                 .with_argument("text", "Text expression: the row's text.")
                 .with_argument("condition", "Constant string: the condition, in plain words.")
@@ -92,10 +94,21 @@ impl SemanticFunction for LlmFilter {
         DataType::Boolean
     }
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
-        let task = Arc::new(FilterTask { condition: constant(args, 1, "llm_filter", "condition")? });
+        let condition = constant(args, 1, "llm_filter", "condition")?;
+        let task = Arc::new(FilterTask { condition: condition.clone() });
         let (values, distinct) = Distinct::of(&args[0], rows)?;
-        let answers = engine::answers(&options, task, values).await?;
-        let flags: Vec<Option<bool>> = answers.into_iter().map(|a| a.map(|v| v == "true")).collect();
+        let ask = |values: Vec<String>| {
+            let (options, task) = (&options, task.clone());
+            async move {
+                let answers = engine::answers(options, task, values).await?;
+                Ok(answers.into_iter().map(|a| a.map(|v| v == "true")).collect::<Vec<Option<bool>>>())
+            }
+        };
+        let flags = if options.cascade_target > 0.0 {
+            super::cascade::answers(&options, "llm_filter", &condition, values, ask).await?
+        } else {
+            ask(values).await?
+        };
         Ok(ColumnarValue::Array(Arc::new(distinct.spread(&flags).into_iter().collect::<BooleanArray>())))
     }
 }

@@ -6,11 +6,15 @@
 //! batches, caches, batches rows into requests and enforces the budget.
 //! Every function is volatile, so the planner never folds it into a constant.
 
+pub mod cascade;
 mod llm_classify;
 mod llm_complete;
 mod llm_embed;
 mod llm_extract;
 mod llm_filter;
+mod llm_match;
+mod llm_pick;
+mod llm_rank;
 mod llm_similarity;
 mod llm_summarize;
 
@@ -36,6 +40,9 @@ pub use llm_complete::LlmComplete;
 pub use llm_embed::LlmEmbed;
 pub use llm_extract::LlmExtract;
 pub use llm_filter::LlmFilter;
+pub use llm_match::LlmMatch;
+pub use llm_pick::LlmPick;
+pub use llm_rank::LlmRank;
 pub use llm_similarity::LlmSimilarity;
 pub use llm_summarize::LlmSummarize;
 
@@ -53,6 +60,10 @@ pub trait SemanticFunction: Debug + PartialEq + Eq + Hash + Send + Sync + 'stati
     fn first_constant(&self) -> usize;
     /// The SQL result type.
     fn return_type(&self) -> DataType;
+    /// The argument that is a list of texts rather than a text, if any.
+    fn list_argument(&self) -> Option<usize> {
+        None
+    }
     /// Computes a batch. `args` are text arrays (or constant strings).
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue>;
     /// What the function does, with its syntax and an example (the source
@@ -114,13 +125,22 @@ impl<F: SemanticFunction> ScalarUDFImpl for Semantic<F> {
             return Err(FunctionError::ArgumentCount { function: name.into(), expected, got }.into());
         }
         for (i, t) in arg_types.iter().enumerate() {
+            if self.function.list_argument() == Some(i) {
+                if !matches!(t, DataType::List(f) | DataType::LargeList(f) if f.data_type().is_string()) {
+                    let (function, position, found) = (name.into(), i + 1, t.clone());
+                    let error = FunctionError::ArgumentType { function, position, expected: "a list of texts", found };
+                    return Err(error.into());
+                }
+                continue;
+            }
             let text_like = matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null)
                 || matches!(t, DataType::Dictionary(_, v) if v.is_string())
                 || t.is_numeric()
                 || t.is_temporal()
                 || t == &DataType::Boolean;
             if !text_like {
-                let error = FunctionError::ArgumentType { function: name.into(), position: i + 1, found: t.clone() };
+                let (function, position, found) = (name.into(), i + 1, t.clone());
+                let error = FunctionError::ArgumentType { function, position, expected: "text", found };
                 return Err(error.into());
             }
         }
@@ -200,7 +220,7 @@ impl Distinct {
     }
 }
 
-fn text_array(arg: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
+pub(crate) fn text_array(arg: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
     let array = arg.to_array(rows)?;
     if array.data_type() == &DataType::Utf8 { Ok(array) } else { Ok(cast(&array, &DataType::Utf8)?) }
 }
@@ -235,6 +255,9 @@ pub fn documentation() -> Vec<(&'static str, &'static Documentation)> {
         (LlmExtract.name(), LlmExtract.documentation()),
         (embed.name(), embed.documentation()),
         (LlmSimilarity.name(), LlmSimilarity.documentation()),
+        (LlmMatch.name(), LlmMatch.documentation()),
+        (LlmPick.name(), LlmPick.documentation()),
+        (LlmRank.name(), LlmRank.documentation()),
     ]
 }
 
@@ -247,5 +270,8 @@ pub fn scalar_functions(embedding_dim: usize) -> Vec<ScalarUDF> {
         Semantic::udf(LlmExtract),
         Semantic::udf(LlmEmbed::new(embedding_dim)),
         Semantic::udf(LlmSimilarity),
+        Semantic::udf(LlmMatch),
+        Semantic::udf(LlmPick),
+        Semantic::udf(LlmRank),
     ]
 }
