@@ -158,6 +158,8 @@ def test_one_model_process_serves_both_executors_and_computes_a_shared_input_onc
     try:
         with cluster.connection(rpc_timeout=RPC_TIMEOUT) as conn:
             h.query(conn, "SET lakelink.llm.cache = false")
+            # Calibration would add a content-free request per process.
+            h.query(conn, "SET lakelink.llm.calibrate = false")
             classify_one(conn)
             before = model_status(env)
             rows = h.query(conn, "SELECT llm_classify(review, 'happy', 'unhappy') AS c FROM dup")

@@ -52,6 +52,11 @@ fn script(chat: &Chat) -> String {
     } else if let Some(labels) = system.split("labels: ").nth(1) {
         let labels: Vec<&str> = labels.split('.').next().unwrap_or_default().split(", ").collect();
         answer_rows(&chat.user, |row| labels.iter().find(|l| row.contains(*l)).map_or("none".into(), |l| l.to_string()))
+    } else if let Some(list) = system.split("The candidates are:\n").nth(1) {
+        let candidates: Vec<&str> = list.lines().map_while(|l| l.strip_prefix("- ")).collect();
+        answer_rows(&chat.user, |row| {
+            candidates.iter().find(|c| row.contains(*c)).map_or("none".into(), |c| c.to_string())
+        })
     } else if system.contains("Extract from the row") {
         answer_rows(&chat.user, |row| row.split(',').next().unwrap_or_default().trim().to_string())
     } else {

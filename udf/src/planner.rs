@@ -6,7 +6,8 @@
 //!   survive the cheap predicates (DataFusion evaluates an async function for
 //!   every row of its input, so the order must be in the plan itself).
 //! * Model calls inside aggregates (`GROUP BY llm_classify(...)`,
-//!   `count(llm_embed(...))`) and sorts (`ORDER BY llm_similarity(...)`)
+//!   `count(llm_embed(...))`), window functions (`OVER (ORDER BY
+//!   llm_similarity(...))`) and sorts (`ORDER BY llm_similarity(...)`)
 //!   are computed by a projection below them, where DataFusion runs async
 //!   functions; the aggregate or sort then reads plain columns.
 //! * A semantic join (an inner join on `llm_match(left, right, condition)`)
@@ -36,7 +37,7 @@ use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction, Sort as 
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
     Aggregate, AggregateUDF, Expr, ExprFunctionExt, Filter, Join, JoinType, LogicalPlan, LogicalPlanBuilder, Sort,
-    WindowFunctionDefinition, col, lit,
+    Window, WindowFunctionDefinition, col, lit,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
@@ -97,6 +98,7 @@ impl OptimizerRule for LlmPlanning {
                     other => Ok(Transformed::no(other)),
                 })
             }
+            LogicalPlan::Window(window) => compute_below_window(window),
             LogicalPlan::Sort(sort) => {
                 let (sort, pooled) = rank_pool_first(sort, config)?;
                 let computed = compute_below_sort(sort)?;
@@ -395,6 +397,20 @@ fn compute_below_sort(sort: Sort) -> Result<Transformed<LogicalPlan>> {
         .collect();
     let sorted = LogicalPlan::Sort(Sort { expr: sort_exprs, input: Arc::new(input), fetch: sort.fetch });
     Ok(Transformed::yes(LogicalPlanBuilder::from(sorted).project(output)?.build()?))
+}
+
+/// Model calls inside window functions (`row_number() OVER (ORDER BY
+/// llm_similarity(...))`) are computed by a projection below the window.
+fn compute_below_window(window: Window) -> Result<Transformed<LogicalPlan>> {
+    if !window.window_expr.iter().any(has_model_scalar) {
+        return Ok(Transformed::no(LogicalPlan::Window(window)));
+    }
+    let output: Vec<Expr> = window.schema.columns().into_iter().map(Expr::Column).collect();
+    let (rewritten, calls) = extract_calls(window.window_expr.clone())?;
+    let rewritten = keep_names(rewritten, &window.window_expr)?;
+    let input = with_calls(window.input, calls)?;
+    let plan = LogicalPlanBuilder::from(input).window(rewritten)?.project(output)?.build()?;
+    Ok(Transformed::yes(plan))
 }
 
 fn is_summarize(e: &Expr) -> bool {
