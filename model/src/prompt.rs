@@ -90,6 +90,15 @@ fn defuse(text: &str) -> String {
     text.replace("</", "<\\/")
 }
 
+/// Reads a yes/no answer (`true`/`false` too), or says why it is unusable.
+pub fn yes_or_no(answer: &str) -> Result<bool, String> {
+    match word(answer).to_ascii_lowercase().as_str() {
+        "true" | "yes" => Ok(true),
+        "false" | "no" => Ok(false),
+        _ => Err(format!("'{}' is not yes or no", clip(answer))),
+    }
+}
+
 /// The prompt for `items` (one or several rows).
 pub fn build(task: &dyn Task, items: &[String], max_output_tokens: u32) -> Prompt {
     let per_item = task.answer_tokens().min(max_output_tokens);

@@ -30,7 +30,7 @@
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchema, Result};
+use datafusion::common::{Column, DFSchema, Result, plan_err};
 use datafusion::functions_aggregate::array_agg::array_agg_udaf;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction, Sort as SortExpr, WindowFunction};
@@ -134,9 +134,16 @@ fn match_sides(e: &Expr, left: &DFSchema, right: &DFSchema) -> Option<(Expr, Exp
 /// An inner join with model calls in its `ON`: the calls move to a filter
 /// above it (where they can run), a semantic join when one is `llm_match`.
 fn model_calls_above_join(join: Join, config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
-    let Some(on) = join.filter.clone().filter(|f| join.join_type == JoinType::Inner && calls_model(f)) else {
+    let Some(on) = join.filter.clone().filter(calls_model) else {
         return Ok(Transformed::no(LogicalPlan::Join(join)));
     };
+    if join.join_type != JoinType::Inner {
+        return plan_err!(
+            "model calls (llm_*) in the ON of a {} join are not supported: use an inner join, \
+             or compute the call in a subquery or the WHERE clause",
+            join.join_type
+        );
+    }
     let (model, cheap): (Vec<Expr>, Vec<Expr>) = split_conjunction_owned(on).into_iter().partition(calls_model);
     let join = LogicalPlan::Join(Join { filter: conjunction(cheap), ..join });
     let filter = Filter::try_new(conjunction(model).expect("a model call"), Arc::new(join))?;

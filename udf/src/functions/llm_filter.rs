@@ -27,7 +27,7 @@ use datafusion::logical_expr::{ColumnarValue, Documentation};
 use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
-use lakelink_model::prompt::{Allowed, Task, word};
+use lakelink_model::prompt::{Allowed, Task, yes_or_no};
 
 /// The `llm_filter` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -58,11 +58,7 @@ impl Task for FilterTask {
         4
     }
     fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
-        match word(answer).to_ascii_lowercase().as_str() {
-            "true" | "yes" => Ok(Some("true".into())),
-            "false" | "no" => Ok(Some("false".into())),
-            _ => Err(format!("'{}' is not yes or no", lakelink_model::prompt::clip(answer))),
-        }
+        yes_or_no(answer).map(|yes| Some(if yes { "true" } else { "false" }.to_string()))
     }
     fn allowed(&self) -> Option<Vec<Allowed>> {
         Some(vec![Allowed::spelled(Some("true"), "yes"), Allowed::spelled(Some("false"), "no")])

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{ColumnarValue, Documentation};
 use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
-use lakelink_model::prompt::{Allowed, Task, word};
+use lakelink_model::prompt::{Allowed, Task, yes_or_no};
 
 /// The `llm_rank` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -51,11 +51,7 @@ impl Task for RankTask {
         4
     }
     fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
-        match word(answer).to_ascii_lowercase().as_str() {
-            "true" | "yes" => Ok(Some("1".into())),
-            "false" | "no" => Ok(Some("0".into())),
-            _ => Err(format!("'{}' is not yes or no", lakelink_model::prompt::clip(answer))),
-        }
+        yes_or_no(answer).map(|yes| Some(if yes { "1" } else { "0" }.to_string()))
     }
     fn allowed(&self) -> Option<Vec<Allowed>> {
         Some(vec![Allowed::spelled(Some("1"), "yes"), Allowed::spelled(Some("0"), "no")])
