@@ -7,7 +7,8 @@
 //! [`SAMPLE`] distinct values a query's filter meets are asked of the model;
 //! on that sample two thresholds are chosen: values at or below `no_until`
 //! are no, values at or above `yes_from` are yes, the widest such band whose
-//! answers disagree with the model's on at most `1 - target` of the sample.
+//! answers disagree with the model's on at most `1 - target` of the sample,
+//! and on at most `1 - target` of each side's own values.
 //! Values in between go to the model. When no band meets the target (the
 //! similarity says little about the condition) the cascade refuses: every
 //! value goes to the model. Each batch's proxy answers, the thresholds and
@@ -73,10 +74,14 @@ pub fn choose(sample: &[(f64, bool)], target: f64) -> Thresholds {
         for j in i..=n {
             let (decided, errors) = (i + (n - j), yes_below[i] + no_from(j));
             let better = decided > best || (decided == best && errors < best_errors);
+            // Each side must also be right on the target's share of its own
+            // values: a small band of coin flips may not spend the budget.
+            let sure = |size: usize, wrong: usize| size == 0 || (size - wrong) as f64 >= target * size as f64 - 1e-9;
+            let sure = sure(i, yes_below[i]) && sure(n - j, no_from(j));
             // A threshold may not split values of equal similarity.
             let clean_no = i == 0 || i == n || sorted[i - 1].0 < sorted[i].0;
             let clean_yes = j == 0 || j == n || sorted[j - 1].0 < sorted[j].0;
-            if better && errors <= allowed && clean_no && clean_yes {
+            if better && sure && errors <= allowed && clean_no && clean_yes {
                 (best, best_errors, band) = (decided, errors, (i, j));
             }
         }
