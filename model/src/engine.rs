@@ -554,34 +554,35 @@ async fn text_batch_inner(
 /// its bias for the question alone.
 const CONTENT_FREE: &str = "N/A";
 
-/// Answers' probabilities for a content-free row, per model and prompt.
-type Priors = tokio::sync::Mutex<HashMap<String, Vec<f64>>>;
-
 /// The model's probabilities of the allowed answers for a row that says
-/// nothing (asked once per model and prompt in each process); `None` when
-/// they cannot be had (the request then goes uncalibrated).
+/// nothing, asked once per model and prompt in each process (requests for
+/// other prompts do not wait for it); `None` when they cannot be had (the
+/// request then goes uncalibrated, and the next one asks again).
 async fn prior(
     scope: &Scope,
     generator: &dyn Generator,
     task: &dyn Task,
     spellings: &[Vec<String>],
 ) -> Option<Vec<f64>> {
+    type Priors = Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Vec<f64>>>>>;
     static PRIORS: OnceLock<Priors> = OnceLock::new();
     let prompt = prompt::build(task, &[CONTENT_FREE.to_string()], scope.options.max_output_tokens);
     let key = key(&[generator.id(), &prompt.system, &prompt.user, &format!("{spellings:?}")]);
-    let mut priors = PRIORS.get_or_init(Default::default).lock().await;
-    if let Some(p) = priors.get(&key) {
-        return Some(p.clone());
-    }
-    let choice = scope.request(1, generator.choose(&prompt, spellings), |c| c.usage).await.ok()?;
-    let mut call = scope.record(1, choice.usage, &choice.served, false, "ok (calibration: a content-free row)");
-    call.confidence = choice.best().map(|(_, p)| p);
-    trail::record(&scope.options, &call);
-    if priors.len() >= 4096 {
-        priors.clear();
-    }
-    priors.insert(key, choice.probabilities.clone());
-    Some(choice.probabilities)
+    let cell = {
+        let mut priors = PRIORS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if priors.len() >= 4096 {
+            priors.clear();
+        }
+        priors.entry(key).or_default().clone()
+    };
+    let asked = cell.get_or_try_init(|| async {
+        let choice = scope.request(1, generator.choose(&prompt, spellings), |c| c.usage).await.map_err(|_| ())?;
+        let mut call = scope.record(1, choice.usage, &choice.served, false, "ok (calibration: a content-free row)");
+        call.confidence = choice.best().map(|(_, p)| p);
+        trail::record(&scope.options, &call);
+        Ok::<_, ()>(choice.probabilities)
+    });
+    asked.await.ok().cloned()
 }
 
 /// Contextual calibration: each answer's probability divided by its

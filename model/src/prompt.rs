@@ -90,13 +90,19 @@ fn defuse(text: &str) -> String {
     text.replace("</", "<\\/")
 }
 
-/// Reads a yes/no answer (`true`/`false` too), or says why it is unusable.
-pub fn yes_or_no(answer: &str) -> Result<bool, String> {
+/// Reads a yes/no answer (`true`/`false` too) as the function's value for
+/// yes or for no, or says why it is unusable.
+pub fn yes_or_no(answer: &str, yes: &str, no: &str) -> Result<Option<String>, String> {
     match word(answer).to_ascii_lowercase().as_str() {
-        "true" | "yes" => Ok(true),
-        "false" | "no" => Ok(false),
+        "true" | "yes" => Ok(Some(yes.to_string())),
+        "false" | "no" => Ok(Some(no.to_string())),
         _ => Err(format!("'{}' is not yes or no", clip(answer))),
     }
+}
+
+/// The closed answers yes and no, as the function's values `yes` and `no`.
+pub fn yes_and_no(yes: &str, no: &str) -> Vec<Allowed> {
+    vec![Allowed::spelled(Some(yes), "yes"), Allowed::spelled(Some(no), "no")]
 }
 
 /// The prompt for `items` (one or several rows).

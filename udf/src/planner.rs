@@ -99,14 +99,15 @@ impl OptimizerRule for LlmPlanning {
                 })
             }
             LogicalPlan::Window(window) => compute_below_window(window),
-            LogicalPlan::Sort(sort) => {
-                let (sort, pooled) = rank_pool_first(sort, config)?;
-                let computed = compute_below_sort(sort)?;
-                Ok(if pooled { Transformed::yes(computed.data) } else { computed })
-            }
+            LogicalPlan::Sort(sort) => rank_pool_first(sort, config)?.transform_data(compute_below_sort),
             other => Ok(Transformed::no(other)),
         }
     }
+}
+
+/// `llm_similarity(a, b)`.
+fn similarity(a: Expr, b: Expr) -> Expr {
+    Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(Semantic::udf(LlmSimilarity)), vec![a, b]))
 }
 
 /// The left and right text of an `llm_match` call whose first argument
@@ -176,16 +177,12 @@ fn semantic_join_in_filter(
     let Expr::ScalarFunction(call) = conjuncts.remove(at) else { unreachable!("match_sides found a call") };
     let condition = call.args[2].clone();
     let output: Vec<Expr> = join.schema.columns().into_iter().map(Expr::Column).collect();
-    let similarity = Expr::ScalarFunction(ScalarFunction::new_udf(
-        Arc::new(Semantic::udf(LlmSimilarity)),
-        vec![left.clone(), right.clone()],
-    ));
     // Each pair's similarity is computed by a projection of its own (where
     // async functions run); each left value's pairs are numbered from the
     // most similar (ties to the smaller right text, so plans repeat), and
     // the model picks among each left value's candidates in one request.
     let mut scored = output.clone();
-    scored.push(similarity.alias("__llm_similarity"));
+    scored.push(similarity(left.clone(), right.clone()).alias("__llm_similarity"));
     let number = row_number()
         .partition_by(vec![left.clone()])
         .order_by(vec![col("__llm_similarity").sort(false, true), right.clone().sort(true, true)])
@@ -220,27 +217,24 @@ fn semantic_join_in_filter(
 
 /// `ORDER BY llm_rank(text, criterion) LIMIT k` (directly, or through a
 /// column of the projection below): the sort's input becomes the `k *
-/// rank_pool` rows most similar to the criterion. Says whether it changed.
-fn rank_pool_first(sort: Sort, config: &dyn OptimizerConfig) -> Result<(Sort, bool)> {
+/// rank_pool` rows most similar to the criterion.
+fn rank_pool_first(sort: Sort, config: &dyn OptimizerConfig) -> Result<Transformed<Sort>> {
     let pool = LlmOptions::from_config(&config.options()).rank_pool;
-    let (Some(k), Some(first)) = (sort.fetch, sort.expr.first()) else { return Ok((sort, false)) };
-    if pool == 0 {
-        return Ok((sort, false));
-    }
+    let (Some(k), Some(first), true) = (sort.fetch, sort.expr.first(), pool > 0) else {
+        return Ok(Transformed::no(sort));
+    };
     let rank_args = |e: &Expr| match e {
         Expr::ScalarFunction(f) if f.func.name() == "llm_rank" && f.args.len() == 2 => Some(f.args.clone()),
         _ => None,
     };
-    let keep = k.saturating_mul(pool);
-    let pooled = |input: Arc<LogicalPlan>, args: Vec<Expr>, asc: bool| -> Result<Arc<LogicalPlan>> {
-        let similarity = Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(Semantic::udf(LlmSimilarity)), args));
-        let by_similarity =
-            Sort { expr: vec![SortExpr { expr: similarity, asc, nulls_first: false }], input, fetch: Some(keep) };
-        Ok(Arc::new(compute_below_sort(by_similarity)?.data))
+    let (keep, asc) = (k.saturating_mul(pool), first.asc);
+    let pooled = |input: Arc<LogicalPlan>, args: Vec<Expr>| -> Result<Arc<LogicalPlan>> {
+        let by = SortExpr { expr: similarity(args[0].clone(), args[1].clone()), asc, nulls_first: false };
+        Ok(Arc::new(compute_below_sort(Sort { expr: vec![by], input, fetch: Some(keep) })?.data))
     };
     if let Some(args) = rank_args(&first.expr) {
-        let input = pooled(sort.input, args, first.asc)?;
-        return Ok((Sort { input, ..sort }, true));
+        let input = pooled(sort.input, args)?;
+        return Ok(Transformed::yes(Sort { input, ..sort }));
     }
     // ORDER BY an alias of llm_rank(...) computed by the projection below.
     if let (Expr::Column(c), LogicalPlan::Projection(projection)) = (&first.expr, sort.input.as_ref()) {
@@ -248,12 +242,12 @@ fn rank_pool_first(sort: Sort, config: &dyn OptimizerConfig) -> Result<(Sort, bo
         let args = defined.and_then(|(e, _)| rank_args(&e.clone().unalias_nested().data));
         if let Some(args) = args.filter(|args| !pooled_already(&projection.input, args)) {
             let mut projection = projection.clone();
-            projection.input = pooled(projection.input, args, first.asc)?;
+            projection.input = pooled(projection.input, args)?;
             let input = Arc::new(LogicalPlan::Projection(projection));
-            return Ok((Sort { input, ..sort }, true));
+            return Ok(Transformed::yes(Sort { input, ..sort }));
         }
     }
-    Ok((sort, false))
+    Ok(Transformed::no(sort))
 }
 
 /// Whether `plan` (under its projections) already keeps only the rows

@@ -22,6 +22,8 @@ use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 use lakelink_model::trail::{self, ModelCall};
 
+use super::cosine;
+
 /// Distinct values of the sample, per query, condition and process.
 pub const SAMPLE: usize = 50;
 
@@ -124,17 +126,6 @@ pub fn cascade(query_id: &str, condition: &str) -> Arc<Cascade> {
     let c = Arc::new(Cascade::default());
     all.push_back((key, c.clone()));
     c
-}
-
-/// Cosine similarity (0 when either vector is zero).
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        ab += (*x as f64) * (*y as f64);
-        aa += (*x as f64) * (*x as f64);
-        bb += (*y as f64) * (*y as f64);
-    }
-    if aa == 0.0 || bb == 0.0 { 0.0 } else { ab / (aa.sqrt() * bb.sqrt()) }
 }
 
 /// Answers `values` (distinct texts) through the cascade; `ask` asks the

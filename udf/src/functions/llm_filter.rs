@@ -24,10 +24,10 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
+use super::{DOC_SECTION, Distinct, SemanticFunction, constant, flags};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
-use lakelink_model::prompt::{Allowed, Task, yes_or_no};
+use lakelink_model::prompt::{Allowed, Task, yes_and_no, yes_or_no};
 
 /// The `llm_filter` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -58,10 +58,10 @@ impl Task for FilterTask {
         4
     }
     fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
-        yes_or_no(answer).map(|yes| Some(if yes { "true" } else { "false" }.to_string()))
+        yes_or_no(answer, "true", "false")
     }
     fn allowed(&self) -> Option<Vec<Allowed>> {
-        Some(vec![Allowed::spelled(Some("true"), "yes"), Allowed::spelled(Some("false"), "no")])
+        Some(yes_and_no("true", "false"))
     }
 }
 
@@ -95,16 +95,13 @@ impl SemanticFunction for LlmFilter {
         let (values, distinct) = Distinct::of(&args[0], rows)?;
         let ask = |values: Vec<String>| {
             let (options, task) = (&options, task.clone());
-            async move {
-                let answers = engine::answers(options, task, values).await?;
-                Ok(answers.into_iter().map(|a| a.map(|v| v == "true")).collect::<Vec<Option<bool>>>())
-            }
+            async move { Ok(flags(engine::answers(options, task, values).await?)) }
         };
-        let flags = if options.cascade_target > 0.0 {
+        let answers = if options.cascade_target > 0.0 {
             super::cascade::answers(&options, "llm_filter", &condition, values, ask).await?
         } else {
             ask(values).await?
         };
-        Ok(ColumnarValue::Array(Arc::new(distinct.spread(&flags).into_iter().collect::<BooleanArray>())))
+        Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<BooleanArray>())))
     }
 }

@@ -21,10 +21,10 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{DOC_SECTION, Distinct, SemanticFunction, constant, text_array};
+use super::{DOC_SECTION, Distinct, SemanticFunction, constant, flags, text_array};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
-use lakelink_model::prompt::{Allowed, Task, yes_or_no};
+use lakelink_model::prompt::{Allowed, Task, yes_and_no, yes_or_no};
 
 /// The `llm_match` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -54,14 +54,14 @@ impl Task for MatchTask {
         4
     }
     fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
-        yes_or_no(answer).map(|yes| Some(if yes { "true" } else { "false" }.to_string()))
+        yes_or_no(answer, "true", "false")
     }
     fn question(&self) -> Option<String> {
         let condition = self.condition.trim().trim_end_matches(['.', '?']);
         Some(format!("Is it true that {condition}? Answer yes or no."))
     }
     fn allowed(&self) -> Option<Vec<Allowed>> {
-        Some(vec![Allowed::spelled(Some("true"), "yes"), Allowed::spelled(Some("false"), "no")])
+        Some(yes_and_no("true", "false"))
     }
 }
 
@@ -106,8 +106,7 @@ impl SemanticFunction for LlmMatch {
     async fn evaluate(&self, args: &[ColumnarValue], rows: usize, options: LlmOptions) -> Result<ColumnarValue> {
         let task = Arc::new(MatchTask { condition: constant(args, 2, "llm_match", "condition")? });
         let (values, distinct) = Distinct::of(&pairs(&args[0], &args[1], rows)?, rows)?;
-        let answers = engine::answers(&options, task, values).await?;
-        let flags: Vec<Option<bool>> = answers.into_iter().map(|a| a.map(|v| v == "true")).collect();
-        Ok(ColumnarValue::Array(Arc::new(distinct.spread(&flags).into_iter().collect::<BooleanArray>())))
+        let answers = flags(engine::answers(&options, task, values).await?);
+        Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<BooleanArray>())))
     }
 }

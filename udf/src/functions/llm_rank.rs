@@ -23,7 +23,7 @@ use datafusion::logical_expr::{ColumnarValue, Documentation};
 use super::{DOC_SECTION, Distinct, SemanticFunction, constant};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
-use lakelink_model::prompt::{Allowed, Task, yes_or_no};
+use lakelink_model::prompt::{Allowed, Task, yes_and_no, yes_or_no};
 
 /// The `llm_rank` function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -51,10 +51,10 @@ impl Task for RankTask {
         4
     }
     fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
-        yes_or_no(answer).map(|yes| Some(if yes { "1" } else { "0" }.to_string()))
+        yes_or_no(answer, "1", "0")
     }
     fn allowed(&self) -> Option<Vec<Allowed>> {
-        Some(vec![Allowed::spelled(Some("1"), "yes"), Allowed::spelled(Some("0"), "no")])
+        Some(yes_and_no("1", "0"))
     }
     fn scored(&self) -> bool {
         true

@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{ColumnarValue, Documentation};
 
-use super::{DOC_SECTION, Distinct, SemanticFunction};
+use super::{DOC_SECTION, Distinct, SemanticFunction, cosine};
 use lakelink_model::config::LlmOptions;
 use lakelink_model::engine;
 
@@ -68,7 +68,7 @@ impl SemanticFunction for LlmSimilarity {
             .map(|(x, y)| {
                 let x = vectors[(*x)?].as_ref()?;
                 let y = vectors[b_index[(*y)?]].as_ref()?;
-                Some(x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>())
+                Some(cosine(x, y))
             })
             .collect();
         Ok(ColumnarValue::Array(Arc::new(scores)))

@@ -220,6 +220,17 @@ impl Distinct {
     }
 }
 
+/// The cosine similarity of two embeddings (unit length, as every
+/// embedder returns them: their dot product).
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(p, q)| (p * q) as f64).sum()
+}
+
+/// Yes/no answers (`"true"`/`"false"`) as booleans.
+pub(crate) fn flags(answers: Vec<Option<String>>) -> Vec<Option<bool>> {
+    answers.into_iter().map(|a| a.map(|v| v == "true")).collect()
+}
+
 pub(crate) fn text_array(arg: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
     let array = arg.to_array(rows)?;
     if array.data_type() == &DataType::Utf8 { Ok(array) } else { Ok(cast(&array, &DataType::Utf8)?) }
