@@ -109,19 +109,29 @@ impl Grants {
         });
     }
 
-    /// The bytes the unread granted files take now.
-    fn held(granted: &HashMap<String, Grant>) -> u64 {
-        granted.values().filter_map(|g| std::fs::metadata(&g.path).ok()).map(|m| m.len()).sum()
+    /// The bytes the unread granted files of jobs other than `job` take now.
+    fn held_by_others(granted: &HashMap<String, Grant>, job: &str) -> u64 {
+        granted
+            .values()
+            .filter(|g| g.task.job_id != job)
+            .filter_map(|g| std::fs::metadata(&g.path).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Grants one read of the file at `path`, written by `task`, as
     /// `schema`: the file gets a second name in the grants' folder (its task
     /// may still be writing it, through the first); the token.
+    ///
+    /// The cap is checked against the unread files of *other* jobs: a
+    /// statement whose first partitions were granted here gets the rest too
+    /// (its files grow while the scheduler asks for them one by one, and
+    /// refusing it halfway would throw away the grants it holds).
     pub fn grant(&self, path: &Path, task: TaskKey, schema: SchemaRef) -> Result<String, GrantError> {
         let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
         expire(&mut granted);
-        let held = Self::held(&granted);
+        let held = Self::held_by_others(&granted, &task.job_id);
         if self.max_unread > 0 && held >= self.max_unread {
             use lakelink_protocol::limits::show_bytes;
             return Err(GrantError::Full { held: show_bytes(held), cap: show_bytes(self.max_unread) });
@@ -283,5 +293,27 @@ mod tests {
         std::fs::write(dir.path().join("results").join("left.arrow"), b"x").unwrap();
         Grants::new(dir.path().join("results"), 0);
         assert!(!dir.path().join("results").exists());
+    }
+
+    #[test]
+    fn the_cap_admits_statements_not_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let partition = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; 1000]).unwrap();
+            path
+        };
+        let task = |job: &str, task_id| TaskKey { job_id: job.into(), task_id, ..finished_task() };
+        let grants = Grants::new(dir.path().join("results"), 500);
+        // The job's first partition alone passes the cap; its others are still granted.
+        let first = grants.grant(&partition("a0"), task("a", 0), schema.clone()).unwrap();
+        let second = grants.grant(&partition("a1"), task("a", 1), schema.clone()).unwrap();
+        // Another job is refused until the first one's files are read.
+        let refused = grants.grant(&partition("b0"), task("b", 0), schema.clone()).unwrap_err();
+        assert!(refused.to_string().contains("--max-unread-results"), "{refused}");
+        assert!(grants.revoke(&second));
+        std::fs::remove_file(grants.take(&first).unwrap().path).unwrap(); // as a read does
+        grants.grant(&partition("b0"), task("b", 0), schema).unwrap();
     }
 }

@@ -127,17 +127,17 @@ impl LakeLinkFlightSql {
             if let Some(timeout) = self.limits.query_timeout {
                 self.engine.cancel_after(&df, timeout);
             }
-            match executor_endpoints(job, &schema, descriptor.clone(), &self.link).await {
+            match executor_endpoints(job, &schema, descriptor.clone(), &self.link).await? {
+                Endpoints::Granted(info) => return Ok(*info),
                 // An executor holding its cap of unread results grants no
                 // more: the statement runs again, read through here, so
                 // one client's unread results do not stop the others.
-                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                Endpoints::Full(status) => {
                     tracing::info!("{}: the result is passed through the scheduler instead", status.message());
                     let df = new_execution(df).map_err(query_status)?;
                     let ticket = self.statements.keep(Ready::Plan { df: Box::new(df), schema: schema.clone() }, owner);
                     return flight_info(&schema, ticket, descriptor);
                 }
-                answer => return answer,
             }
         }
         let ticket = self.statements.keep(Ready::Plan { df: Box::new(df), schema: schema.clone() }, owner);
@@ -291,17 +291,28 @@ async fn executor_endpoints(
     schema: &SchemaRef,
     descriptor: FlightDescriptor,
     link: &ClusterLink,
-) -> Result<Response<FlightInfo>, Status> {
+) -> Result<Endpoints, Status> {
     let sent = crate::result::sent_schema(schema).await?;
     let mut granted = vec![];
-    while let Some(located) = job.partition(granted.len()).await.map_err(query_status)? {
-        match crate::result::grant(&located, &sent, link).await {
-            Ok(endpoint) => granted.push((located, endpoint)),
-            Err(status) => {
+    loop {
+        let next = match job.partition(granted.len()).await {
+            Ok(Some(located)) => match crate::result::grant(&located, &sent, link).await {
+                Ok(endpoint) => Ok(Some((located, endpoint))),
+                // The executor's cap of unread results: read another way.
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => Err(Ok(status)),
+                Err(status) => Err(Err(status)),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(Err(query_status(e))),
+        };
+        match next {
+            Ok(Some(endpoint)) => granted.push(endpoint),
+            Ok(None) => break,
+            Err(refused) => {
                 // The statement fails (or is read another way): the grants
                 // made so far would wait for nobody.
                 crate::result::revoke(&granted, link).await;
-                return Err(status);
+                return refused.map(Endpoints::Full);
             }
         }
     }
@@ -312,7 +323,16 @@ async fn executor_endpoints(
     job.detach();
     let info =
         FlightInfo::new().try_with_schema(&sent).map_err(internal)?.with_descriptor(descriptor).with_ordered(true);
-    Ok(Response::new(endpoints.into_iter().fold(info, FlightInfo::with_endpoint)))
+    Ok(Endpoints::Granted(Box::new(Response::new(endpoints.into_iter().fold(info, FlightInfo::with_endpoint)))))
+}
+
+/// How a statement's result is handed out at the executors.
+enum Endpoints {
+    /// Every partition, granted where it is written.
+    Granted(Box<Response<FlightInfo>>),
+    /// An executor holds its cap of unread results (`--max-unread-results`):
+    /// why, for the log; nothing was granted.
+    Full(Status),
 }
 
 fn flight_info(schema: &Schema, ticket: Ticket, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
