@@ -7,6 +7,7 @@
 
 pub mod flight;
 pub mod follow;
+pub mod ledger;
 pub mod results;
 pub mod stage;
 
@@ -130,6 +131,9 @@ pub async fn run(options: ExecutorOptions) -> Result<(), ExecutorError> {
     std::fs::create_dir_all(&work_dir).map_err(ExecutorError::WorkDir)?;
     let ext = &options.extensions;
     let link = ClusterLink { secret: options.cluster_secret.clone(), ca: options.cluster_ca.clone() };
+    // Each input of a query is asked once over the cluster, within one budget.
+    let ledger = ledger::SchedulerLedger::new(&host, port, &link).map_err(ExecutorError::Config)?;
+    lakelink_model::engine::use_ledger(std::sync::Arc::new(ledger));
     if options.push_scheduling && options.tls.is_some() {
         return Err(ExecutorError::Config(
             "push scheduling cannot use TLS: Ballista's task port (--grpc-port) serves plaintext; use pull \

@@ -29,6 +29,7 @@ use futures::future::{BoxFuture, Shared, WeakShared, join_all, try_join_all};
 use super::cache::{Answer, DiskCache, key};
 use super::config::{LlmOptions, OnError};
 use super::hub;
+use super::ledger::{self, Claim, Ledger, Reply, Request};
 use super::model::{Embedder, Generator, ModelError, Served, Usage};
 use super::prompt::{self, Task};
 use super::trail::{self, ModelCall};
@@ -151,6 +152,22 @@ fn query_state(query_id: &str) -> Arc<QueryState> {
     state
 }
 
+/// The cluster's ledger, when this process was given one ([`use_ledger`]).
+static LEDGER: OnceLock<Arc<dyn Ledger>> = OnceLock::new();
+
+/// Makes every query of this process ask `ledger` before it asks a model
+/// ([`crate::ledger`]): the scheduler's book, in its own process or across
+/// the network. The first ledger a process is given stays.
+pub fn use_ledger(ledger: Arc<dyn Ledger>) {
+    let _ = LEDGER.set(ledger);
+}
+
+/// How often a process looks whether keys another process asks are settled.
+const SETTLED_POLL: Duration = Duration::from_millis(200);
+
+/// Keys per claim request (an answer may be an embedding).
+const CLAIM_CHUNK: usize = 256;
+
 /// One function's calls within one query.
 #[derive(Clone)]
 struct Scope {
@@ -159,6 +176,8 @@ struct Scope {
     function: &'static str,
     model: String,
     backend: &'static str,
+    /// The cluster's ledger (queries without an id keep to this process).
+    ledger: Option<Arc<dyn Ledger>>,
 }
 
 /// Records a request that was dropped before it finished.
@@ -188,6 +207,93 @@ enum Failure {
 }
 
 impl Scope {
+    fn new(options: &LlmOptions, function: &'static str, model: &str, backend: &'static str) -> Self {
+        let ledger = LEDGER.get().filter(|_| !options.query_id.is_empty()).cloned();
+        Scope {
+            options: Arc::new(options.clone()),
+            state: query_state(&options.query_id),
+            function,
+            model: model.to_string(),
+            backend,
+            ledger,
+        }
+    }
+
+    /// Asks the ledger; `None` when there is none or it cannot be reached
+    /// (this process then keeps to its own memo and budget).
+    async fn ask_ledger(&self, request: Request) -> Option<Reply> {
+        let ledger = self.ledger.as_ref()?;
+        match ledger.ask(request).await {
+            Ok(reply) => Some(reply),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: the cluster's ledger of model calls cannot be asked ({e}): this process \
+                     answers its inputs on its own",
+                    self.function
+                );
+                None
+            }
+        }
+    }
+
+    /// Adds to the query's spending; what the whole query has spent, when
+    /// the ledger knows it.
+    async fn spend(&self, calls: i64, tokens: u64) -> Option<(u64, u64)> {
+        let query = self.options.query_id.clone();
+        let process = ledger::process_id().to_string();
+        match self.ask_ledger(Request::Spend { query, process, calls, tokens }).await? {
+            Reply::Spent { calls, tokens } => Some((calls, tokens)),
+            _ => None,
+        }
+    }
+
+    /// Claims `keys` for this process (in order).
+    async fn claim(&self, keys: &[String]) -> Option<Vec<Claim>> {
+        let lease_ms = self.options.timeout_ms.saturating_mul(2).saturating_add(5_000);
+        let mut claims = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CLAIM_CHUNK) {
+            let request = Request::Claim {
+                query: self.options.query_id.clone(),
+                process: ledger::process_id().to_string(),
+                keys: chunk.to_vec(),
+                lease_ms,
+            };
+            match self.ask_ledger(request).await? {
+                Reply::Claims(c) if c.len() == chunk.len() => claims.extend(c),
+                _ => return None,
+            }
+        }
+        Some(claims)
+    }
+
+    /// Waits for keys other processes are asking: each one's answer, or
+    /// `None` once it is this process's to ask (its claimant went silent).
+    async fn settled_elsewhere(&self, keys: Vec<String>) -> std::result::Result<Vec<Option<Outcome>>, Arc<str>> {
+        let mut out: Vec<Option<Option<Outcome>>> = vec![None; keys.len()];
+        loop {
+            let open: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+            if open.is_empty() {
+                return Ok(out.into_iter().map(Option::flatten).collect());
+            }
+            if self.state.is_cancelled(&self.options) {
+                return Err(format!("{}: the query was cancelled", self.function).into());
+            }
+            tokio::time::sleep(SETTLED_POLL).await;
+            let asked: Vec<String> = open.iter().map(|&i| keys[i].clone()).collect();
+            let Some(claims) = self.claim(&asked).await else {
+                // No ledger any more: ask them here.
+                return Ok(out.into_iter().map(Option::flatten).collect());
+            };
+            for (i, claim) in open.into_iter().zip(claims) {
+                match claim {
+                    Claim::Asked => {}
+                    Claim::Yours => out[i] = Some(None),
+                    Claim::Settled(answer) => out[i] = Some(Some(answer.map_err(Arc::from))),
+                }
+            }
+        }
+    }
+
     fn trail(&self, rows: usize, usage: Usage, cache_hit: bool, outcome: &str) {
         self.trail_served(rows, usage, &Served::default(), cache_hit, outcome)
     }
@@ -233,14 +339,17 @@ impl Scope {
         if self.state.is_cancelled(o) {
             return Err(cancelled());
         }
-        let calls = self.state.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut calls = self.state.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut spent = self.state.tokens.load(Ordering::Relaxed);
+        if let Some(cluster) = self.spend(1, 0).await {
+            (calls, spent) = cluster;
+        }
         if calls > o.max_calls {
             return Err(Failure::Stop(format!(
                 "{}: the query reached its budget of {} model calls (lakelink.llm.max_calls)",
                 self.function, o.max_calls
             )));
         }
-        let spent = self.state.tokens.load(Ordering::Relaxed);
         if spent >= o.max_tokens {
             return Err(Failure::Stop(format!(
                 "{}: the query reached its budget of {} model tokens (lakelink.llm.max_tokens); it spent {spent}",
@@ -271,11 +380,13 @@ impl Scope {
             Ok(value) => {
                 let u = usage(&value);
                 self.state.tokens.fetch_add(u.prompt_tokens + u.completion_tokens, Ordering::Relaxed);
+                self.spend(0, u.prompt_tokens + u.completion_tokens).await;
                 Ok(value)
             }
             Err(ModelError::Unsupported(_)) => {
                 // Not spent: the same row is asked again another way.
                 self.state.calls.fetch_sub(1, Ordering::Relaxed);
+                self.spend(-1, 0).await;
                 Err(Failure::Unsupported)
             }
             Err(e) => {
@@ -351,48 +462,102 @@ impl Scope {
             None => misses = unknown,
         }
 
-        // Claim what nobody is asking yet, batch it, and wait for everything.
-        {
-            // Another batch may have claimed a key since the first look.
-            let mut memo = self.state.memo();
-            let mut owned = Vec::new();
-            for i in misses {
-                match lookup(&memo, &keys[i]) {
-                    Lookup::Known(outcome) => results[i] = Some(outcome.map_err(execution)?),
-                    Lookup::Asked(p) => waiting.push((i, p)),
-                    Lookup::Unknown => owned.push(i),
-                }
-            }
-            for chunk in owned.chunks(batch_size.max(1)) {
-                let batch = run(
-                    chunk.iter().map(|&i| inputs[i].clone()).collect(),
-                    chunk.iter().map(|&i| keys[i].clone()).collect(),
-                )
-                .shared();
-                for (j, &i) in chunk.iter().enumerate() {
-                    let item: Pending = batch.clone().map(move |r| r.map(|mut v| v[j].take())).boxed().shared();
-                    if let Some(weak) = item.downgrade() {
-                        memo.insert(keys[i].clone(), Memo::Pending(weak));
+        let mut todo = misses;
+        loop {
+            // The cluster's ledger first: what other processes of the query
+            // have answered, or are asking now.
+            let mut elsewhere = Vec::new();
+            if !todo.is_empty()
+                && let Some(claims) = self.claim(&todo.iter().map(|&i| keys[i].clone()).collect::<Vec<_>>()).await
+            {
+                let mut mine = Vec::new();
+                for (i, claim) in todo.into_iter().zip(claims) {
+                    match claim {
+                        Claim::Yours => mine.push(i),
+                        Claim::Asked => elsewhere.push(i),
+                        Claim::Settled(answer) => {
+                            let outcome: Outcome = answer.map_err(Arc::from);
+                            self.state.memo().insert(keys[i].clone(), Memo::Done(outcome.clone()));
+                            results[i] = Some(outcome.map_err(execution)?);
+                        }
                     }
-                    waiting.push((i, item));
+                }
+                todo = mine;
+            }
+            // Claim what nobody in this process is asking yet, batch it, and
+            // wait for everything.
+            {
+                // Another batch may have claimed a key since the first look.
+                let mut memo = self.state.memo();
+                let mut owned = Vec::new();
+                for i in std::mem::take(&mut todo) {
+                    match lookup(&memo, &keys[i]) {
+                        Lookup::Known(outcome) => results[i] = Some(outcome.map_err(execution)?),
+                        Lookup::Asked(p) => waiting.push((i, p)),
+                        Lookup::Unknown => owned.push(i),
+                    }
+                }
+                for chunk in owned.chunks(batch_size.max(1)) {
+                    let chunk_keys: Vec<String> = chunk.iter().map(|&i| keys[i].clone()).collect();
+                    let batch = run(chunk.iter().map(|&i| inputs[i].clone()).collect(), chunk_keys.clone());
+                    let batch = self.settling(chunk_keys, batch).shared();
+                    for (j, &i) in chunk.iter().enumerate() {
+                        let item: Pending = batch.clone().map(move |r| r.map(|mut v| v[j].take())).boxed().shared();
+                        if let Some(weak) = item.downgrade() {
+                            memo.insert(keys[i].clone(), Memo::Pending(weak));
+                        }
+                        waiting.push((i, item));
+                    }
                 }
             }
+            // Each answer enters the memo as it arrives; the first failure fails
+            // the batch at once, and dropping the other requests cancels them.
+            let here = try_join_all(waiting.iter().map(|(i, pending)| {
+                let (key, state) = (keys[*i].clone(), self.state.clone());
+                pending.clone().map(move |outcome| {
+                    state.memo().insert(key, Memo::Done(outcome.clone()));
+                    outcome
+                })
+            }));
+            let there = self.settled_elsewhere(elsewhere.iter().map(|&i| keys[i].clone()).collect());
+            let (answers, settled) = futures::future::try_join(here, there).await.map_err(execution)?;
+            for ((i, _), answer) in waiting.drain(..).zip(answers) {
+                results[i] = Some(answer);
+            }
+            for (i, settled) in elsewhere.into_iter().zip(settled) {
+                match settled {
+                    Some(outcome) => {
+                        self.state.memo().insert(keys[i].clone(), Memo::Done(outcome.clone()));
+                        results[i] = Some(outcome.map_err(execution)?);
+                    }
+                    // Its claimant went silent: asked here in the next round.
+                    None => todo.push(i),
+                }
+            }
+            if todo.is_empty() {
+                return Ok(results.into_iter().map(Option::flatten).collect());
+            }
         }
-        // Each answer enters the memo as it arrives; the first failure fails
-        // the batch at once, and dropping the other requests cancels them.
-        let answers = try_join_all(waiting.iter().map(|(i, pending)| {
-            let (key, state) = (keys[*i].clone(), self.state.clone());
-            pending.clone().map(move |outcome| {
-                state.memo().insert(key, Memo::Done(outcome.clone()));
-                outcome
-            })
-        }))
-        .await
-        .map_err(execution)?;
-        for ((i, _), answer) in waiting.into_iter().zip(answers) {
-            results[i] = Some(answer);
+    }
+
+    /// `batch` (the answers of `keys`), its answers settled in the ledger
+    /// once they come, for the query's other processes.
+    fn settling(&self, keys: Vec<String>, batch: BoxFuture<'static, BatchOutcome>) -> BoxFuture<'static, BatchOutcome> {
+        if self.ledger.is_none() {
+            return batch;
         }
-        Ok(results.into_iter().map(Option::flatten).collect())
+        let scope = self.clone();
+        async move {
+            let outcome = batch.await;
+            let answers = match &outcome {
+                Ok(answers) => keys.into_iter().zip(answers.iter().cloned().map(Ok)).collect(),
+                Err(e) => keys.into_iter().map(|k| (k, Err(e.to_string()))).collect(),
+            };
+            let (query, process) = (scope.options.query_id.clone(), ledger::process_id().to_string());
+            scope.ask_ledger(Request::Settle { query, process, answers }).await;
+            outcome
+        }
+        .boxed()
     }
 }
 
@@ -411,13 +576,7 @@ pub async fn answers(options: &LlmOptions, task: Arc<dyn Task>, inputs: Vec<Stri
         return Ok(Vec::new());
     }
     let generator = hub::generator(options).await.map_err(|e| model_error(task.function(), e))?;
-    let scope = Scope {
-        options: Arc::new(options.clone()),
-        state: query_state(&options.query_id),
-        function: task.function(),
-        model: generator.id().to_string(),
-        backend: generator.backend(),
-    };
+    let scope = Scope::new(options, task.function(), generator.id(), generator.backend());
     let instructions = task.instructions();
     // Calibrated and plain answers differ: they are cached apart.
     let calibrated = if options.calibrate && task.calibrated() { " calibrated" } else { "" };
@@ -610,13 +769,7 @@ pub async fn embeddings(
         return Ok(Vec::new());
     }
     let embedder = hub::embedder(options).await.map_err(|e| model_error(function, e))?;
-    let scope = Scope {
-        options: Arc::new(options.clone()),
-        state: query_state(&options.query_id),
-        function,
-        model: embedder.id().to_string(),
-        backend: embedder.backend(),
-    };
+    let scope = Scope::new(options, function, embedder.id(), embedder.backend());
     let keys = inputs.iter().map(|input| key(&[embedder.id(), "embed", input])).collect();
     let answers = scope
         .resolve(keys, inputs, EMBED_BATCH, |items, keys| {

@@ -14,6 +14,8 @@ pub mod cpu;
 pub mod engine;
 /// The models of this process, loaded once per configuration.
 pub mod hub;
+/// One query's model calls across the cluster: who asks what, and the budget.
+pub mod ledger;
 /// The local runtimes (llama.cpp, candle); run by the model process.
 pub mod local;
 /// The model traits.

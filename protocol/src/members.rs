@@ -19,6 +19,11 @@ pub const CANCEL_ACTION: &str = "lakelink.cancel_query";
 /// Reads the model-call trail of the executor's host.
 pub const TRAIL_ACTION: &str = "lakelink.trail";
 
+/// The other way round, on the scheduler's cluster port: an executor asks
+/// the cluster's ledger of model calls (body and result: JSON of
+/// `lakelink_model::ledger::Request` and `Reply`).
+pub const LEDGER_ACTION: &str = "lakelink.ledger";
+
 /// Bytes of trail lines in one [`TrailChunk`], well inside a Flight message.
 pub const CHUNK_BYTES: usize = 4 << 20;
 

@@ -18,6 +18,8 @@ pub mod error;
 pub mod flight_sql;
 /// A distributed query's job, followed while it runs.
 pub mod job;
+/// The cluster's ledger of model calls, served to the executors.
+pub mod ledger;
 /// The bounds every statement runs within (time, result size, memory).
 pub mod limits;
 /// The scheduler's calls to every executor (cancel a query's model calls,
@@ -403,12 +405,19 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
     // Two doors: the client port serves Flight SQL only (with the client
-    // credentials), the cluster port Ballista's scheduler protocol only
-    // (with the cluster secret).
+    // credentials), the cluster port Ballista's scheduler protocol and the
+    // ledger of model calls only (with the cluster secret).
     let mut client_routes = tonic::service::RoutesBuilder::default();
     client_routes.add_service(InterceptedService::new(flight, auth));
     let mut cluster_routes = tonic::service::RoutesBuilder::default();
     cluster_routes.add_service(InterceptedService::new(scheduler_grpc, secret.interceptor()));
+    // One query's model calls over every process (this one included).
+    let book = lakelink_model::ledger::process_book();
+    lakelink_model::engine::use_ledger(book.clone());
+    let ledger = FlightServiceServer::new(ledger::LedgerService::new(book))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    cluster_routes.add_service(InterceptedService::new(ledger, secret.interceptor()));
     let (shutdown, stop) = tokio::sync::watch::channel(false);
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;

@@ -447,3 +447,48 @@ def test_set_through_dbapi_execute(llm_cluster):
     with connection(llm_cluster) as conn:
         h.query(conn, "SET lakelink.llm.batch_size = 4")
         assert show(conn, "lakelink.llm.batch_size") == "4"
+
+
+def test_a_value_read_by_two_executors_is_asked_once_within_one_budget(cluster_factory, tmp_path, monkeypatch,
+                                                                         model):
+    """The cluster's ledger of model calls: two files that share half their
+    texts, read by two executors (one task slot each, so each takes a file),
+    with no disk cache. Every distinct text is asked once over the cluster,
+    both executors ask, and lakelink.llm.max_calls holds for the whole query."""
+    lake = tmp_path / "lake"
+    (lake / "reviews").mkdir(parents=True)
+    shared = [review_text(k) for k in range(5, 10)]
+    for part, ks in enumerate([range(0, 10), range(5, 15)]):
+        texts = [review_text(k) for k in ks] * 10
+        pq.write_table(pa.table({"id": pa.array(range(part * 100, part * 100 + len(texts)), pa.int32()),
+                                 "review": pa.array(texts, pa.string())}),
+                       lake / "reviews" / f"part-{part}.parquet")
+    monkeypatch.setenv("LAKELINK_LLM_TRAIL_DIR", str(tmp_path / "llm-trail"))
+    monkeypatch.setenv("LAKELINK_LLM_ALLOW_SESSION_ENDPOINTS", "true")
+    cluster = cluster_factory("ledger", lake, executors=2, executor_args=["--concurrent-tasks", "1"])
+    distinct = 15
+    model.delay = 0.2  # both files are read at once
+    with connection(cluster) as conn:
+        point_at(conn, model, "SET lakelink.llm.cache = false")
+        sql = "SELECT review, llm_filter(review, 'the review is positive') AS ok FROM reviews"
+        rows = h.query(conn, sql).to_pylist()
+        assert len(rows) == 200 and all(r["ok"] == ("good" in r["review"]) for r in rows)
+        asked = [c["user"] for c in model.since(0)]
+        assert len(asked) == distinct, f"{len(asked)} requests for {distinct} distinct texts"
+        assert sorted(asked) == sorted(f"<data>\n{review_text(k)}\n</data>" for k in range(distinct))
+        assert all(f"<data>\n{t}\n</data>" in asked for t in shared)
+        pids = {str(e.pid) for e in cluster.executors}
+        askers = h.query(conn, "SELECT DISTINCT process FROM system.model_calls "
+                               "WHERE function = 'llm_filter' AND NOT cache_hit").to_pylist()
+        assert {a["process"].rsplit(":", 1)[-1] for a in askers} == pids, (askers, pids)
+
+        # Ten calls for the whole query: each executor alone would stay
+        # under it (one asks ten texts, the other the rest).
+        before = model.count()
+        set_setting(conn, "SET lakelink.llm.max_calls = 10")
+        err = error_of(conn, sql)
+        assert "budget of 10 model calls" in err and "lakelink.llm.max_calls" in err, err
+        assert model.count() - before <= 10, model.count() - before
+        # The session goes on.
+        set_setting(conn, "SET lakelink.llm.max_calls = 100")
+        assert len(h.query(conn, sql)) == 200

@@ -95,3 +95,55 @@ async fn ballista_s_protocol_needs_the_cluster_secret() {
     let mut conn = cluster.connect().await;
     assert_eq!(run(&mut conn, "SELECT count(*) FROM region").await, vec![vec!["5".to_string()]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_of_model_calls_needs_the_cluster_secret() {
+    use arrow_flight::Action;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use lakelink_model::ledger::{Reply, Request};
+
+    let cluster = TestCluster::start(tpch_lake()).await;
+    let client = |addr: std::net::SocketAddr, secret: Option<lakelink_scheduler::ClusterSecret>| async move {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let endpoint = match secret {
+            Some(s) => s.present(endpoint).unwrap(),
+            None => endpoint,
+        };
+        FlightServiceClient::new(endpoint.connect().await.unwrap())
+    };
+    let spend = |query: &str| {
+        let request = Request::Spend { query: query.into(), process: "p".into(), calls: 1_000_000, tokens: 0 };
+        Action::new(lakelink_scheduler::ledger::LEDGER_ACTION, serde_json::to_vec(&request).unwrap())
+    };
+    async fn reply(
+        client: &mut FlightServiceClient<tonic::transport::Channel>,
+        action: Action,
+    ) -> Result<Reply, tonic::Status> {
+        let mut results = client.do_action(action).await?.into_inner();
+        let result = results.message().await?.expect("one result");
+        Ok(serde_json::from_slice(&result.body).unwrap())
+    }
+
+    // Without the secret: spending someone's budget, or reading and
+    // settling their answers, is refused at the door.
+    let mut stranger = client(cluster.scheduler.local_cluster_addr(), None).await;
+    let err = reply(&mut stranger, spend("q-1")).await.expect_err("the ledger answered without the secret");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    // The client port does not serve it, even to a caller with the secret.
+    let mut at_client_port = client(cluster.scheduler.local_addr(), Some(cluster.secret.clone())).await;
+    let err = reply(&mut at_client_port, spend("q-1")).await.expect_err("the ledger answered on the client port");
+    assert!(!err.message().contains("calls"), "{err}");
+
+    // A member gets through; bad requests and other Flight calls are refused.
+    let mut member = client(cluster.scheduler.local_cluster_addr(), Some(cluster.secret.clone())).await;
+    assert_eq!(reply(&mut member, spend("q-1")).await.unwrap(), Reply::Spent { calls: 1_000_000, tokens: 0 });
+    let junk = Action::new(lakelink_scheduler::ledger::LEDGER_ACTION, b"not json".to_vec());
+    let err = reply(&mut member, junk).await.expect_err("a malformed request was answered");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err = member.list_flights(arrow_flight::Criteria::default()).await.expect_err("listed flights");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+
+    // The cluster still serves its clients (whose queries have ids of their own).
+    let mut conn = cluster.connect().await;
+    assert_eq!(run(&mut conn, "SELECT count(*) FROM region").await, vec![vec!["5".to_string()]]);
+}
