@@ -333,9 +333,9 @@ settings! {
     /// What an unusable model answer does: `fail` (the query fails with the
     /// reason) or `null` (those rows get NULL).
     on_error: OnError = OnError::Fail, Session;
-    /// Budget: model requests one query may make, per process.
+    /// Budget: model requests one query may make over the whole cluster.
     max_calls: u64 = 10_000, Session, check = positive;
-    /// Budget: prompt plus completion tokens one query may spend, per process.
+    /// Budget: prompt plus completion tokens one query may spend over the whole cluster.
     max_tokens: u64 = 5_000_000, Session, check = positive;
     /// Whether `llm_classify`'s labels are calibrated: each label's
     /// probability is divided by the model's probability of it for a row
