@@ -1,16 +1,16 @@
 //! One query's model calls across the whole cluster.
 //!
 //! Every process answers each distinct input of a query once (the engine's
-//! per-query memo). The ledger goes further: the scheduler keeps a [`Book`]
-//! per query, and every process running the query's tasks asks it, through
-//! the [`Ledger`] it was given ([`crate::engine::use_ledger`]), before it asks
-//! the model:
+//! per-query memo). The ledger goes further: the scheduler keeps a
+//! [`Book`](crate::ledger::Book) of each query, and every process running the
+//! query's tasks asks it through its [`Ledger`](crate::ledger::Ledger)
+//! ([`crate::engine::use_ledger`]) before it asks the model:
 //!
-//! * [`Request::Claim`]: which of these inputs (their cache keys) should this
-//!   process ask? Each key is [`Claim::Yours`] (nobody else is asking: ask,
-//!   then [`Request::Settle`] the answer), [`Claim::Asked`] (another process is
-//!   asking: claim again shortly) or [`Claim::Settled`] (the answer);
-//! * [`Request::Spend`]: count model calls and tokens against the query's
+//! * `Request::Claim`: which of these inputs (their cache keys) should this
+//!   process ask? Each key is `Claim::Yours` (nobody else is asking: ask, then
+//!   settle the answer with `Request::Settle`), `Claim::Asked` (another
+//!   process is asking: claim again shortly) or `Claim::Settled` (the answer);
+//! * `Request::Spend`: count model calls and tokens against the query's
 //!   budget (`lakelink.llm.max_calls`, `max_tokens`) over every process.
 //!
 //! A process that claimed a key and stops being heard from for its lease

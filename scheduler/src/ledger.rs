@@ -1,7 +1,9 @@
 //! The cluster's ledger of model calls ([`lakelink_model::ledger`]), served
 //! on the cluster port (cluster secret only) as one Flight action,
-//! [`LEDGER_ACTION`]: the body is a JSON [`Request`], the one result a JSON
-//! [`Reply`]. Every other Flight call is refused there.
+//! [`LEDGER_ACTION`](lakelink_protocol::members::LEDGER_ACTION): the body is
+//! a JSON [`Request`](lakelink_model::ledger::Request), the one result a JSON
+//! [`Reply`](lakelink_model::ledger::Reply). Every other Flight call is
+//! refused there.
 
 use std::sync::Arc;
 
