@@ -199,6 +199,19 @@ def test_model_calls_of_other_hosts_reach_the_scheduler(three_hosts, bridge_mode
     assert not any((three_hosts.workdir / "sched" / "trail").glob("*.jsonl"))
 
 
+def test_a_value_on_both_hosts_is_asked_once(three_hosts, bridge_model):
+    # lineitem's few ship modes are in every partition, read on both hosts;
+    # the scheduler's ledger lets one process ask each.
+    with three_hosts.connect() as conn:
+        point_at(conn, bridge_model, "SET lakelink.llm.cache = false")
+        modes = h.scalar(conn, "SELECT count(DISTINCT l_shipmode) FROM lineitem")
+        before = bridge_model.count()
+        n = h.scalar(conn, "SELECT count(*) FROM lineitem WHERE llm_filter(l_shipmode, 'the mode is good')")
+        assert n == 0  # the scripted model says yes to texts with "good" only
+        asked = sorted(c["user"] for c in bridge_model.since(before))
+        assert len(asked) == modes == len(set(asked)), asked
+
+
 def test_an_abandoned_query_stops_its_model_calls_on_every_host(three_hosts, bridge_model):
     conn = three_hosts.connect()
     point_at(conn, bridge_model, "SET lakelink.llm.cache = false")
