@@ -343,7 +343,7 @@ settings! {
     /// small model's lean to one label does not decide the rows. Yes/no
     /// answers are never calibrated (with the local model it made filters worse).
     calibrate: bool = true, Session;
-    /// Cascade of `llm_filter`: the agreement with the model-only answer to
+    /// Cascades of `llm_filter` and `llm_classify`: the agreement with the model-only answer to
     /// aim for (such as `0.95`); an embedding-similarity proxy answers the
     /// values it is sure about, thresholds chosen on a sample of 50 values the
     /// model answers first, in each process (0: off, every value to the model).

@@ -575,6 +575,16 @@ async fn a_cascade_lets_the_proxy_answer_what_it_is_sure_of() {
     assert!(decided + calls >= 1000, "the proxy decided {decided}, the model {calls}");
     assert!(proxy[0][1].starts_with("cascade: the proxy decided"), "{}", proxy[0][1]);
 
+    // EXPLAIN ANALYZE says what the proxy and the model answered.
+    let before = s.model.chats();
+    let plan = run(&mut conn, "EXPLAIN ANALYZE SELECT count(*) FROM items WHERE llm_filter(text, 'green')").await;
+    let spent = plan.iter().find(|r| r[0] == "Model calls").unwrap_or_else(|| panic!("{plan:?}"));
+    let figures: Vec<usize> =
+        spent[1].split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).take(4).collect();
+    let (values, proxy) = (figures[1], figures[3]);
+    assert!(spent[1].starts_with("llm_filter: ") && spent[1].contains("decided by the cascade's proxy"), "{spent:?}");
+    assert!(values >= s.model.chats() - before && proxy > 500 && proxy + values >= 1000, "{spent:?}");
+
     // Whether an item's number is even has next to nothing to do with the
     // words: the proxy answers only the few values it is sure of, and the
     // answers still agree with the model's on the target's share.
@@ -592,6 +602,29 @@ async fn a_cascade_lets_the_proxy_answer_what_it_is_sure_of() {
     assert_eq!(s.model.chats() - before, 1000);
     let refused = run(&mut conn, "SELECT count(*) FROM system.model_calls WHERE outcome LIKE 'cascade refused%'").await;
     assert_ne!(refused[0][0], "0");
+
+    // llm_classify: the label most similar to the text, where it leads the
+    // other clearly, is taken after the sample; every answer is right.
+    let before = s.model.chats();
+    let sql = "SELECT llm_classify(text, 'green', 'grey') AS colour, count(*) FROM items GROUP BY 1 ORDER BY 1";
+    let got = run(&mut conn, sql).await;
+    assert_eq!(got, vec![vec!["green".to_string(), "20".into()], vec!["grey".into(), "980".into()]]);
+    // The sample in each process (two executors and the scheduler's), and
+    // each process's calibration prior.
+    let calls = s.model.chats() - before;
+    assert!(calls <= 3 * (sample + 1), "{calls} model calls for 1,000 items");
+    let proxy = run(
+        &mut conn,
+        "SELECT sum(rows), min(outcome) FROM system.model_calls WHERE backend = 'proxy' AND function = 'llm_classify'",
+    )
+    .await;
+    assert!(proxy[0][0].parse::<usize>().unwrap() + calls >= 1000, "{proxy:?}");
+    assert!(proxy[0][1].contains("the most similar label"), "{}", proxy[0][1]);
+    // Labels the words say nothing of: refused, every item asked.
+    let before = s.model.chats();
+    let got = run(&mut conn, "SELECT count(llm_classify(text, 'even', 'odd')) FROM items").await;
+    assert_eq!(got[0][0], "0", "the model finds no label fits");
+    assert!(s.model.chats() - before >= 1000, "{} model calls", s.model.chats() - before);
 
     // A target out of range is refused with the reason.
     let error = fails(&mut conn, "SET lakelink.llm.cascade_target = 1.5").await;

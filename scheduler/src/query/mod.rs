@@ -366,7 +366,11 @@ impl QueryEngine {
 
     /// Runs a statement through DataFusion's (and Ballista's) planner here.
     async fn execute_here(&self, df: DataFrame, schema: SchemaRef, mut guard: CancelOnDrop) -> Result<QueryResult> {
-        let stream = df.execute_stream().await?;
+        let stream = if matches!(df.logical_plan(), LogicalPlan::Analyze(_)) {
+            explain_analyze(df, &self.local).await?
+        } else {
+            df.execute_stream().await?
+        };
         let conformed = {
             let schema = schema.clone();
             stream.map(move |batch| conform(batch?, &schema)).chain(futures::stream::poll_fn(move |_| {
@@ -379,6 +383,76 @@ impl QueryEngine {
         };
         Ok(QueryResult::Batches(Box::pin(RecordBatchStreamAdapter::new(schema, conformed))))
     }
+}
+
+/// Runs `EXPLAIN ANALYZE` and adds a row, `Model calls`, saying what the
+/// statement's semantic functions spent, from the trail of every host: per
+/// function, the model requests and the values they answered, the values
+/// the answer cache answered, and what a cascade's proxy decided.
+async fn explain_analyze(df: DataFrame, local: &SessionContext) -> Result<SendableRecordBatchStream> {
+    use datafusion::arrow::array::StringArray;
+    let (state, plan) = df.into_parts();
+    let query_id = lakelink_model::LlmOptions::from_config(state.config().options()).query_id;
+    let df = DataFrame::new(state, plan);
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let mut batches = df.collect().await?;
+    let spent = model_calls_of(local, &query_id).await?;
+    if !spent.is_empty() && schema.fields().len() == 2 {
+        let row = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["Model calls"])), Arc::new(StringArray::from(vec![spent.join("\n")]))],
+        )?;
+        batches.push(row);
+    }
+    let batches = futures::stream::iter(batches.into_iter().map(Ok));
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+}
+
+/// One line per semantic function the query `query_id` called, from
+/// `system.model_calls` (read through `local`, the catalog's context); none
+/// when it called none.
+async fn model_calls_of(ctx: &SessionContext, query_id: &str) -> Result<Vec<String>> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+    if query_id.is_empty() || !query_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT function, \
+           CAST(sum(CASE WHEN backend <> 'proxy' AND NOT cache_hit THEN 1 ELSE 0 END) AS BIGINT UNSIGNED), \
+           CAST(sum(CASE WHEN backend <> 'proxy' AND NOT cache_hit THEN rows ELSE 0 END) AS BIGINT UNSIGNED), \
+           CAST(sum(CASE WHEN cache_hit THEN rows ELSE 0 END) AS BIGINT UNSIGNED), \
+           CAST(sum(CASE WHEN backend = 'proxy' THEN rows ELSE 0 END) AS BIGINT UNSIGNED), \
+           min(CASE WHEN backend = 'proxy' THEN confidence END), \
+           CAST(sum(CASE WHEN outcome LIKE 'cascade refused%' THEN 1 ELSE 0 END) AS BIGINT UNSIGNED) \
+         FROM system.model_calls WHERE query_id = '{query_id}' GROUP BY function ORDER BY function"
+    );
+    let mut lines = vec![];
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let count = |i: usize, row: usize| batch.column(i).as_primitive::<UInt64Type>().value(row);
+        let agreement = batch.column(5).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            let function = batch.column(0).as_string::<i32>().value(row);
+            let mut line = format!(
+                "{function}: {} model requests (embeddings included) for {} values, {} values from the answer cache",
+                count(1, row),
+                count(2, row),
+                count(3, row)
+            );
+            if !agreement.is_null(row) {
+                line += &format!(
+                    ", {} values decided by the cascade's proxy (its samples agreed with the model on at least {:.1}%)",
+                    count(4, row),
+                    agreement.value(row) * 100.0
+                );
+            }
+            if count(6, row) > 0 {
+                line += ", the cascade refused (see system.model_calls)";
+            }
+            lines.push(line);
+        }
+    }
+    Ok(lines)
 }
 
 /// Cancels a query whose result stream is dropped before its end.

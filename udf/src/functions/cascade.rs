@@ -1,5 +1,5 @@
-//! The cascade of `llm_filter`: a cheap proxy answers the values it is sure
-//! about, the model the rest.
+//! The cascades of `llm_filter` and `llm_classify`: a cheap proxy answers
+//! the values it is sure about, the model the rest.
 //!
 //! On when the session sets `lakelink.llm.cascade_target` (a fraction such
 //! as `0.95`; `0`, the default, is off). The proxy is the cosine similarity
@@ -13,6 +13,12 @@
 //! similarity says little about the condition) the cascade refuses: every
 //! value goes to the model. Each batch's proxy answers, the thresholds and
 //! the sample's agreement are a trail line (`backend` `proxy`).
+//!
+//! `llm_classify`'s proxy is the label whose embedding is most similar to
+//! the value's, and its score the lead of that similarity over the next
+//! label's: on the sample, the lowest lead from which the proxy's label is
+//! the model's on the target's share (overall and of the values it decides)
+//! is chosen; values with a smaller lead go to the model.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -60,6 +66,17 @@ impl Thresholds {
 /// The widest band of the sample (similarity, the model's answer) whose
 /// proxy answers disagree with the model's on at most `1 - target` of it.
 pub fn choose(sample: &[(f64, bool)], target: f64) -> Thresholds {
+    choose_band(sample, target, true)
+}
+
+/// The lowest score from which the proxy's answer is taken, for a sample
+/// of (score, whether the model gave the proxy's answer): as [`choose`],
+/// with an upper side only.
+pub fn choose_upper(sample: &[(f64, bool)], target: f64) -> Thresholds {
+    choose_band(sample, target, false)
+}
+
+fn choose_band(sample: &[(f64, bool)], target: f64, lower_side: bool) -> Thresholds {
     let mut sorted = sample.to_vec();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
     let n = sorted.len();
@@ -72,7 +89,7 @@ pub fn choose(sample: &[(f64, bool)], target: f64) -> Thresholds {
     let no_from = |j: usize| (n - j) - (yes_below[n] - yes_below[j]);
     // The band deciding the most values; of those, the one with the fewest errors.
     let (mut best, mut best_errors, mut band) = (0, 0, (0, n));
-    for i in 0..=n {
+    for i in 0..=if lower_side { n } else { 0 } {
         for j in i..=n {
             let (decided, errors) = (i + (n - j), yes_below[i] + no_from(j));
             let better = decided > best || (decided == best && errors < best_errors);
@@ -128,11 +145,12 @@ pub fn cascade(query_id: &str, condition: &str) -> Arc<Cascade> {
     c
 }
 
-/// Answers `values` (distinct texts) through the cascade; `ask` asks the
-/// model for some of them.
-pub async fn answers<F, Fut>(
+/// Answers `values` (distinct texts) of `llm_filter` on `condition`
+/// through the cascade; `ask` asks the model for some of them. The proxy is
+/// the similarity of each value to the condition: no below the band, yes
+/// above it.
+pub async fn filter<F, Fut>(
     options: &LlmOptions,
-    function: &'static str,
     condition: &str,
     values: Vec<String>,
     ask: F,
@@ -143,56 +161,122 @@ where
 {
     let mut texts = values.clone();
     texts.push(condition.to_string());
-    let mut vectors = engine::embeddings(options, function, texts).await?;
+    let mut vectors = engine::embeddings(options, "llm_filter", texts).await?;
     let Some(Some(wanted)) = vectors.pop() else { return ask(values).await };
-    let similarity: Vec<f64> = vectors.iter().map(|v| v.as_deref().map_or(0.0, |v| cosine(v, &wanted))).collect();
-    let cascade = cascade(&options.query_id, condition);
-    let mut out: Vec<Option<Option<bool>>> = vec![None; values.len()];
-    if cascade.thresholds.get().is_none() {
-        let mut sample = cascade.sample.lock().await;
+    let similarity = vectors.iter().map(|v| v.as_deref().map_or(0.0, |v| cosine(v, &wanted))).collect();
+    let proxy = Proxy { function: "llm_filter", key: condition.to_string(), score: similarity, two_sided: true };
+    proxy.run(options, values, |_, yes| Some(yes), |_, model: &Option<bool>| *model, ask).await
+}
+
+/// Answers `values` of `llm_classify` into `labels` through the cascade.
+/// The proxy is the label most similar to the value, taken where its
+/// similarity leads the next label's by at least the sample's margin.
+pub async fn classify<F, Fut>(
+    options: &LlmOptions,
+    labels: &[String],
+    values: Vec<String>,
+    ask: F,
+) -> Result<Vec<Option<String>>>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Option<String>>>>,
+{
+    let mut texts = values.clone();
+    texts.extend(labels.iter().cloned());
+    let mut vectors = engine::embeddings(options, "llm_classify", texts).await?;
+    let label_vectors: Option<Vec<Vec<f32>>> = vectors.split_off(values.len()).into_iter().collect();
+    let Some(label_vectors) = label_vectors else { return ask(values).await };
+    let (mut nearest, mut margin) = (Vec::new(), Vec::new());
+    for v in &vectors {
+        let mut sims: Vec<(f64, usize)> = match v {
+            Some(v) => label_vectors.iter().enumerate().map(|(l, lv)| (cosine(v, lv), l)).collect(),
+            None => vec![(0.0, 0)],
+        };
+        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+        nearest.push(sims[0].1);
+        margin.push(sims[0].0 - sims.get(1).map_or(sims[0].0, |s| s.0));
+    }
+    let proxy = Proxy { function: "llm_classify", key: labels.join("\u{0}"), score: margin, two_sided: false };
+    let label = |i: usize| labels[nearest[i]].clone();
+    proxy
+        .run(options, values, |i, _| Some(label(i)), |i, model: &Option<String>| Some(*model == Some(label(i))), ask)
+        .await
+}
+
+/// A proxy's score of each value of a batch.
+struct Proxy {
+    function: &'static str,
+    /// What the cascade is of (the condition, the labels).
+    key: String,
+    score: Vec<f64>,
+    /// Thresholds on both sides (`decide` gives no or yes), or above only.
+    two_sided: bool,
+}
+
+impl Proxy {
+    /// Answers the batch: `answer(i, side)` is the proxy's answer for value
+    /// `i`, `agrees(i, model)` what the model's answer tells of the proxy on
+    /// the sample (two-sided: the model's yes or no; one-sided: whether it
+    /// gave the proxy's answer).
+    async fn run<T, F, Fut>(
+        self,
+        options: &LlmOptions,
+        values: Vec<String>,
+        answer: impl Fn(usize, bool) -> T,
+        agrees: impl Fn(usize, &T) -> Option<bool>,
+        ask: F,
+    ) -> Result<Vec<T>>
+    where
+        T: Clone,
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
+        let cascade = cascade(&options.query_id, &format!("{}\u{0}{}", self.function, self.key));
+        let mut out: Vec<Option<T>> = vec![None; values.len()];
         if cascade.thresholds.get().is_none() {
-            let room = SAMPLE.saturating_sub(sample.len());
-            let picked: Vec<usize> = (0..values.len()).take(room).collect();
-            let asked = ask(picked.iter().map(|&i| values[i].clone()).collect()).await?;
-            for (&i, answer) in picked.iter().zip(asked) {
-                if let Some(yes) = answer {
-                    sample.push((similarity[i], yes));
+            let mut sample = cascade.sample.lock().await;
+            if cascade.thresholds.get().is_none() {
+                let room = SAMPLE.saturating_sub(sample.len());
+                let picked: Vec<usize> = (0..values.len()).take(room).collect();
+                let asked = ask(picked.iter().map(|&i| values[i].clone()).collect()).await?;
+                for (&i, model) in picked.iter().zip(asked) {
+                    if let Some(right) = agrees(i, &model) {
+                        sample.push((self.score[i], right));
+                    }
+                    out[i] = Some(model);
                 }
-                out[i] = Some(answer);
-            }
-            if sample.len() >= SAMPLE {
-                let chosen = choose(&sample, options.cascade_target);
-                let _ = cascade.thresholds.set(chosen);
+                if sample.len() >= SAMPLE {
+                    let target = options.cascade_target;
+                    let chosen = if self.two_sided { choose(&sample, target) } else { choose_upper(&sample, target) };
+                    let _ = cascade.thresholds.set(chosen);
+                }
             }
         }
-    }
-    let thresholds = cascade.thresholds.get().copied();
-    let mut decided = 0;
-    let mut rest = Vec::new();
-    for i in 0..values.len() {
-        if out[i].is_some() {
-            continue;
-        }
-        match thresholds.and_then(|t| t.decide(similarity[i])) {
-            Some(yes) => {
-                out[i] = Some(Some(yes));
-                decided += 1;
+        let thresholds = cascade.thresholds.get().copied();
+        let mut decided = 0;
+        let mut rest = Vec::new();
+        for (i, slot) in out.iter_mut().enumerate().filter(|(_, slot)| slot.is_none()) {
+            match thresholds.and_then(|t| t.decide(self.score[i])) {
+                Some(side) => {
+                    *slot = Some(answer(i, side));
+                    decided += 1;
+                }
+                None => rest.push(i),
             }
-            None => rest.push(i),
         }
+        if let Some(t) = thresholds {
+            record(options, self.function, self.two_sided, decided, rest.len(), &t);
+        }
+        let asked = ask(rest.iter().map(|&i| values[i].clone()).collect()).await?;
+        for (&i, model) in rest.iter().zip(asked) {
+            out[i] = Some(model);
+        }
+        Ok(out.into_iter().map(|a| a.expect("every value answered")).collect())
     }
-    if let Some(t) = thresholds {
-        record(options, function, decided, rest.len(), &t);
-    }
-    let asked = ask(rest.iter().map(|&i| values[i].clone()).collect()).await?;
-    for (&i, answer) in rest.iter().zip(asked) {
-        out[i] = Some(answer);
-    }
-    Ok(out.into_iter().map(Option::flatten).collect())
 }
 
 /// The trail line of one batch's proxy answers.
-fn record(options: &LlmOptions, function: &str, decided: usize, to_model: usize, t: &Thresholds) {
+fn record(options: &LlmOptions, function: &str, two_sided: bool, decided: usize, to_model: usize, t: &Thresholds) {
     let mut call = ModelCall::now(&options.query_id, function, "proxy: embedding similarity", "proxy");
     call.rows = decided as u64;
     call.confidence = Some(t.agreement);
@@ -202,11 +286,18 @@ fn record(options: &LlmOptions, function: &str, decided: usize, to_model: usize,
              {to_model} values to the model",
             options.cascade_target * 100.0
         )
-    } else {
+    } else if two_sided {
         format!(
             "cascade: the proxy decided {decided} values (no at similarity <= {:.3}, yes at >= {:.3}; the sample \
              agreed {:.1}%), {to_model} to the model",
             t.no_until,
+            t.yes_from,
+            t.agreement * 100.0
+        )
+    } else {
+        format!(
+            "cascade: the proxy decided {decided} values (the most similar label, where it leads the next by >= \
+             {:.3}; the sample agreed {:.1}%), {to_model} to the model",
             t.yes_from,
             t.agreement * 100.0
         )
@@ -245,6 +336,19 @@ mod tests {
         let t = choose(&sample, 0.95);
         assert_eq!(t.agreement, 1.0);
         assert_eq!(t.decide(49.0), Some(false));
+    }
+
+    #[test]
+    fn one_sided_thresholds_take_the_proxy_only_above() {
+        // The proxy's label is the model's where its lead is 25 or more.
+        let sample: Vec<(f64, bool)> = (0..50).map(|i| (i as f64, i >= 25)).collect();
+        let t = choose_upper(&sample, 0.95);
+        assert_eq!((t.decide(30.0), t.decide(10.0)), (Some(true), None), "{t:?}");
+        assert!(t.yes_from <= 25.0 && t.yes_from > 22.0, "{t:?}");
+        // It never answers below, even where "no" would be right.
+        assert_eq!(t.no_until, f64::NEG_INFINITY);
+        let never: Vec<(f64, bool)> = (0..50).map(|i| (i as f64, false)).collect();
+        assert!(choose_upper(&never, 0.95).refused());
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl SemanticFunction for LlmClassify {
     fn documentation(&self) -> &'static Documentation {
         static DOC: OnceLock<Documentation> = OnceLock::new();
         DOC.get_or_init(|| {
-            Documentation::builder(DOC_SECTION, "The label (of those given) that fits the text best, by the model's probabilities of the labels; NULL when the model finds none fits.", "llm_classify(text, label[, label, ...])")
+            Documentation::builder(DOC_SECTION, "The label (of those given) that fits the text best, by the model's probabilities of the labels; NULL when the model finds none fits. With `lakelink.llm.cascade_target` set, the label most similar to the text by embedding answers where it leads the others clearly enough, checked on a sample the model answers first.", "llm_classify(text, label[, label, ...])")
                 .with_sql_example("SELECT llm_classify(review, 'positive', 'negative') AS sentiment, count(*)\nFROM reviews GROUP BY 1;")
                 .with_argument("text", "Text expression: the row's text.")
                 .with_argument("label", "Constant strings: two or more labels.")
@@ -109,7 +109,13 @@ impl SemanticFunction for LlmClassify {
             labels.push(label);
         }
         let (values, distinct) = Distinct::of(&args[0], rows)?;
-        let answers = engine::answers(&options, Arc::new(ClassifyTask { labels }), values).await?;
+        let task = Arc::new(ClassifyTask { labels: labels.clone() });
+        let ask = |values: Vec<String>| engine::answers(&options, task.clone(), values);
+        let answers = if options.cascade_target > 0.0 {
+            super::cascade::classify(&options, &labels, values, ask).await?
+        } else {
+            ask(values).await?
+        };
         Ok(ColumnarValue::Array(Arc::new(distinct.spread(&answers).into_iter().collect::<StringArray>())))
     }
 }

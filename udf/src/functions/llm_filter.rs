@@ -98,7 +98,7 @@ impl SemanticFunction for LlmFilter {
             async move { Ok(flags(engine::answers(options, task, values).await?)) }
         };
         let answers = if options.cascade_target > 0.0 {
-            super::cascade::answers(&options, "llm_filter", &condition, values, ask).await?
+            super::cascade::filter(&options, &condition, values, ask).await?
         } else {
             ask(values).await?
         };
