@@ -50,9 +50,12 @@ struct Args {
     /// `rank_pool` values to compare with scoring every row.
     #[arg(long, value_delimiter = ',', default_value = "3,5")]
     pools: Vec<usize>,
-    /// `cascade_target` values to compare with the model-only filter.
+    /// `cascade_target` values to compare with the model-only plans.
     #[arg(long, value_delimiter = ',', default_value = "0.9,0.95")]
     targets: Vec<f64>,
+    /// Cascade cases whose call starts with this (such as `llm_classify`); all when absent.
+    #[arg(long)]
+    only: Option<String>,
     /// The cases to run: `join`, `top-k`, `cascade`.
     #[arg(long, value_delimiter = ',', default_value = "join,top-k,cascade")]
     cases: Vec<String>,
@@ -225,11 +228,14 @@ async fn top_k_cases(conn: &mut Conn, args: &Args, figures: &mut Vec<Value>) -> 
     Ok(())
 }
 
-/// A filter condition for the cascade cases: table, column, condition.
+/// The calls of the cascade cases: table, column, the call (`{column}`
+/// stands for the column).
 const CASCADES: &[(&str, &str, &str)] = &[
-    ("reviews", "review", "the customer is happy"),
-    ("reviews", "review", "the review talks about the delivery or shipping"),
-    ("parts", "p_name", "contains the word green"),
+    ("reviews", "review", "llm_filter({column}, 'the customer is happy')"),
+    ("reviews", "review", "llm_filter({column}, 'the review talks about the delivery or shipping')"),
+    ("parts", "p_name", "llm_filter({column}, 'contains the word green')"),
+    ("reviews", "review", "llm_classify({column}, 'positive', 'negative')"),
+    ("reviews", "review", "llm_classify({column}, 'quality', 'delivery', 'price', 'service')"),
 ];
 
 async fn cascade_cases(
@@ -238,12 +244,13 @@ async fn cascade_cases(
     figures: &mut Vec<Value>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     println!(
-        "| condition | plan | model calls | embedding requests | proxy answered | fewer calls | s | agreement with the oracle | said yes |"
+        "| call | plan | model calls | embedding requests | proxy answered | fewer calls | s | agreement with the oracle | most common answer |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (table, column, condition) in CASCADES {
-        let sql =
-            format!("SELECT id, llm_filter({column}, '{condition}') FROM {table} WHERE id < {} ORDER BY id", args.rows);
+    let wanted = |call: &&(&str, &str, &str)| args.only.as_ref().is_none_or(|only| call.2.starts_with(only.as_str()));
+    for (table, column, call) in CASCADES.iter().filter(wanted) {
+        let call = call.replace("{column}", column);
+        let sql = format!("SELECT id, {call} FROM {table} WHERE id < {} ORDER BY id", args.rows);
         let (oracle, oracle_cost) = measured(conn, &["SET lakelink.llm.cascade_target = 0".to_string()], &sql).await?;
         let mut plans = vec![("model only (the oracle)".to_string(), oracle.clone(), oracle_cost)];
         for &target in &args.targets {
@@ -253,19 +260,24 @@ async fn cascade_cases(
         for (plan, got, cost) in &plans {
             let proxy = cost.proxy;
             let agree = got.iter().zip(&oracle).filter(|(a, b)| a == b).count();
-            let yes = got.iter().filter(|r| r[1] == "true").count();
+            let mut answers: std::collections::BTreeMap<&str, usize> = Default::default();
+            for r in got {
+                *answers.entry(r[1].as_str()).or_default() += 1;
+            }
+            let (common, times) = answers.into_iter().max_by_key(|(_, n)| *n).unwrap_or(("", 0));
             let fewer = ratio(plans[0].2.calls, cost.calls + cost.embeddings);
             println!(
-                "| {condition} | {plan} | {} | {} | {proxy} | {fewer:.1}x | {:.1} | {:.1}% | {:.0}% |",
+                "| {call} | {plan} | {} | {} | {proxy} | {fewer:.1}x | {:.1} | {:.1}% | {common} {:.0}% |",
                 cost.calls,
                 cost.embeddings,
                 cost.seconds,
                 ratio(agree, oracle.len()) * 100.0,
-                ratio(yes, got.len()) * 100.0
+                ratio(times, got.len()) * 100.0
             );
-            figures.push(json!({"case": "cascade", "condition": condition, "plan": plan, "model_calls": cost.calls,
+            figures.push(json!({"case": "cascade", "call": call, "plan": plan, "model_calls": cost.calls,
                 "embedding_requests": cost.embeddings, "proxy_answered": proxy, "seconds": cost.seconds,
-                "fewer_calls": fewer, "agreement": ratio(agree, oracle.len()), "said_yes": ratio(yes, got.len())}));
+                "fewer_calls": fewer, "agreement": ratio(agree, oracle.len()),
+                "most_common_answer": common, "its_share": ratio(times, got.len())}));
         }
     }
     println!();
