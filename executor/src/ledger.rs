@@ -22,7 +22,13 @@ impl SchedulerLedger {
     pub fn new(host: &str, port: u16, link: &ClusterLink) -> Result<Self, String> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
             .map_err(|e| format!("the scheduler's address {host}:{port}: {e}"))?;
-        let channel = link.endpoint(endpoint)?.connect_timeout(std::time::Duration::from_secs(10)).connect_lazy();
+        // A ledger that does not answer within these bounds is given up for
+        // the query: the process then answers its inputs on its own.
+        let channel = link
+            .endpoint(endpoint)?
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(30))
+            .connect_lazy();
         let client = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);

@@ -52,6 +52,8 @@ struct QueryState {
     tokens: AtomicU64,
     memo: Mutex<HashMap<String, Memo>>,
     cancelled: AtomicBool,
+    /// The ledger failed this query once: this process goes on alone.
+    alone: AtomicBool,
 }
 
 /// Where cancellation markers live: processes on other machines see them
@@ -223,14 +225,21 @@ impl Scope {
     /// (this process then keeps to its own memo and budget).
     async fn ask_ledger(&self, request: Request) -> Option<Reply> {
         let ledger = self.ledger.as_ref()?;
+        if self.state.alone.load(Ordering::Relaxed) {
+            return None;
+        }
         match ledger.ask(request).await {
             Ok(reply) => Some(reply),
             Err(e) => {
-                tracing::warn!(
-                    "{}: the cluster's ledger of model calls cannot be asked ({e}): this process \
-                     answers its inputs on its own",
-                    self.function
-                );
+                // Once per query: asking again would wait for the same failure.
+                if !self.state.alone.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{}: the cluster's ledger of model calls cannot be asked ({e}): for the rest of query {} \
+                         this process answers its inputs on its own, within its own budget",
+                        self.function,
+                        self.options.query_id
+                    );
+                }
                 None
             }
         }
@@ -812,4 +821,34 @@ async fn embed_batch(scope: Scope, embedder: Arc<dyn Embedder>, items: Vec<Strin
         }
     }
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger that cannot be reached, counting the requests made to it.
+    #[derive(Default)]
+    struct Unreachable(AtomicU64);
+
+    #[async_trait::async_trait]
+    impl Ledger for Unreachable {
+        async fn ask(&self, _: Request) -> std::result::Result<Reply, String> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err("connection refused".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_ledger_is_asked_once_per_query() {
+        let ledger = Arc::new(Unreachable::default());
+        let options = LlmOptions { query_id: "q-unreachable".into(), ..LlmOptions::default() };
+        let scope = Scope { ledger: Some(ledger.clone()), ..Scope::new(&options, "llm_filter", "m", "openai") };
+        assert_eq!(scope.spend(1, 0).await, None);
+        assert_eq!(scope.claim(&["k".to_string()]).await, None);
+        assert_eq!(scope.spend(0, 10).await, None);
+        assert_eq!(ledger.0.load(Ordering::Relaxed), 1, "asked again after it failed");
+        // Keys another process was asking are then asked here.
+        assert_eq!(scope.settled_elsewhere(vec!["k".into()]).await.unwrap(), vec![None]);
+    }
 }
