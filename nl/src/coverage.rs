@@ -24,7 +24,7 @@ use crate::knowledge::Knowledge;
 pub fn gap(question: &str, query: &Query, sql: &str, knowledge: &Knowledge) -> Option<String> {
     contradiction(query)
         .or_else(|| missing_value(question, sql, knowledge))
-        .or_else(|| missing_year(question, sql))
+        .or_else(|| missing_year(question, sql, knowledge))
         .or_else(|| missing_limit(question, sql))
 }
 
@@ -128,22 +128,54 @@ fn missing_value(question: &str, sql: &str, knowledge: &Knowledge) -> Option<Str
     None
 }
 
-/// A year (1900–2099) the question names that the query leaves out.
-fn missing_year(question: &str, sql: &str) -> Option<String> {
+/// A year (1900–2099) the question names that the query leaves out; the
+/// hint names the date columns of the tables the query reads (of every
+/// table when it reads none that has one).
+fn missing_year(question: &str, sql: &str, knowledge: &Knowledge) -> Option<String> {
     for word in words(question) {
         let Ok(year) = word.parse::<u32>() else { continue };
         if !(1900..2100).contains(&year) || word.len() != 4 {
             continue;
         }
         if !sql.contains(&year.to_string()) && !sql.contains(&(year + 1).to_string()) {
+            let dates = date_columns(sql, knowledge);
+            let example = dates.first().map_or("date_column", |(_, c)| c.as_str());
+            let range = format!("`{example} >= DATE '{year}-01-01' AND {example} < DATE '{}-01-01'`", year + 1);
+            let candidates = match dates.len() {
+                0 | 1 => String::new(),
+                _ => {
+                    let named: Vec<String> = dates.iter().map(|(t, c)| format!("{t}.{c}")).collect();
+                    format!(" on the date column the question means ({})", named.join(", "))
+                }
+            };
             return Some(format!(
                 "the question names the year {year} but the query does not restrict any date to it; add \
-                 `date_column >= DATE '{year}-01-01' AND date_column < DATE '{}-01-01'` (or the part of it asked for)",
-                year + 1
+                 {range}{candidates} (or the part of the year asked for)"
             ));
         }
     }
     None
+}
+
+/// (table, column) of every DATE or TIMESTAMP column of the tables `sql`
+/// names, or of every table when it names none that has one.
+fn date_columns(sql: &str, knowledge: &Knowledge) -> Vec<(String, String)> {
+    let used = words(sql);
+    let dates = |only_used: bool| -> Vec<(String, String)> {
+        knowledge
+            .tables
+            .iter()
+            .filter(|t| !only_used || used.contains(&t.name.to_lowercase()))
+            .flat_map(|t| {
+                t.columns
+                    .iter()
+                    .filter(|c| c.sql_type.starts_with("DATE") || c.sql_type.starts_with("TIMESTAMP"))
+                    .map(|c| (t.name.clone(), c.name.clone()))
+            })
+            .collect()
+    };
+    let read = dates(true);
+    if read.is_empty() { dates(false) } else { read }
 }
 
 /// "top N" without `LIMIT N`.
@@ -199,7 +231,14 @@ mod tests {
                     columns: vec![
                         column("l_shipmode", &["AIR", "REG AIR", "SHIP"]),
                         column("l_returnflag", &["A", "N", "R"]),
+                        ColumnInfo { sql_type: "DATE".into(), ..column("l_shipdate", &[]) },
+                        ColumnInfo { sql_type: "DATE".into(), ..column("l_receiptdate", &[]) },
                     ],
+                },
+                TableInfo {
+                    name: "orders".into(),
+                    description: String::new(),
+                    columns: vec![ColumnInfo { sql_type: "DATE".into(), ..column("o_orderdate", &[]) }],
                 },
             ],
             joins: vec![],
@@ -241,6 +280,14 @@ mod tests {
     fn a_named_year_must_be_used() {
         let question = "Revenue in 1995 by nation";
         assert!(gap_of(question, "SELECT 1").unwrap().contains("1995"));
+        // The hint names the date columns of the tables read.
+        let hint = gap_of("Orders placed in 1995", "SELECT count(*) FROM orders").unwrap();
+        assert!(hint.contains("`o_orderdate >= DATE '1995-01-01' AND o_orderdate < DATE '1996-01-01'`"), "{hint}");
+        let hint = gap_of("Items shipped in 1995", "SELECT count(*) FROM lineitem").unwrap();
+        assert!(
+            hint.contains("(lineitem.l_shipdate, lineitem.l_receiptdate)") && !hint.contains("o_orderdate"),
+            "{hint}"
+        );
         assert_eq!(gap_of(question, "SELECT 1 WHERE d >= DATE '1995-01-01' AND d < DATE '1996-01-01'"), None);
         assert_eq!(gap_of("Orders until 1996", "SELECT 1 WHERE d < DATE '1997-01-01'"), None);
     }
