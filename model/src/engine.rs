@@ -221,13 +221,16 @@ impl Scope {
         }
     }
 
+    /// Whether this query still asks the cluster's ledger (it has one, and
+    /// the ledger has not failed it), so that requests are built only then.
+    fn with_ledger(&self) -> bool {
+        self.ledger.is_some() && !self.state.alone.load(Ordering::Relaxed)
+    }
+
     /// Asks the ledger; `None` when there is none or it cannot be reached
     /// (this process then keeps to its own memo and budget).
     async fn ask_ledger(&self, request: Request) -> Option<Reply> {
-        let ledger = self.ledger.as_ref()?;
-        if self.state.alone.load(Ordering::Relaxed) {
-            return None;
-        }
+        let ledger = self.ledger.as_ref().filter(|_| self.with_ledger())?;
         match ledger.ask(request).await {
             Ok(reply) => Some(reply),
             Err(e) => {
@@ -248,6 +251,9 @@ impl Scope {
     /// Adds to the query's spending; what the whole query has spent, when
     /// the ledger knows it.
     async fn spend(&self, calls: i64, tokens: u64) -> Option<(u64, u64)> {
+        if !self.with_ledger() {
+            return None;
+        }
         let query = self.options.query_id.clone();
         let process = ledger::process_id().to_string();
         match self.ask_ledger(Request::Spend { query, process, calls, tokens }).await? {
@@ -258,6 +264,9 @@ impl Scope {
 
     /// Claims `keys` for this process (in order).
     async fn claim(&self, keys: &[String]) -> Option<Vec<Claim>> {
+        if !self.with_ledger() || keys.is_empty() {
+            return None;
+        }
         let lease_ms = self.options.timeout_ms.saturating_mul(2).saturating_add(5_000);
         let mut claims = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(CLAIM_CHUNK) {
@@ -476,7 +485,7 @@ impl Scope {
             // The cluster's ledger first: what other processes of the query
             // have answered, or are asking now.
             let mut elsewhere = Vec::new();
-            if !todo.is_empty()
+            if self.with_ledger()
                 && let Some(claims) = self.claim(&todo.iter().map(|&i| keys[i].clone()).collect::<Vec<_>>()).await
             {
                 let mut mine = Vec::new();
@@ -552,7 +561,7 @@ impl Scope {
     /// `batch` (the answers of `keys`), its answers settled in the ledger
     /// once they come, for the query's other processes.
     fn settling(&self, keys: Vec<String>, batch: BoxFuture<'static, BatchOutcome>) -> BoxFuture<'static, BatchOutcome> {
-        if self.ledger.is_none() {
+        if !self.with_ledger() {
             return batch;
         }
         let scope = self.clone();

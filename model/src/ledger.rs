@@ -101,13 +101,11 @@ pub trait Ledger: Send + Sync {
     async fn ask(&self, request: Request) -> Result<Reply, String>;
 }
 
-/// This process's name in the ledger: host, pid and a random part.
+/// This process's name in the ledger: its trail name (`host:pid`) and a
+/// random part (two hosts may share a name).
 pub fn process_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}:{}:{}", host.trim(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
-    })
+    ID.get_or_init(|| format!("{}:{}", crate::trail::process_name(), &uuid::Uuid::new_v4().simple().to_string()[..8]))
 }
 
 /// The book of this process (the scheduler's): served to the executors and
