@@ -197,9 +197,12 @@ except OSError as e:
     print("refused:", e.strerror); sys.exit(0)
 def send(m):
     b = json.dumps(m).encode(); s.sendall(struct.pack("<I", len(b)) + b)
-send({"Hello": {"version": 1, "client": "intruder"}})
-send({"Call": {"id": 1, "call": {"Complete": {"model": "/etc/shadow", "prompt": {
-    "system": "", "user": "hi", "max_tokens": 4, "sample": None}}}, "reuse": False}})
+try:
+    send({"Hello": {"version": 1, "client": "intruder"}})
+    send({"Call": {"id": 1, "call": {"Complete": {"model": "/etc/shadow", "prompt": {
+        "system": "", "user": "hi", "max_tokens": 4, "sample": None}}}, "reuse": False}})
+except (BrokenPipeError, ConnectionResetError):
+    print("closed"); sys.exit(0)  # the supervisor hung up before the call was sent
 s.settimeout(10)
 try:
     data = s.recv(4096)
