@@ -12,3 +12,19 @@ if [ ! -x "$LAKELINK_VENV/bin/python" ]; then
   python3 -m venv "$LAKELINK_VENV"
 fi
 "$LAKELINK_VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+echo "== BI suite: Debian's Chromium and Apache Superset in $LAKELINK_BI_VENV"
+if ! command -v chromium >/dev/null; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get install -y -qq chromium >/dev/null || {
+    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq chromium >/dev/null
+  }
+fi
+if [ ! -x "$LAKELINK_BI_VENV/bin/python" ]; then
+  python3 -m venv "$LAKELINK_BI_VENV"
+fi
+"$LAKELINK_BI_VENV/bin/pip" install --quiet --disable-pip-version-check \
+  -r tests/bi/requirements.txt -c tests/bi/constraints.txt
+# LakeLink's engine spec for Superset, from this checkout.
+"$LAKELINK_BI_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+  ./clients/superset

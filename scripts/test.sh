@@ -10,3 +10,4 @@ ci/docs.sh
 ci/unit.sh
 ci/integration.sh
 ci/e2e.sh
+ci/bi.sh

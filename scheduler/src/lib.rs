@@ -393,11 +393,11 @@ pub async fn start(options: SchedulerOptions) -> Result<RunningScheduler, Schedu
     if !options.auth.enabled() && !loopback {
         tracing::warn!("Flight SQL has no authentication: anyone who reaches port {} can query the lake", addr.port());
     }
-    let flight = FlightServiceServer::new(
+    let flight = FlightServiceServer::new(flight_sql::door::ClientDoor(
         LakeLinkFlightSql::new(engine, auth.clone(), link.clone())
             .with_result_endpoints(options.result_endpoints)
             .with_limits(options.limits),
-    )
+    ))
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let scheduler_grpc = SchedulerGrpcServer::new(scheduler)

@@ -74,3 +74,26 @@ def test_endpoints_are_the_executors_and_a_ticket_reads_once(direct_cluster):
     # The cluster goes on answering.
     with direct_cluster.connection() as conn:
         assert h.scalar(conn, "SELECT count(*) FROM nation") == 25
+
+
+def test_a_client_that_ignores_locations_is_told_so(direct_cluster):
+    """A client reading an executor's ticket from the scheduler (as
+    flightsql-dbapi does, which Superset uses) gets an error that names the
+    cause and the scheduler flag, not a protobuf decoding error; the ticket
+    itself stays good at its executor."""
+    info = statement_info(direct_cluster, "SELECT o_orderkey FROM orders")
+    client = direct_cluster.flight_client()
+    header = client.authenticate_basic_token(direct_cluster.user, direct_cluster.password)
+    options = flight.FlightCallOptions(headers=[header])
+    with pytest.raises((flight.FlightError, pa.ArrowInvalid)) as failure:  # INVALID_ARGUMENT
+        client.do_get(info.endpoints[0].ticket, options).read_all()
+    text = str(failure.value)
+    assert "executor's result endpoint" in text and "--result-endpoints scheduler" in text, text
+    assert "DecodeError" not in text, text
+    # Without a credential the scheduler refuses before looking at the ticket.
+    with pytest.raises((flight.FlightError, pa.ArrowInvalid)) as anonymous:
+        client.do_get(info.endpoints[0].ticket).read_all()
+    assert "executor's result endpoint" not in str(anonymous.value), str(anonymous.value)
+    assert isinstance(anonymous.value, flight.FlightUnauthenticatedError), str(anonymous.value)
+    rows = sum(read_endpoint(direct_cluster, e).num_rows for e in info.endpoints)
+    assert rows == h.parquet_dataset(direct_cluster.lake, "orders").count_rows()

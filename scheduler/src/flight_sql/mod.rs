@@ -38,6 +38,7 @@ use crate::limits::{ClientSlot, ClientSlots, Limits};
 use crate::query::{CATALOG, QueryEngine, QueryResult, SCHEMA, SettingChange, bind, new_execution, result_schema};
 use lakelink_protocol::cluster::ClusterLink;
 
+pub mod door;
 mod metadata;
 pub mod statements;
 
