@@ -4,7 +4,9 @@
 //! fault is a gap is still the answer when the attempts run out.
 //!
 //! * contradictory equalities: `x = 'a' AND x = 'b'` in one conjunction
-//!   matches no row (the model's way of writing "a or b");
+//!   matches no row (the model's way of writing "a or b"); when the
+//!   question's words stand for one listed value of `x`, [`settle`] puts
+//!   it in place without the model;
 //! * named values: a value of a listed low-cardinality column that the
 //!   question names as a word (a nation, a ship mode, a segment) must be in
 //!   the query;
@@ -15,22 +17,36 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Query, Value, ValueWithSpan, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, Query, Value, ValueWithSpan, Visit, Visitor, visit_expressions_mut,
+};
 
 use crate::knowledge::Knowledge;
 
 /// The first gap between `question` and `query` (rendered as `sql`), as a
 /// hint for the model; `None` when none is seen.
 pub fn gap(question: &str, query: &Query, sql: &str, knowledge: &Knowledge) -> Option<String> {
-    contradiction(query)
+    contradiction(question, query, knowledge)
         .or_else(|| missing_value(question, sql, knowledge))
         .or_else(|| missing_year(question, sql, knowledge))
         .or_else(|| missing_limit(question, sql))
 }
 
-/// `column = 'a' AND column = 'b'` (a ≠ b) in one conjunction.
-fn contradiction(query: &Query) -> Option<String> {
-    struct Find(Option<String>);
+/// `column = 'a' AND column = 'b'` (a ≠ b) in one conjunction. When the
+/// question's words stand for exactly one listed value of the column
+/// ([`stands_for`]), the hint names it; else it offers `IN` for either.
+fn contradiction(question: &str, query: &Query, knowledge: &Knowledge) -> Option<String> {
+    let (column, other, value) = clash(query)?;
+    let clash = format!("`{column} = '{other}'` and `{column} = '{value}'` cannot both hold, so no row matches");
+    Some(match stands_for(question, &column, knowledge) {
+        Some(one) => format!("{clash}; the question's words stand for `{column} = '{one}'`"),
+        None => format!("{clash}; for either one write `{column} IN ('{other}', '{value}')`"),
+    })
+}
+
+/// The first contradiction of `query`: (the column as written, one text, the other).
+fn clash(query: &Query) -> Option<(String, String, String)> {
+    struct Find(Option<(String, String, String)>);
     impl Visitor for Find {
         type Break = ();
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
@@ -40,10 +56,7 @@ fn contradiction(query: &Query) -> Option<String> {
                     let Some((column, value)) = equality(part) else { continue };
                     match equal.get(&column.to_lowercase()) {
                         Some(other) if other != &value => {
-                            self.0 = Some(format!(
-                                "`{column} = '{other}'` and `{column} = '{value}'` cannot both hold, so no row \
-                                 matches; for either one write `{column} IN ('{other}', '{value}')`"
-                            ));
+                            self.0 = Some((column, other.clone(), value));
                             return ControlFlow::Break(());
                         }
                         _ => {
@@ -58,6 +71,65 @@ fn contradiction(query: &Query) -> Option<String> {
     let mut find = Find(None);
     let _ = query.visit(&mut find);
     find.0
+}
+
+/// The one listed value of `column` (as written, maybe qualified) that the
+/// question's words stand for ([`abbreviated`]: 'MED BOX' for "a medium
+/// box"); `None` when none or several do.
+fn stands_for(question: &str, column: &str, knowledge: &Knowledge) -> Option<String> {
+    let name = column.rsplit('.').next().unwrap_or(column).trim_matches('"');
+    let listed = knowledge.tables.iter().flat_map(|t| &t.columns).filter(|c| c.name.eq_ignore_ascii_case(name));
+    let asked = words(question);
+    let mut matching: Vec<&String> = listed.flat_map(|c| &c.values).filter(|v| abbreviated(&asked, v)).collect();
+    matching.sort();
+    matching.dedup();
+    match matching.as_slice() {
+        [one] => Some((*one).clone()),
+        _ => None,
+    }
+}
+
+/// `query` with its contradiction settled without the model, when the
+/// question's words stand for one listed value of the column: every
+/// equality of that column with either text compares with that value
+/// instead. A small model given the hint usually writes the same SQL again.
+pub fn settle(question: &str, query: &Query, knowledge: &Knowledge) -> Option<String> {
+    let (column, other, value) = clash(query)?;
+    let one = stands_for(question, &column, knowledge)?;
+    let mut fixed = query.clone();
+    let _ = visit_expressions_mut(&mut fixed, |e| {
+        if let Some((c, text)) = equality(e)
+            && c.eq_ignore_ascii_case(&column)
+            && (text == other || text == value)
+            && let Expr::BinaryOp { left, right, .. } = e
+        {
+            for side in [left, right] {
+                if let Expr::Value(ValueWithSpan { value: Value::SingleQuotedString(s), .. }) = side.as_mut() {
+                    *s = one.clone();
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Some(fixed.to_string())
+}
+
+/// Whether every word of `value` begins a word of the question, in order,
+/// at least one of them with three letters or more ('MED BOX' in "parts in a
+/// medium box", 'LG CASE' in "a large case" does not: 'lg' begins no word).
+fn abbreviated(asked: &[String], value: &str) -> bool {
+    let wanted = words(value);
+    if wanted.is_empty() || !wanted.iter().any(|w| w.chars().count() >= 3) {
+        return false;
+    }
+    let mut from = 0;
+    for w in &wanted {
+        match asked[from..].iter().position(|a| a.starts_with(w.as_str())) {
+            Some(i) => from += i + 1,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The parts of an `AND` chain.
@@ -240,6 +312,11 @@ mod tests {
                     description: String::new(),
                     columns: vec![ColumnInfo { sql_type: "DATE".into(), ..column("o_orderdate", &[]) }],
                 },
+                TableInfo {
+                    name: "part".into(),
+                    description: String::new(),
+                    columns: vec![column("p_container", &["LG BOX", "MED BAG", "MED BOX", "SM BOX"])],
+                },
             ],
             joins: vec![],
             examples: vec![],
@@ -256,6 +333,21 @@ mod tests {
         let sql = "SELECT count(*) FROM lineitem WHERE l_shipmode = 'AIR' AND l_quantity > 3 AND l_shipmode = 'SHIP'";
         let hint = gap_of("How many items were shipped by air or ship?", sql).unwrap();
         assert!(hint.contains("IN ('AIR', 'SHIP')"), "{hint}");
+        // The question's words stand for one listed value: the hint names it.
+        let boxes = "SELECT avg(p_retailprice) FROM part WHERE p_container = 'LG BOX' AND p_container = 'SM BOX'";
+        let hint = gap_of("What is the average retail price of parts in a medium box?", boxes).unwrap();
+        assert!(hint.contains("`p_container = 'MED BOX'`"), "{hint}");
+        assert!(!hint.contains(" IN ("), "{hint}");
+        // No listed value fits every word ("medium" alone fits neither 'MED
+        // BOX' nor 'MED BAG'): the hint offers IN.
+        let settled = settle("parts in a medium box", &query(boxes), &knowledge()).unwrap();
+        assert_eq!(
+            settled,
+            "SELECT avg(p_retailprice) FROM part WHERE p_container = 'MED BOX' AND p_container = 'MED BOX'"
+        );
+        let hint = gap_of("What is the average retail price of medium parts?", boxes).unwrap();
+        assert!(hint.contains("IN ('LG BOX', 'SM BOX')"), "{hint}");
+        assert_eq!(settle("What is the average retail price of medium parts?", &query(boxes), &knowledge()), None);
         let either = "SELECT count(*) FROM lineitem WHERE l_shipmode = 'AIR' OR l_shipmode = 'SHIP'";
         assert_eq!(gap_of("How many items were shipped by air or ship?", either), None);
     }

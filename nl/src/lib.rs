@@ -458,6 +458,25 @@ impl Job<'_> {
         }
     }
 
+    /// A checked query with contradictory equalities on a column whose one
+    /// listed value the question's words stand for gets that value
+    /// ([`coverage::settle`]), recorded as an attempt fixed without the model.
+    async fn settle_values(&self, answer: Answered, attempts: &mut Vec<Attempt>) -> Answered {
+        if !self.strategy.repairs() {
+            return answer;
+        }
+        let Answered::Query(q) = &answer else { return answer };
+        let Some(fixed) = coverage::settle(&self.request.question, &q.query, self.knowledge) else { return answer };
+        match self.check(&fixed).await {
+            Ok(settled) => {
+                let gap = coverage::gap(&self.request.question, &q.query, &q.sql, self.knowledge).unwrap_or_default();
+                attempts.push(Attempt { sql: q.sql.clone(), error: format!("{gap} (fixed without the model)") });
+                settled
+            }
+            Err(_) => answer,
+        }
+    }
+
     /// One candidate: retrieval, then attempts with repair until one passes.
     async fn candidate(&self, options: &LlmOptions, model: &str, sample: Option<u32>) -> Result<Candidate> {
         let mut options = options.clone();
@@ -516,6 +535,7 @@ impl Job<'_> {
             match self.check_or_fix(&text, &mut attempts).await {
                 Ok(answer) => {
                     let answer = self.complete_dates(answer).await;
+                    let answer = self.settle_values(answer, &mut attempts).await;
                     // A query that checks but leaves part of the question
                     // out goes back with the gap while attempts remain; it
                     // stays the answer if no later one checks.
