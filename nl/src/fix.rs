@@ -12,12 +12,13 @@
 //!   referred to it is replaced by the catalog's join keys);
 //! * a selected column missing from GROUP BY;
 //! * a table name off by a letter or two (`order`): the catalog's table;
-//! * a date range that stops short of the one period the question names.
+//! * a date range that is not the one period the question names (a year,
+//!   a month, a quarter), or no date range at all for it.
 
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, GroupByExpr, Ident, Join, JoinConstraint, JoinOperator, ObjectName,
-    ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, VisitMut, visit_expressions,
+    ObjectNamePart, Query, Select, SelectItem, SetExpr, Statement, TableFactor, VisitMut, visit_expressions,
 };
 
 use super::check::{Cause, Problem, parse_one};
@@ -420,13 +421,12 @@ const MONTHS: [&str; 12] = [
     "december",
 ];
 
-/// The one period a question names ("in 1996", "in March 1995"):
-/// `(first day, first day after)`, as `YYYY-MM-DD`.
+/// The one period a question names ("in 1996", "in March 1995", "in the
+/// second quarter of 1996"): `(first day, first day after)`, as `YYYY-MM-DD`.
 fn period(question: &str) -> Option<(String, String)> {
     let words: Vec<String> =
         question.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
-    if words.iter().any(|w| matches!(w.as_str(), "since" | "after" | "before" | "until" | "between" | "to" | "quarter"))
-    {
+    if words.iter().any(|w| matches!(w.as_str(), "since" | "after" | "before" | "until" | "between" | "to")) {
         return None;
     }
     let years: Vec<(usize, i32)> = words
@@ -436,14 +436,28 @@ fn period(question: &str) -> Option<(String, String)> {
         .filter_map(|(i, w)| w.parse::<i32>().ok().filter(|y| (1900..2100).contains(y)).map(|y| (i, y)))
         .collect();
     let [(at, year)] = years.as_slice() else { return None };
-    let month = at.checked_sub(1).and_then(|i| MONTHS.iter().position(|m| *m == words[i]));
-    Some(match month {
-        Some(m) => {
-            let (ny, nm) = if m == 11 { (year + 1, 1) } else { (*year, m + 2) };
-            (format!("{year}-{:02}-01", m + 1), format!("{ny}-{nm:02}-01"))
+    let quarters: Vec<usize> = words.iter().enumerate().filter(|(_, w)| *w == "quarter").map(|(i, _)| i).collect();
+    let (first_month, months) = match quarters.as_slice() {
+        [] => match at.checked_sub(1).and_then(|i| MONTHS.iter().position(|m| *m == words[i])) {
+            Some(m) => (m, 1),
+            None => (0, 12),
+        },
+        [q] => {
+            let ordinal = q.checked_sub(1).map(|i| words[i].as_str());
+            let n = match ordinal {
+                Some("first" | "1st") => 0,
+                Some("second" | "2nd") => 1,
+                Some("third" | "3rd") => 2,
+                Some("fourth" | "4th" | "last") => 3,
+                _ => return None,
+            };
+            (n * 3, 3)
         }
-        None => (format!("{year}-01-01"), format!("{}-01-01", year + 1)),
-    })
+        _ => return None,
+    };
+    let after = first_month + months;
+    let (ny, nm) = if after >= 12 { (year + 1, after - 12) } else { (*year, after) };
+    Some((format!("{year}-{:02}-01", first_month + 1), format!("{ny}-{:02}-01", nm + 1)))
 }
 
 /// The conjuncts of an AND chain.
@@ -472,77 +486,266 @@ fn date_bound(e: &SqlExpr) -> Option<(&SqlExpr, BinaryOperator, String)> {
         .then(|| (left.as_ref(), op.clone(), date))
 }
 
-/// Completes the date range of a question that names one period: a query
-/// that starts the range at the period's first day but has no end (or ends
-/// it a day early, `< DATE '1997-12-31'`) gets the period's real end.
-pub fn date_ranges(sql: &str, question: &str) -> Option<String> {
+/// Makes the date range of a question that names one period that period,
+/// without the model:
+///
+/// * a range that starts at the period's first day but has no end (or ends
+///   it a day early, `< DATE '1997-12-31'`) gets the period's real end;
+/// * a range with both ends inside the period's year that is not the period
+///   (the first quarter for "the second quarter of 1996") becomes the period;
+/// * a query with no date bound at all gets the period on the one date
+///   column of the tables it reads, or on the one whose name begins like a
+///   word of the question (`l_shipdate` for "shipped", "by ship").
+pub fn date_ranges(sql: &str, question: &str, k: &Knowledge) -> Option<String> {
     let (start, end) = period(question)?;
     let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
     let Statement::Query(mut query) = *statement else { return None };
     let select = select_of(&mut query)?;
     let mut parts = Vec::new();
-    conjuncts(select.selection.take()?, &mut parts);
-    let starts: Vec<SqlExpr> = parts
-        .iter()
-        .filter_map(date_bound)
-        .filter(|(_, op, d)| *op == BinaryOperator::GtEq && *d == start)
-        .map(|(c, _, _)| c.clone())
-        .collect();
-    let end_literal = super::check::parse_condition(&format!("DATE '{end}'")).ok()?;
+    if let Some(selection) = select.selection.take() {
+        conjuncts(selection, &mut parts);
+    }
+    let literal = |day: &str| super::check::parse_condition(&format!("DATE '{day}'")).ok();
+    let (start_literal, end_literal) = (literal(&start)?, literal(&end)?);
+    let bound = |column: SqlExpr, op: BinaryOperator, day: &SqlExpr| SqlExpr::BinaryOp {
+        left: Box::new(column),
+        op,
+        right: Box::new(day.clone()),
+    };
+    let mut columns: Vec<SqlExpr> = Vec::new();
+    for (c, _, _) in parts.iter().filter_map(date_bound) {
+        if !columns.contains(c) {
+            columns.push(c.clone());
+        }
+    }
     let mut changed = false;
-    for column in starts {
-        let uppers: Vec<usize> = parts
+    if columns.is_empty() {
+        let column = period_column(select, question, k)?;
+        parts.push(bound(column.clone(), BinaryOperator::GtEq, &start_literal));
+        parts.push(bound(column, BinaryOperator::Lt, &end_literal));
+        changed = true;
+    }
+    let year = &start[..4];
+    let next_year = format!("{}-01-01", year.parse::<i32>().ok()? + 1);
+    for column in columns {
+        let bounds: Vec<(usize, BinaryOperator, String)> = parts
             .iter()
             .enumerate()
-            .filter(|(_, p)| date_bound(p).is_some_and(|(c, op, _)| *c == column && op != BinaryOperator::GtEq))
-            .map(|(i, _)| i)
+            .filter_map(|(i, p)| date_bound(p).filter(|(c, _, _)| **c == column).map(|(_, op, d)| (i, op, d)))
             .collect();
-        let right_end = uppers.len() == 1
-            && date_bound(&parts[uppers[0]]).is_some_and(|(_, op, d)| op == BinaryOperator::Lt && d == end);
-        if right_end || uppers.iter().any(|&i| date_bound(&parts[i]).is_some_and(|(_, _, d)| d > end)) {
+        let lower: Vec<&String> =
+            bounds.iter().filter(|(_, op, _)| *op == BinaryOperator::GtEq).map(|b| &b.2).collect();
+        let upper: Vec<&(usize, BinaryOperator, String)> =
+            bounds.iter().filter(|(_, op, _)| *op != BinaryOperator::GtEq).collect();
+        let [low] = lower.as_slice() else { continue };
+        let exact = upper.len() == 1 && upper[0].1 == BinaryOperator::Lt && upper[0].2 == end && **low == start;
+        // The period's start with no end, or an early end: the real end.
+        let open_or_short = **low == start && !upper.iter().any(|(_, _, d)| *d > end);
+        // Both ends inside the period's year, another span: the period.
+        let other_span = upper.len() == 1 && low.starts_with(year) && upper[0].2.as_str() <= next_year.as_str();
+        if exact || !(open_or_short || other_span) {
             continue;
         }
-        for &i in uppers.iter().rev() {
-            parts.remove(i);
+        for (i, _, _) in bounds.iter().rev() {
+            parts.remove(*i);
         }
-        parts.push(SqlExpr::BinaryOp {
-            left: Box::new(column),
-            op: BinaryOperator::Lt,
-            right: Box::new(end_literal.clone()),
-        });
+        parts.push(bound(column.clone(), BinaryOperator::GtEq, &start_literal));
+        parts.push(bound(column, BinaryOperator::Lt, &end_literal));
         changed = true;
     }
     select.selection = and_all(parts);
     changed.then(|| query.to_string())
 }
 
+/// A query whose result is only aggregates but that groups them (`SELECT
+/// avg(ps_supplycost) FROM partsupp GROUP BY ps_suppkey` for "the average
+/// supply cost over all offers"), for a question that asks for no grouping
+/// (no "per", "each" or "every"): the query without its GROUP BY. Such a
+/// query returns unlabelled figures, one per group nobody asked for.
+pub fn needless_grouping(sql: &str, question: &str) -> Option<String> {
+    let asks_groups = question
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| matches!(w.to_lowercase().as_str(), "per" | "each" | "every" | "grouped" | "breakdown"));
+    if asks_groups {
+        return None;
+    }
+    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
+    let Statement::Query(mut query) = *statement else { return None };
+    let select = select_of(&mut query)?;
+    let GroupByExpr::Expressions(groups, modifiers) = &select.group_by else { return None };
+    if groups.is_empty() || !modifiers.is_empty() || select.having.is_some() {
+        return None;
+    }
+    let aggregate = |text: &str| {
+        let lower = text.trim_start_matches('(').to_lowercase();
+        ["count(", "sum(", "avg(", "min(", "max(", "median(", "stddev(", "var("].iter().any(|f| lower.starts_with(f))
+    };
+    let only_aggregates = select.projection.iter().all(|item| match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => aggregate(&e.to_string()),
+        _ => false,
+    });
+    if !only_aggregates {
+        return None;
+    }
+    select.group_by = GroupByExpr::Expressions(vec![], vec![]);
+    Some(query.to_string())
+}
+
+/// The date column to put a question's period on, for a query that has
+/// none: the one DATE column of the tables the query reads, or of those the
+/// one whose name (its table prefix and "date" left out) shares its first
+/// four letters with a word of the question.
+fn period_column(select: &Select, question: &str, k: &Knowledge) -> Option<SqlExpr> {
+    let read = from_tables(select);
+    let dates: Vec<&str> = k
+        .tables
+        .iter()
+        .filter(|t| read.iter().any(|(name, _)| name.eq_ignore_ascii_case(&t.name)))
+        .flat_map(|t| t.columns.iter())
+        .filter(|c| c.sql_type.starts_with("DATE") || c.sql_type.starts_with("TIMESTAMP"))
+        .map(|c| c.name.as_str())
+        .collect();
+    let chosen = match dates.as_slice() {
+        [one] => *one,
+        [] => return None,
+        several => {
+            let asked: Vec<String> = question
+                .split(|c: char| !c.is_alphanumeric())
+                .map(str::to_lowercase)
+                .filter(|w| w.len() >= 4)
+                .collect();
+            let like: Vec<&str> = several
+                .iter()
+                .copied()
+                .filter(|c| {
+                    let root = stem(c).trim_end_matches("date").trim_end_matches('_');
+                    root.len() >= 4 && asked.iter().any(|w| w.get(..4) == root.get(..4))
+                })
+                .collect();
+            let [one] = like.as_slice() else { return None };
+            *one
+        }
+    };
+    Some(SqlExpr::Identifier(Ident::new(chosen)))
+}
+
 #[cfg(test)]
 mod date_tests {
+    use super::super::knowledge::tests::table;
     use super::*;
+
+    fn lake() -> Knowledge {
+        let dated = |name: &str, columns: &[&str], dates: &[&str]| {
+            let mut t = table(name, columns);
+            for d in dates {
+                let mut c = table("x", &[d]).columns.remove(0);
+                c.sql_type = "DATE".into();
+                t.columns.push(c);
+            }
+            t
+        };
+        Knowledge {
+            tables: vec![
+                dated("orders", &["o_orderkey", "o_totalprice"], &["o_orderdate"]),
+                dated(
+                    "lineitem",
+                    &["l_orderkey", "l_partkey", "l_shipmode"],
+                    &["l_shipdate", "l_commitdate", "l_receiptdate"],
+                ),
+                table("part", &["p_partkey", "p_name"]),
+            ],
+            joins: vec![],
+            examples: vec![],
+            version: String::new(),
+        }
+    }
+
+    fn ranges(sql: &str, question: &str) -> Option<String> {
+        date_ranges(sql, question, &lake())
+    }
 
     #[test]
     fn a_named_year_or_month_is_the_whole_period() {
         let q = "What is the highest total price of a single order placed in 1996?";
         let sql = "SELECT max(o_totalprice) FROM orders WHERE o_orderdate >= DATE '1996-01-01'";
         assert_eq!(
-            date_ranges(sql, q).unwrap(),
+            ranges(sql, q).unwrap(),
             "SELECT max(o_totalprice) FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1997-01-01'"
         );
         let q = "Show the 5 most expensive orders placed in December 1997";
         let sql =
             "SELECT o_orderkey FROM orders WHERE o_orderdate >= DATE '1997-12-01' AND o_orderdate < DATE '1997-12-31'";
         assert!(
-            date_ranges(sql, q)
-                .unwrap()
-                .ends_with("o_orderdate >= DATE '1997-12-01' AND o_orderdate < DATE '1998-01-01'")
+            ranges(sql, q).unwrap().ends_with("o_orderdate >= DATE '1997-12-01' AND o_orderdate < DATE '1998-01-01'")
         );
-        // Already right, another period, or several years: unchanged.
+        // Already right, another year, or several years: unchanged.
         let sql = "SELECT 1 FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1997-01-01'";
-        assert_eq!(date_ranges(sql, "orders in 1996"), None);
-        assert_eq!(date_ranges("SELECT 1 FROM orders WHERE o_orderdate >= DATE '1995-01-01'", "orders in 1996"), None);
+        assert_eq!(ranges(sql, "orders in 1996"), None);
+        assert_eq!(ranges("SELECT 1 FROM orders WHERE o_orderdate >= DATE '1995-01-01'", "orders in 1996"), None);
+        assert_eq!(ranges("SELECT 1 FROM orders WHERE o_orderdate >= DATE '1993-01-01'", "from 1993 to 1997"), None);
+    }
+
+    #[test]
+    fn figures_over_everything_are_not_grouped() {
+        let q = "What is the average supply cost over all supplier offers of parts?";
+        let sql = "SELECT avg(ps_supplycost) AS avg_supply_cost FROM partsupp GROUP BY ps_suppkey";
+        assert_eq!(needless_grouping(sql, q).unwrap(), "SELECT avg(ps_supplycost) AS avg_supply_cost FROM partsupp");
+        // Asked per group, a group selected, HAVING, or a grouped subquery: unchanged.
+        assert_eq!(needless_grouping(sql, "the average supply cost per supplier"), None);
+        let labelled = "SELECT ps_suppkey, avg(ps_supplycost) FROM partsupp GROUP BY ps_suppkey";
+        assert_eq!(needless_grouping(labelled, q), None);
+        let having = "SELECT count(*) FROM partsupp GROUP BY ps_suppkey HAVING count(*) > 3";
+        assert_eq!(needless_grouping(having, q), None);
+        let nested = "SELECT max(n) FROM (SELECT count(*) AS n FROM orders GROUP BY o_custkey)";
+        assert_eq!(needless_grouping(nested, "the most orders of one customer"), None);
+    }
+
+    #[test]
+    fn a_named_quarter_replaces_another_span_of_its_year() {
+        let q = "How many orders were placed in the second quarter of 1996?";
+        let sql =
+            "SELECT count(*) FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1996-04-01'";
         assert_eq!(
-            date_ranges("SELECT 1 FROM orders WHERE o_orderdate >= DATE '1993-01-01'", "from 1993 to 1997"),
-            None
+            ranges(sql, q).unwrap(),
+            "SELECT count(*) FROM orders WHERE o_orderdate >= DATE '1996-04-01' AND o_orderdate < DATE '1996-07-01'"
         );
+        let whole_year =
+            "SELECT count(*) FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1997-01-01'";
+        assert!(
+            ranges(whole_year, "orders in the fourth quarter of 1996")
+                .unwrap()
+                .ends_with("o_orderdate >= DATE '1996-10-01' AND o_orderdate < DATE '1997-01-01'")
+        );
+        // Right already; a span in another year; two quarters named: unchanged.
+        let q2 = "SELECT 1 FROM orders WHERE o_orderdate >= DATE '1996-04-01' AND o_orderdate < DATE '1996-07-01'";
+        assert_eq!(ranges(q2, q), None);
+        let other_year =
+            "SELECT 1 FROM orders WHERE o_orderdate >= DATE '1995-04-01' AND o_orderdate < DATE '1995-07-01'";
+        assert_eq!(ranges(other_year, q), None);
+        assert_eq!(ranges(sql, "orders in the first quarter and the second quarter of 1996"), None);
+    }
+
+    #[test]
+    fn a_period_no_date_restricts_goes_on_the_date_column_the_question_means() {
+        // One date column among the tables read.
+        let sql = "SELECT avg(o_totalprice) FROM orders";
+        assert_eq!(
+            ranges(sql, "average order value in 1998").unwrap(),
+            "SELECT avg(o_totalprice) FROM orders WHERE o_orderdate >= DATE '1998-01-01' AND o_orderdate < DATE '1999-01-01'"
+        );
+        // Several: the one whose name begins like a word of the question.
+        let sql = "SELECT count(DISTINCT l_partkey) FROM lineitem WHERE l_shipmode = 'SHIP'";
+        assert_eq!(
+            ranges(sql, "How many different parts were sent by ship in 1995?").unwrap(),
+            "SELECT count(DISTINCT l_partkey) FROM lineitem WHERE l_shipmode = 'SHIP' AND l_shipdate >= DATE '1995-01-01' AND l_shipdate < DATE '1996-01-01'"
+        );
+        assert!(
+            ranges("SELECT count(*) FROM lineitem", "lines received in March 1996")
+                .unwrap()
+                .contains("l_receiptdate >= DATE '1996-03-01' AND l_receiptdate < DATE '1996-04-01'")
+        );
+        // None or several fit, or no table with a date: unchanged.
+        assert_eq!(ranges("SELECT count(*) FROM lineitem", "lines in 1995"), None);
+        assert_eq!(ranges("SELECT count(*) FROM part", "parts in 1995"), None);
     }
 }

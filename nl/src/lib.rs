@@ -445,14 +445,20 @@ impl Job<'_> {
         Err(first)
     }
 
-    /// A checked query whose date range stops short of the one period the
-    /// question names gets the whole period ([`fix::date_ranges`]).
-    async fn complete_dates(&self, answer: Answered) -> Answered {
+    /// A checked query whose date range is not the one period the question
+    /// names gets that period ([`fix::date_ranges`]); one that groups figures
+    /// nobody asked to group does not group them ([`fix::needless_grouping`]).
+    async fn fit_to_question(&self, answer: Answered) -> Answered {
         if !self.strategy.repairs() {
             return answer;
         }
         let Answered::Query(q) = &answer else { return answer };
-        match fix::date_ranges(&q.sql, &self.request.question) {
+        let answer = match fix::date_ranges(&q.sql, &self.request.question, self.knowledge) {
+            Some(fixed) => self.check(&fixed).await.unwrap_or(answer),
+            None => answer,
+        };
+        let Answered::Query(q) = &answer else { return answer };
+        match fix::needless_grouping(&q.sql, &self.request.question) {
             Some(fixed) => self.check(&fixed).await.unwrap_or(answer),
             None => answer,
         }
@@ -534,7 +540,7 @@ impl Job<'_> {
             let text = check::extract(&completion.text);
             match self.check_or_fix(&text, &mut attempts).await {
                 Ok(answer) => {
-                    let answer = self.complete_dates(answer).await;
+                    let answer = self.fit_to_question(answer).await;
                     let answer = self.settle_values(answer, &mut attempts).await;
                     // A query that checks but leaves part of the question
                     // out goes back with the gap while attempts remain; it
