@@ -7,6 +7,9 @@
 //!   query over `orders`): the table is joined on the catalog's join keys,
 //!   along the shortest join path;
 //! * an invented name for a real column (`l_orderdate`, `c_nationname`);
+//! * another table's prefix on a column of a table the query reads
+//!   (`c_acctbal` over `supplier` is `s_acctbal`), unless the column has
+//!   listed values or the question names its table;
 //! * a column given the wrong table (`orders.c_custkey`): the qualifier
 //!   becomes the table that has the column (and a join condition that
 //!   referred to it is replaced by the catalog's join keys);
@@ -210,8 +213,40 @@ fn select_of(query: &mut Query) -> Option<&mut Select> {
     }
 }
 
+/// The column of a table the query reads that a missing (unqualified)
+/// column stands for when only its prefix is another table's (`c_acctbal`
+/// in a query over `supplier` is `s_acctbal`): the one column of the tables
+/// read with the same name after the prefix. Not for keys, nor a column
+/// with listed values (`n_name = 'GERMANY'` means the nation), nor when the
+/// question names the missing column's own table ("suppliers of customers
+/// whose balance ..."): those join that table.
+fn own_prefixed(select: &Select, k: &Knowledge, missing: &str, question: &str) -> Option<String> {
+    let wanted = stem(missing);
+    if wanted == missing || wanted.ends_with("key") {
+        return None;
+    }
+    let owners: Vec<_> = k.tables.iter().filter(|t| t.columns.iter().any(|c| c.name == missing)).collect();
+    if owners.is_empty() || owners.iter().any(|t| t.columns.iter().any(|c| c.name == missing && !c.values.is_empty())) {
+        return None;
+    }
+    let asked = question.to_lowercase();
+    if owners.iter().any(|t| asked.contains(t.name.trim_end_matches('s'))) {
+        return None;
+    }
+    let found: Vec<String> = from_tables(select)
+        .iter()
+        .filter_map(|(table, _)| {
+            let t = k.tables.iter().find(|t| t.name.eq_ignore_ascii_case(table))?;
+            let c = t.columns.iter().find(|c| c.name != missing && stem(&c.name) == wanted)?;
+            Some(c.name.clone())
+        })
+        .collect();
+    let [one] = found.as_slice() else { return None };
+    Some(one.clone())
+}
+
 /// A fixed query for `sql`, failed with `problem`, if one of the fixes applies.
-pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
+pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Option<String> {
     let Problem::Plan(unplanned) = problem else { return None };
     let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
     let Statement::Query(mut query) = *statement else { return None };
@@ -226,6 +261,10 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge) -> Option<String> {
             GroupByExpr::Expressions(list, _) if !list.is_empty() => list.push(expr),
             _ => return None,
         }
+    } else if let Cause::MissingColumn { qualifier: None, name: missing } = &unplanned.cause
+        && let Some(column) = own_prefixed(select, k, missing, question)
+    {
+        let _ = select.visit(&mut RenameColumn { from: missing, to: &column });
     } else if let Cause::MissingColumn { qualifier, name: missing } = &unplanned.cause {
         let (owner, column) = owner_of(k, missing)?;
         let owner = owner.as_str();
@@ -335,10 +374,26 @@ mod tests {
     }
 
     #[test]
+    fn another_tables_prefix_on_a_column_of_the_table_read() {
+        let mut k = tpch();
+        k.tables[0].columns.push(super::super::knowledge::tests::table("x", &["c_acctbal"]).columns.remove(0));
+        let sql = "SELECT count(*) FROM supplier WHERE c_acctbal > 9000";
+        let problem = plan_error("No field named c_acctbal.");
+        let q = "How many suppliers have an account balance above 9,000?";
+        assert_eq!(fix(sql, &problem, &k, q).unwrap(), "SELECT count(*) FROM supplier WHERE s_acctbal > 9000");
+        // The question names the customers, or the column has listed values:
+        // not renamed (the join path to customer, absent here, is the fix).
+        let renamed = Some("SELECT count(*) FROM supplier WHERE s_acctbal > 9000".to_string());
+        assert_ne!(fix(sql, &problem, &k, "suppliers in the nations of customers with a balance over 9,000"), renamed);
+        k.tables[0].columns.last_mut().unwrap().values = vec!["1".into(), "2".into()];
+        assert_ne!(fix(sql, &problem, &k, q), renamed);
+    }
+
+    #[test]
     fn a_column_of_another_table_joins_that_table() {
         let sql =
             "SELECT count(o_orderkey) FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'";
-        let fixed = fix(sql, &plan_error("No field named c_mktsegment."), &tpch()).unwrap();
+        let fixed = fix(sql, &plan_error("No field named c_mktsegment."), &tpch(), "").unwrap();
         assert_eq!(
             fixed,
             "SELECT count(o_orderkey) FROM orders JOIN customer ON orders.o_custkey = customer.c_custkey \
@@ -346,18 +401,18 @@ mod tests {
         );
         // Along the join path, through the table between.
         let sql = "SELECT avg(s_acctbal) FROM part WHERE p_size = 10";
-        let fixed = fix(sql, &plan_error("No field named s_acctbal."), &tpch()).unwrap();
+        let fixed = fix(sql, &plan_error("No field named s_acctbal."), &tpch(), "").unwrap();
         assert!(fixed.contains("JOIN partsupp ON part.p_partkey = partsupp.ps_partkey JOIN supplier ON partsupp.ps_suppkey = supplier.s_suppkey"), "{fixed}");
     }
 
     #[test]
     fn wrong_qualifiers_and_join_conditions() {
         let sql = "SELECT c_name FROM customer JOIN orders ON customer.c_custkey = orders.c_custkey";
-        let fixed = fix(sql, &plan_error("No field named orders.c_custkey."), &tpch()).unwrap();
+        let fixed = fix(sql, &plan_error("No field named orders.c_custkey."), &tpch(), "").unwrap();
         assert_eq!(fixed, "SELECT c_name FROM customer JOIN orders ON customer.c_custkey = orders.o_custkey");
         // No catalog join between part and supplier: no guess.
         let sql = "SELECT s_acctbal FROM part JOIN supplier ON part.s_suppkey = supplier.s_suppkey";
-        assert_eq!(fix(sql, &plan_error("No field named part.s_suppkey."), &tpch()), None);
+        assert_eq!(fix(sql, &plan_error("No field named part.s_suppkey."), &tpch(), ""), None);
     }
 
     #[test]
@@ -372,14 +427,14 @@ mod tests {
             right_columns: vec!["n_nationkey".into()],
         });
         let sql = "SELECT c_nationname, count(*) FROM customer GROUP BY c_nationname";
-        let fixed = fix(sql, &plan_error("No field named c_nationname."), &k).unwrap();
+        let fixed = fix(sql, &plan_error("No field named c_nationname."), &k, "").unwrap();
         assert_eq!(
             fixed,
             "SELECT n_name, count(*) FROM customer JOIN nation ON customer.c_nationkey = nation.n_nationkey GROUP BY n_name"
         );
         // Same name after the prefix: `o_orderpriority` for `c_orderpriority`.
         let sql = "SELECT count(*) FROM customer WHERE c_orderpriority = '1-URGENT'";
-        let fixed = fix(sql, &plan_error("No field named c_orderpriority."), &k).unwrap();
+        let fixed = fix(sql, &plan_error("No field named c_orderpriority."), &k, "").unwrap();
         assert!(
             fixed.contains("JOIN orders ON customer.c_custkey = orders.o_custkey WHERE o_orderpriority"),
             "{fixed}"
@@ -390,17 +445,17 @@ mod tests {
     fn a_selected_column_missing_from_group_by_is_grouped() {
         let sql = "SELECT c_name, count(*) AS n FROM orders JOIN customer ON o_custkey = c_custkey GROUP BY c_custkey";
         let message = "Column in SELECT must be in GROUP BY or an aggregate function: While expanding wildcard, column \"customer.c_name\" must appear in the GROUP BY clause or must be part of an aggregate function, currently only \"customer.c_custkey\" appears";
-        let fixed = fix(sql, &plan_error(message), &tpch()).unwrap();
+        let fixed = fix(sql, &plan_error(message), &tpch(), "").unwrap();
         assert!(fixed.ends_with("GROUP BY c_custkey, customer.c_name"), "{fixed}");
     }
 
     #[test]
     fn a_table_name_off_by_a_letter() {
         let sql = "SELECT count(*) FROM order o WHERE o.o_orderpriority = '1-URGENT'";
-        let fixed = fix(sql, &plan_error("table 'lakelink.public.order' not found"), &tpch()).unwrap();
+        let fixed = fix(sql, &plan_error("table 'lakelink.public.order' not found"), &tpch(), "").unwrap();
         assert_eq!(fixed, "SELECT count(*) FROM orders o WHERE o.o_orderpriority = '1-URGENT'");
         assert_eq!(
-            fix("SELECT * FROM secrets", &plan_error("table 'lakelink.public.secrets' not found"), &tpch()),
+            fix("SELECT * FROM secrets", &plan_error("table 'lakelink.public.secrets' not found"), &tpch(), ""),
             None
         );
     }

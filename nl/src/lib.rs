@@ -432,7 +432,7 @@ impl Job<'_> {
         let (mut sql, mut problem) = (text.to_string(), first.clone());
         let mut fixed = Vec::new();
         for _ in 0..MAX_FIXES {
-            let Some(next) = fix::fix(&sql, &problem, self.knowledge) else { break };
+            let Some(next) = fix::fix(&sql, &problem, self.knowledge, &self.request.question) else { break };
             fixed.push(Attempt { sql: sql.clone(), error: format!("{problem} (fixed without the model)") });
             match self.check(&next).await {
                 Ok(answer) => {
