@@ -74,9 +74,6 @@ class Superset:
     home: Path
     proc: h.Proc
 
-    def logs(self) -> str:
-        return self.proc.describe(80)
-
 
 def _superset_cli(env: dict[str, str], log: Path, *args: str) -> None:
     exe = str(Path(sys.executable).parent / "superset")
