@@ -10,7 +10,7 @@ scale="${1:-1}"
 
 scripts/fetch-models.sh
 
-echo "== building lakelink (release; about 20 minutes the first time)"
+echo "== building lakelink (release; about 30 minutes the first time)"
 cargo build --release --workspace --bins
 
 lake="$LAKELINK_CACHE/demo/tpch-sf$scale"

@@ -8,12 +8,15 @@
 pub mod cache;
 /// Model settings: process defaults and the session options `lakelink.llm.*`.
 pub mod config;
-/// The CPU this build requires, checked at start.
+/// The CPU this build requires, checked at start, and the llama.cpp CPU
+/// kernels the model process loads.
 pub mod cpu;
+// The kernel modules' table, shared with build.rs.
 /// How the `llm_*` functions spend model calls: dedupe, cache, budgets, trail.
 pub mod engine;
 /// The models of this process, loaded once per configuration.
 pub mod hub;
+mod kernels;
 /// One query's model calls across the cluster: who asks what, and the budget.
 pub mod ledger;
 /// The local runtimes (llama.cpp, candle); run by the model process.

@@ -79,6 +79,8 @@ fn backend() -> Result<&'static LlamaBackend, ModelError> {
         .get_or_init(|| {
             let enabled = std::env::var_os("LAKELINK_LLAMA_LOGS").is_some();
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(enabled));
+            let kernels = crate::cpu::load_kernels()?;
+            tracing::info!(kernels = %kernels.name, path = %kernels.path.display(), "llama.cpp CPU kernels loaded");
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()

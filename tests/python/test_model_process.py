@@ -55,11 +55,13 @@ def review_lake(root: Path) -> Path:
     return lake
 
 
-def start_cluster(tmp_path: Path, name: str, runtime: Path | None = None) -> tuple[h.Cluster, dict[str, str]]:
+def start_cluster(tmp_path: Path, name: str, runtime: Path | None = None,
+                  extra_env: dict[str, str] | None = None) -> tuple[h.Cluster, dict[str, str]]:
     env = {
         "LAKELINK_RUNTIME_DIR": str(runtime or tmp_path / "runtime"),
         "LAKELINK_LLM_CACHE_DIR": str(tmp_path / "llm-cache"),
         "LAKELINK_LLM_TRAIL_DIR": str(tmp_path / "llm-trail"),
+        **(extra_env or {}),
     }
     cluster = h.Cluster(name, review_lake(tmp_path), tmp_path / "cluster", env=env,
                         executor_args=["--concurrent-tasks", "1"])
@@ -103,6 +105,29 @@ def fault(pid: int, sig: signal.Signals) -> None:
     out = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "set $pc = 0", "-ex", "detach"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def best_kernels() -> str:
+    """The llama.cpp CPU kernels this CPU runs best, from the kernel's own
+    flags in /proc/cpuinfo (which it clears for what the OS does not save);
+    never the AMX ones."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    avx512 = {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
+    for name, needs in [
+            ("zen4", avx512 | {"avx512vbmi", "avx512_vnni", "avx512_bf16"}),
+            ("cooperlake", avx512 | {"avx512_vnni", "avx512_bf16"}),
+            ("icelake", avx512 | {"avx512vbmi", "avx512_vnni"}),
+            ("cascadelake", avx512 | {"avx512_vnni"}),
+            ("cannonlake", avx512 | {"avx512vbmi"}),
+            ("skylakex", avx512),
+            ("alderlake", {"avx_vnni"})]:
+        if needs <= flags:
+            return name
+    return "haswell"
 
 
 def classify_one(conn) -> str:
@@ -162,6 +187,7 @@ def test_one_model_process_serves_the_executors_and_a_shared_input_is_computed_o
             h.query(conn, "SET lakelink.llm.calibrate = false")
             classify_one(conn)
             before = model_status(env)
+            assert before["cpu_kernels"] == best_kernels(), before
             earlier = h.scalar(conn, "SELECT count(*) FROM system.model_calls "
                                      "WHERE function = 'llm_classify' AND NOT cache_hit")
             rows = h.query(conn, "SELECT llm_classify(review, 'happy', 'unhappy') AS c FROM dup")
@@ -184,6 +210,35 @@ def test_one_model_process_serves_the_executors_and_a_shared_input_is_computed_o
         # flight is the supervisor's own test), and the worker computes each once.
         computed = after["computed"] - before["computed"]
         assert computed == 4 and len(calls) - earlier == 4, (before, after, calls)
+    finally:
+        cluster.stop()
+
+
+def test_the_worker_loads_the_cpu_kernels_the_operator_names_and_refuses_the_amx_ones(tmp_path, binaries):
+    # The AVX2 kernels, which every x86-64-v3 CPU runs, give the same answer.
+    cluster, env = start_cluster(tmp_path / "avx2", "kernels-avx2",
+                                 extra_env={"LAKELINK_CPU_KERNELS": "haswell"})
+    try:
+        with cluster.connection(rpc_timeout=RPC_TIMEOUT) as conn:
+            h.query(conn, "SET lakelink.llm.cache = false")
+            assert classify_one(conn) == "happy"
+            assert model_status(env)["cpu_kernels"] == "haswell"
+    finally:
+        cluster.stop()
+    # The AMX kernels are never loaded, even when named: the model's calls
+    # fail with why, and everything else keeps working.
+    cluster, env = start_cluster(tmp_path / "amx", "kernels-amx",
+                                 extra_env={"LAKELINK_CPU_KERNELS": "sapphirerapids"})
+    try:
+        with cluster.connection(rpc_timeout=RPC_TIMEOUT) as conn:
+            with pytest.raises(adbc_driver_manager.Error) as failed:
+                classify_one(conn)
+            assert "LAKELINK_CPU_KERNELS=sapphirerapids is not one of LakeLink's CPU kernels" in (
+                h.error_text(failed.value))
+            assert h.scalar(conn, "SELECT count(*) FROM reviews") == 600
+            assert model_status(env)["cpu_kernels"].startswith("none: LAKELINK_CPU_KERNELS=sapphirerapids")
+            for p in cluster.procs():
+                assert p.alive(), p.describe()
     finally:
         cluster.stop()
 

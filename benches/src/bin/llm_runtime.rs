@@ -10,6 +10,10 @@
 //!   instructions were computed by the previous call, against a cold one;
 //! * the local embedder's sentences/s.
 //!
+//! The figures are for the llama.cpp CPU kernels this machine loads (printed;
+//! `LAKELINK_CPU_KERNELS=haswell` and a fresh `LAKELINK_RUNTIME_DIR` measure
+//! the AVX2 kernels instead).
+//!
 //! llama.cpp's figures come from `--llama-server URL` (a running
 //! `llama-server` with the same model, measured in the same run) or, without
 //! it, from FACTS.md's measurement on this machine (214 / 39 tokens/s).
@@ -93,10 +97,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let model = LocalGenerator::load(&options.model_path(), args.threads)?;
     println!(
-        "model {} loaded in {:.2} s, {} threads",
+        "model {} loaded in {:.2} s, {} threads, llama.cpp CPU kernels {}",
         options.model_path().display(),
         started.elapsed().as_secs_f64(),
-        args.threads
+        args.threads,
+        lakelink_model::cpu::load_kernels().map(|k| k.name)?
     );
     model.generate(&decode_prompt(), true).await?;
 
@@ -137,8 +142,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // The same through the host's model process.
-    let process = ProcessGenerator::new(ModelProcess::for_threads(args.threads)?, &options.model_path(), false);
+    let host_process = ModelProcess::for_threads(args.threads)?;
+    let process = ProcessGenerator::new(host_process.clone(), &options.model_path(), false);
     process.generate(&decode_prompt_run(1000)).await?;
+    let process_kernels = host_process.status().await?.cpu_kernels;
+    println!("the model process's worker: llama.cpp CPU kernels {process_kernels}");
     let mut p_prefill = Vec::new();
     let mut p_decode = Vec::new();
     for i in 0..args.iterations {
@@ -204,7 +212,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.json {
         let figures = json!({
             "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
-            "model_process": {"prefill_tokens_per_s": p_prefill_tps, "decode_tokens_per_s": p_decode_tps,
+            "cpu_kernels": lakelink_model::cpu::load_kernels().map(|k| k.name).unwrap_or_default(),
+            "model_process": {"cpu_kernels": process_kernels, "prefill_tokens_per_s": p_prefill_tps, "decode_tokens_per_s": p_decode_tps,
                 "classify_warm_ms": p_warm_ms, "overhead_ms_median": overhead_median, "overhead_ms_p90": overhead_p90},
             "reference": {"source": source, "prefill_tokens_per_s": reference.0, "decode_tokens_per_s": reference.1},
             "cache": {"cold_ms": cold_ms, "warm_ms": warm_ms, "cold_tokens": cold.prefill_tokens, "warm_tokens": warm.prefill_tokens, "reused_tokens": warm.cached_tokens},

@@ -408,6 +408,7 @@ async fn workers(state: Shared, threads: usize, listener: UnixListener, socket: 
             s.fail_all(ModelError::Process(message), queued_too);
             s.status.restarts += 1;
             s.status.worker_pid = 0;
+            s.status.cpu_kernels.clear();
             s.status.last_exit = last_exit;
             if replaced && matches!(ended, Ended::NotStarted(_)) {
                 s.fail_all(ModelError::Process("the model process was upgraded; retry".into()), true);
@@ -455,7 +456,7 @@ async fn run_worker(state: &Shared, threads: usize, listener: &UnixListener, soc
         }
         _ = tokio::time::sleep(WORKER_CONNECT) => None,
     };
-    let Some(stream) = stream else {
+    let Some((stream, kernels)) = stream else {
         let _ = child.kill().await;
         return Ended::NotStarted(format!("the worker did not connect within {} s", WORKER_CONNECT.as_secs()));
     };
@@ -475,6 +476,7 @@ async fn run_worker(state: &Shared, threads: usize, listener: &UnixListener, soc
     {
         let mut s = lock(state);
         s.status.worker_pid = pid;
+        s.status.cpu_kernels = kernels;
         s.attach(Link { to_worker, served_by, kill });
     }
     tracing::info!("model worker {pid} started");
@@ -515,7 +517,8 @@ async fn run_worker(state: &Shared, threads: usize, listener: &UnixListener, soc
 }
 
 /// Accepts the worker's connection: same user, the pid just started, the token.
-async fn accept_worker(listener: &UnixListener, pid: u32, token: &str) -> Option<UnixStream> {
+/// Returns the connection and the kernels the worker loaded.
+async fn accept_worker(listener: &UnixListener, pid: u32, token: &str) -> Option<(UnixStream, String)> {
     loop {
         let (mut stream, _) = listener.accept().await.ok()?;
         let peer_ok = stream.peer_cred().is_ok_and(|c| c.uid() == uid() && c.pid() == Some(pid as i32));
@@ -524,7 +527,7 @@ async fn accept_worker(listener: &UnixListener, pid: u32, token: &str) -> Option
             continue;
         }
         match wire::read_frame::<_, FromWorker>(&mut stream).await {
-            Ok(Some(FromWorker::Hello { token: t, .. })) if t == token => return Some(stream),
+            Ok(Some(FromWorker::Hello { token: t, kernels, .. })) if t == token => return Some((stream, kernels)),
             _ => tracing::warn!("refused a worker connection without the right token"),
         }
     }

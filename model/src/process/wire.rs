@@ -173,6 +173,10 @@ pub struct Status {
     pub last_exit: String,
     /// Clients connected now.
     pub clients: u64,
+    /// The llama.cpp CPU kernels the current worker loaded (`zen4`,
+    /// `haswell`, ...), or why it loaded none; empty while none runs.
+    #[serde(default)]
+    pub cpu_kernels: String,
 }
 
 /// The supervisor's message to its worker.
@@ -201,6 +205,10 @@ pub enum FromWorker {
         pid: u32,
         /// The secret the supervisor gave the worker at start.
         token: String,
+        /// The llama.cpp CPU kernels it loaded (`zen4`, `haswell`, ...), or
+        /// why it loaded none.
+        #[serde(default)]
+        kernels: String,
     },
     /// Call `id` ended.
     Done {

@@ -139,7 +139,9 @@ pub async fn run(socket: &Path, threads: usize) -> std::io::Result<()> {
     let stream = UnixStream::connect(socket).await?;
     let (mut reader, mut writer) = stream.into_split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
-    out.send(FromWorker::Hello { pid: std::process::id(), token }).ok();
+    // Chosen before any model loads, so that the supervisor reports them.
+    let kernels = crate::cpu::load_kernels().map(|k| k.name).unwrap_or_else(|e| format!("none: {e}"));
+    out.send(FromWorker::Hello { pid: std::process::id(), token, kernels }).ok();
     // Bare on purpose: the writer ends when the supervisor's channel closes.
     #[allow(clippy::disallowed_methods)]
     let sender = tokio::spawn(async move {
