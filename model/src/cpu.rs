@@ -3,12 +3,12 @@
 //!
 //! Builds target x86-64-v3 (`.cargo/config.toml`): AVX2, FMA, F16C, BMI1/2,
 //! LZCNT and MOVBE, which every Intel CPU since Haswell (2013) and every AMD
-//! CPU since Zen (2017) has. A CPU below it gets [`missing_features`]'s
+//! CPU since Zen (2017) has. A CPU below it gets `missing_features`'s
 //! message instead of an illegal-instruction crash.
 //!
 //! llama.cpp's CPU kernels are built once per CPU generation as loadable
 //! modules (`libggml-cpu-haswell.so` ... `libggml-cpu-zen4.so`).
-//! [`load_kernels`] loads the best one this CPU runs, decided by what the
+//! `load_kernels` loads the best one this CPU runs, decided by what the
 //! CPU *and the operating system* enable: std's feature detection checks the
 //! OS saves the AVX-512 registers (XCR0), which llama.cpp's own score does
 //! not. The AMX module (`sapphirerapids`) is never loaded: its tile kernels

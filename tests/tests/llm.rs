@@ -620,11 +620,22 @@ async fn a_cascade_lets_the_proxy_answer_what_it_is_sure_of() {
     .await;
     assert!(proxy[0][0].parse::<usize>().unwrap() + calls >= 1000, "{proxy:?}");
     assert!(proxy[0][1].contains("the most similar label"), "{}", proxy[0][1]);
-    // Labels the words say nothing of: refused, every item asked.
+    // Labels the words say nothing of, and the model finds no label fits
+    // any sampled item: the sampled answers (none fits) decide the rest
+    // alike.
     let before = s.model.chats();
     let got = run(&mut conn, "SELECT count(llm_classify(text, 'even', 'odd')) FROM items").await;
     assert_eq!(got[0][0], "0", "the model finds no label fits");
-    assert!(s.model.chats() - before >= 1000, "{} model calls", s.model.chats() - before);
+    let calls = s.model.chats() - before;
+    assert!(calls <= 3 * sample, "{calls} model calls for 1,000 items");
+    let proxy = run(
+        &mut conn,
+        "SELECT sum(rows), min(outcome) FROM system.model_calls WHERE backend = 'proxy' \
+         AND function = 'llm_classify' AND model <> 'proxy: embedding similarity'",
+    )
+    .await;
+    assert!(proxy[0][0].parse::<usize>().unwrap() + calls >= 1000, "{proxy:?}");
+    assert!(proxy[0][1].contains("sampled values"), "{}", proxy[0][1]);
 
     // A target out of range is refused with the reason.
     let error = fails(&mut conn, "SET lakelink.llm.cascade_target = 1.5").await;
