@@ -445,42 +445,36 @@ impl Job<'_> {
         Err(first)
     }
 
-    /// A checked query whose date range is not the one period the question
-    /// names gets that period ([`fix::date_ranges`]); one that groups figures
-    /// nobody asked to group does not group them ([`fix::needless_grouping`]).
-    async fn fit_to_question(&self, answer: Answered) -> Answered {
+    /// Model-free repairs of a checked query, in this order, each kept when
+    /// the repaired query checks and recorded as an attempt fixed without
+    /// the model: a date range that is not the one period the question names
+    /// gets that period ([`fix::date_ranges`]); figures grouped although the
+    /// question asks for no grouping are not grouped
+    /// ([`fix::needless_grouping`]); contradictory equalities on a column
+    /// whose one listed value the question's words stand for get that value
+    /// ([`coverage::settle`]).
+    async fn fit_to_question(&self, mut answer: Answered, attempts: &mut Vec<Attempt>) -> Answered {
         if !self.strategy.repairs() {
             return answer;
         }
-        let Answered::Query(q) = &answer else { return answer };
-        let answer = match fix::date_ranges(&q.sql, &self.request.question, self.knowledge) {
-            Some(fixed) => self.check(&fixed).await.unwrap_or(answer),
-            None => answer,
-        };
-        let Answered::Query(q) = &answer else { return answer };
-        match fix::needless_grouping(&q.sql, &self.request.question) {
-            Some(fixed) => self.check(&fixed).await.unwrap_or(answer),
-            None => answer,
-        }
-    }
-
-    /// A checked query with contradictory equalities on a column whose one
-    /// listed value the question's words stand for gets that value
-    /// ([`coverage::settle`]), recorded as an attempt fixed without the model.
-    async fn settle_values(&self, answer: Answered, attempts: &mut Vec<Attempt>) -> Answered {
-        if !self.strategy.repairs() {
-            return answer;
-        }
-        let Answered::Query(q) = &answer else { return answer };
-        let Some(fixed) = coverage::settle(&self.request.question, &q.query, self.knowledge) else { return answer };
-        match self.check(&fixed).await {
-            Ok(settled) => {
-                let gap = coverage::gap(&self.request.question, &q.query, &q.sql, self.knowledge).unwrap_or_default();
-                attempts.push(Attempt { sql: q.sql.clone(), error: format!("{gap} (fixed without the model)") });
-                settled
+        let question = &self.request.question;
+        for repair in 0..3 {
+            let Answered::Query(q) = &answer else { return answer };
+            let fixed = match repair {
+                0 => fix::date_ranges(&q.sql, question, self.knowledge)
+                    .map(|sql| (sql, "its date range is not the period the question names".to_string())),
+                1 => fix::needless_grouping(&q.sql, question)
+                    .map(|sql| (sql, "it groups figures the question does not ask to group".to_string())),
+                _ => coverage::settle(question, &q.query, self.knowledge)
+                    .map(|sql| (sql, coverage::gap(question, &q.query, &q.sql, self.knowledge).unwrap_or_default())),
+            };
+            let Some((sql, why)) = fixed else { continue };
+            if let Ok(repaired) = self.check(&sql).await {
+                attempts.push(Attempt { sql: q.sql.clone(), error: format!("{why} (fixed without the model)") });
+                answer = repaired;
             }
-            Err(_) => answer,
         }
+        answer
     }
 
     /// One candidate: retrieval, then attempts with repair until one passes.
@@ -540,8 +534,7 @@ impl Job<'_> {
             let text = check::extract(&completion.text);
             match self.check_or_fix(&text, &mut attempts).await {
                 Ok(answer) => {
-                    let answer = self.fit_to_question(answer).await;
-                    let answer = self.settle_values(answer, &mut attempts).await;
+                    let answer = self.fit_to_question(answer, &mut attempts).await;
                     // A query that checks but leaves part of the question
                     // out goes back with the gap while attempts remain; it
                     // stays the answer if no later one checks.

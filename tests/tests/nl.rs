@@ -36,6 +36,11 @@ fn script(chat: &Chat) -> String {
         } else {
             fenced("SELECT count(*) AS n FROM orders WHERE o_orderyear = 1995")
         }
+    } else if q.contains("second quarter of 1996") {
+        // The first quarter instead of the second.
+        fenced(
+            "SELECT count(*) AS n FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1996-04-01'",
+        )
     } else if q.contains("urgent household orders") {
         // A column of a table the query does not join.
         fenced("SELECT count(*) AS n FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'")
@@ -179,6 +184,24 @@ async fn a_wrong_column_is_repaired_and_a_hopeless_question_fails_clearly() {
     let task = run(&mut conn, "SELECT sql, attempts FROM system.nl_tasks WHERE question LIKE '%household%'").await;
     assert!(task[0][0].contains("JOIN customer ON orders.o_custkey = customer.c_custkey"), "{task:?}");
     assert!(task[0][1].contains("fixed without the model"), "{task:?}");
+
+    // Another span of the named period's year becomes the period, without
+    // the model, and the attempts say so.
+    let before = s.model.chats();
+    let got =
+        run(&mut conn, "SELECT * FROM nl_query('How many orders were placed in the second quarter of 1996?')").await;
+    let gold = run(
+        &mut conn,
+        "SELECT count(*) FROM orders WHERE o_orderdate >= DATE '1996-04-01' AND o_orderdate < DATE '1996-07-01'",
+    )
+    .await;
+    assert_eq!(got, gold);
+    assert_eq!(s.model.chats() - before, 1, "fixed without a second model call");
+    let task = run(&mut conn, "SELECT attempts FROM system.nl_tasks WHERE question LIKE '%second quarter%'").await;
+    assert!(
+        task[0][0].contains("its date range is not the period the question names (fixed without the model)"),
+        "{task:?}"
+    );
 
     let before = s.model.chats();
     let error = fails(&mut conn, "SELECT * FROM nl_query('A question that never works')").await;
