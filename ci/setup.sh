@@ -13,13 +13,7 @@ if [ ! -x "$LAKELINK_VENV/bin/python" ]; then
 fi
 "$LAKELINK_VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 echo "== BI suite: Debian's Chromium and Apache Superset in $LAKELINK_BI_VENV"
-if ! command -v chromium >/dev/null; then
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get install -y -qq chromium >/dev/null || {
-    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq chromium >/dev/null
-  }
-fi
+command -v chromium >/dev/null || install_debian_packages chromium
 if [ ! -x "$LAKELINK_BI_VENV/bin/python" ]; then
   python3 -m venv "$LAKELINK_BI_VENV"
 fi
