@@ -38,7 +38,7 @@ fn main() {
     }
     for entry in read_dir(&backends) {
         let name = entry.file_name().unwrap().to_string_lossy().into_owned();
-        let loaded = kernels::KERNELS.iter().any(|(kernel, _)| name == format!("libggml-cpu-{kernel}.so"));
+        let loaded = kernels::KERNELS.iter().any(|(kernel, _, _)| name == format!("libggml-cpu-{kernel}.so"));
         if loaded {
             place(&entry, &profile.join(&name));
         }

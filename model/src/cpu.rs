@@ -62,9 +62,8 @@ pub struct Kernels {
 /// The instruction sets module `name` needs, AVX-512's base included;
 /// `None` for a module LakeLink does not load.
 fn needs(name: &str) -> Option<Vec<&'static str>> {
-    let (_, extra) = KERNELS.iter().find(|(n, _)| *n == name)?;
-    let avx512 = !matches!(name, "alderlake" | "haswell");
-    Some(if avx512 { AVX512.iter().chain(extra.iter()).copied().collect() } else { extra.to_vec() })
+    let (_, avx512, extra) = KERNELS.iter().find(|(n, _, _)| *n == name)?;
+    Some(if *avx512 { AVX512.iter().chain(extra.iter()).copied().collect() } else { extra.to_vec() })
 }
 
 /// The modules this CPU runs, best first, given what it has (`has`: std's
@@ -72,7 +71,7 @@ fn needs(name: &str) -> Option<Vec<&'static str>> {
 fn runnable(has: impl Fn(&str) -> bool) -> Vec<&'static str> {
     KERNELS
         .iter()
-        .map(|(name, _)| *name)
+        .map(|(name, _, _)| *name)
         .filter(|name| needs(name).is_some_and(|features| features.iter().all(|f| has(f))))
         .collect()
 }
@@ -167,7 +166,7 @@ fn choose(wanted: Option<&str>, has: impl Fn(&str) -> bool) -> Result<Vec<&'stat
         return Ok(runnable);
     };
     let Some(features) = needs(wanted) else {
-        let known = KERNELS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+        let known = KERNELS.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ");
         return Err(format!("{KERNELS_ENV}={wanted} is not one of LakeLink's CPU kernels: {known}"));
     };
     match runnable.iter().find(|n| **n == wanted) {

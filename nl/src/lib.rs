@@ -183,6 +183,13 @@ pub struct Request {
     pub target: Target,
 }
 
+/// The model-free repairs of a checked query (`Job::fit_to_question`).
+enum Repair {
+    Period,
+    Grouping,
+    Values,
+}
+
 /// A successful answer of one candidate.
 enum Answered {
     Query(Checked),
@@ -458,14 +465,14 @@ impl Job<'_> {
             return answer;
         }
         let question = &self.request.question;
-        for repair in 0..3 {
+        for repair in [Repair::Period, Repair::Grouping, Repair::Values] {
             let Answered::Query(q) = &answer else { return answer };
             let fixed = match repair {
-                0 => fix::date_ranges(&q.sql, question, self.knowledge)
+                Repair::Period => fix::date_ranges(&q.sql, question, self.knowledge)
                     .map(|sql| (sql, "its date range is not the period the question names".to_string())),
-                1 => fix::needless_grouping(&q.sql, question)
+                Repair::Grouping => fix::needless_grouping(&q.sql, question)
                     .map(|sql| (sql, "it groups figures the question does not ask to group".to_string())),
-                _ => coverage::settle(question, &q.query, self.knowledge)
+                Repair::Values => coverage::settle(question, &q.query, self.knowledge)
                     .map(|sql| (sql, coverage::gap(question, &q.query, &q.sql, self.knowledge).unwrap_or_default())),
             };
             let Some((sql, why)) = fixed else { continue };

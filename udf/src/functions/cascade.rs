@@ -88,27 +88,17 @@ impl Thresholds {
     }
 }
 
-/// The widest band of the sample (score, the model's answer) whose proxy
-/// answers disagree with the model's on at most `1 - target` of it, of
-/// each side, and of the model's yes and no answers each.
-pub fn choose(sample: &[(f64, bool)], target: f64) -> Thresholds {
-    let entries: Vec<Entry> = sample.iter().map(|&(score, yes)| (score, yes, Class::from(yes))).collect();
-    choose_band(&entries, target, true)
-}
-
-/// The lowest score from which the proxy's answer is taken, for a sample
-/// of (score, whether the model gave the proxy's answer, the model's
-/// answer): as [`choose`], with an upper side only.
-pub fn choose_upper(sample: &[(f64, bool, usize)], target: f64) -> Thresholds {
-    choose_band(sample, target, false)
-}
-
 /// A sample value for the threshold choice: the proxy's score, the model's
 /// yes (two-sided) or whether the model gave the proxy's answer (one-sided),
 /// and the model's answer.
-type Entry = (f64, bool, Class);
+pub type Entry = (f64, bool, Class);
 
-fn choose_band(sample: &[Entry], target: f64, lower_side: bool) -> Thresholds {
+/// The thresholds for a sample: with `two_sided`, the widest band (no at
+/// or below it, yes at or above it); otherwise the lowest score from which
+/// the proxy's answer is taken. The proxy's answers may disagree with the
+/// model's on at most `1 - target` of the sample, of each side, and of each
+/// answer the model gave.
+pub fn choose(sample: &[Entry], target: f64, two_sided: bool) -> Thresholds {
     let mut sorted = sample.to_vec();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
     let n = sorted.len();
@@ -125,7 +115,7 @@ fn choose_band(sample: &[Entry], target: f64, lower_side: bool) -> Thresholds {
     let sure = |size: usize, wrong: usize| size == 0 || (size - wrong + 1) as f64 / (size + 2) as f64 >= target - 1e-9;
     // The band deciding the most values; of those, the one with the fewest errors.
     let (mut best, mut best_errors, mut band) = (0, 0, (0, n));
-    for i in 0..=if lower_side { n } else { 0 } {
+    for i in 0..=if two_sided { n } else { 0 } {
         for j in i..=n {
             // A threshold may not split values of equal score.
             let clean_no = i == 0 || i == n || sorted[i - 1].0 < sorted[i].0;
@@ -369,17 +359,13 @@ impl Proxy {
         (opinion.score, agrees, class)
     }
 
-    fn thresholds(&self, entries: &[Entry], target: f64) -> Thresholds {
-        choose_band(entries, target, self.two_sided)
-    }
-
     /// The proxy that decides the most of the sample within the target:
     /// the words, the centroids or the neighbours (scored leave-one-out).
     fn fit(&self, sample: &[Sampled], target: f64) -> Fitted {
         let entries: Vec<Entry> = sample.iter().map(|s| self.entry(s.words, s.class)).collect();
         let mut best = Fitted {
             kind: Kind::Words,
-            thresholds: self.thresholds(&entries, target),
+            thresholds: choose(&entries, target, self.two_sided),
             known: Vec::new(),
             centroids: Vec::new(),
         };
@@ -399,7 +385,7 @@ impl Proxy {
                     self.entry(opinion, *class)
                 })
                 .collect();
-            let thresholds = self.thresholds(&entries, target);
+            let thresholds = choose(&entries, target, self.two_sided);
             if thresholds.decided > best.thresholds.decided {
                 best = Fitted { kind, thresholds, known: Vec::new(), centroids: Vec::new() };
             }
@@ -528,10 +514,16 @@ fn record(options: &LlmOptions, function: &str, two_sided: bool, decided: usize,
 mod tests {
     use super::*;
 
+    /// A two-sided sample: (score, the model said yes).
+    fn two_sided(sample: &[(f64, bool)], target: f64) -> Thresholds {
+        let entries: Vec<Entry> = sample.iter().map(|&(score, yes)| (score, yes, Class::from(yes))).collect();
+        choose(&entries, target, true)
+    }
+
     #[test]
     fn a_separable_sample_decides_everything() {
         let sample: Vec<(f64, bool)> = (0..50).map(|i| (i as f64 / 50.0, i >= 30)).collect();
-        let t = choose(&sample, 0.95);
+        let t = two_sided(&sample, 0.95);
         assert_eq!((t.agreement, t.decided), (1.0, 50));
         assert_eq!(t.decide(0.1), Some(false));
         assert_eq!(t.decide(0.9), Some(true));
@@ -542,7 +534,7 @@ mod tests {
     fn a_score_that_says_nothing_is_refused() {
         // Yes and no alternate whatever the score.
         let sample: Vec<(f64, bool)> = (0..50).map(|i| (i as f64 / 50.0, i % 2 == 0)).collect();
-        let t = choose(&sample, 0.95);
+        let t = two_sided(&sample, 0.95);
         assert!(t.refused(), "{t:?}");
         assert_eq!(t.decide(0.5), None);
     }
@@ -552,7 +544,7 @@ mod tests {
         // Every value of the sample is no: saying no to all is right, saying
         // yes to the two most similar would be two errors.
         let sample: Vec<(f64, bool)> = (0..50).map(|i| (i as f64, false)).collect();
-        let t = choose(&sample, 0.95);
+        let t = two_sided(&sample, 0.95);
         assert_eq!(t.agreement, 1.0);
         assert_eq!(t.decide(49.0), Some(false));
     }
@@ -562,7 +554,7 @@ mod tests {
         // One yes among 49 no, in the middle of the scores: saying no to all
         // would agree on 98% of the sample but miss every yes.
         let sample: Vec<(f64, bool)> = (0..50).map(|i| (i as f64, i == 20)).collect();
-        let t = choose(&sample, 0.95);
+        let t = two_sided(&sample, 0.95);
         assert_eq!(t.decide(20.0), None, "{t:?}");
         assert_eq!((t.decide(5.0), t.decided), (Some(false), 20), "{t:?}");
     }
@@ -571,13 +563,13 @@ mod tests {
     fn one_sided_thresholds_take_the_proxy_only_above() {
         // The proxy's label (0) is the model's where its lead is 25 or more.
         let sample: Vec<(f64, bool, usize)> = (0..50).map(|i| (i as f64, i >= 25, usize::from(i < 25))).collect();
-        let t = choose_upper(&sample, 0.95);
+        let t = choose(&sample, 0.95, false);
         assert_eq!((t.decide(30.0), t.decide(10.0)), (Some(true), None), "{t:?}");
         assert!(t.yes_from <= 25.0 && t.yes_from > 22.0, "{t:?}");
         // It never answers below, even where "no" would be right.
         assert_eq!(t.no_until, f64::NEG_INFINITY);
         let never: Vec<(f64, bool, usize)> = (0..50).map(|i| (i as f64, false, 1)).collect();
-        assert!(choose_upper(&never, 0.95).refused());
+        assert!(choose(&never, 0.95, false).refused());
     }
 
     #[test]
@@ -585,7 +577,7 @@ mod tests {
         // Mostly separable, with noise near the middle.
         let sample: Vec<(f64, bool)> = (0..50).map(|i| (i as f64, i > 25 || i == 20 || i == 22)).collect();
         for target in [0.9, 0.95] {
-            let t = choose(&sample, target);
+            let t = two_sided(&sample, target);
             let wrong = sample.iter().filter(|(s, yes)| t.decide(*s).is_some_and(|d| d != *yes)).count();
             assert!(wrong as f64 <= (1.0 - target) * 50.0 + 1e-9, "{target}: {wrong} wrong, {t:?}");
             assert!(t.decide(0.0) == Some(false) && t.decide(49.0) == Some(true), "{target}: {t:?}");
