@@ -147,9 +147,13 @@ def test_a_dead_model_worker_fails_only_the_query_in_flight(tmp_path, binaries, 
             outcome: dict = {}
 
             def long_query():
+                # A client of its own, opened, used and closed on this
+                # thread: the query that dies is another client's.
                 try:
-                    outcome["rows"] = h.query(
-                        conn, "SELECT id, llm_classify(review, 'happy', 'unhappy') FROM reviews")
+                    with cluster.connection(rpc_timeout=RPC_TIMEOUT) as doomed:
+                        h.query(doomed, "SET lakelink.llm.cache = false")
+                        outcome["rows"] = h.query(
+                            doomed, "SELECT id, llm_classify(review, 'happy', 'unhappy') FROM reviews")
                 except adbc_driver_manager.Error as e:
                     outcome["error"] = h.error_text(e)
 
@@ -165,7 +169,8 @@ def test_a_dead_model_worker_fails_only_the_query_in_flight(tmp_path, binaries, 
             assert f"the local model process exited (signal {number}); restarted" in outcome["error"], (
                 outcome["error"])
 
-            # Nothing else died: scheduler and executors serve the next query.
+            # Nothing else died: scheduler and executors serve the other
+            # client's next query.
             for p in cluster.procs():
                 assert p.alive(), p.describe()
             assert classify_one(conn) in ("happy", "unhappy")
