@@ -347,8 +347,8 @@ settings! {
     /// aim for (such as `0.95`); a proxy (embedding similarity to the condition
     /// or labels, or the model's answers on a sample: their mean embeddings or
     /// the nearest sampled values) answers the values it is sure about,
-    /// thresholds chosen on a sample of 50 values the model answers first, in
-    /// each process (0: off, every value to the model).
+    /// thresholds chosen on a sample of 50 values the model answers first,
+    /// one sample for the whole query (0: off, every value to the model).
     cascade_target: f64 = 0.0, Session, check = target;
     /// Semantic join: for each left value of `JOIN ... ON llm_match(left,
     /// right, condition)`, the right values most similar to it by embedding

@@ -262,12 +262,18 @@ impl Scope {
         }
     }
 
+    /// How long this process's claims and reservations outlive its last
+    /// request to the ledger: two model time limits and five seconds.
+    fn lease_ms(&self) -> u64 {
+        self.options.timeout_ms.saturating_mul(2).saturating_add(5_000)
+    }
+
     /// Claims `keys` for this process (in order).
     async fn claim(&self, keys: &[String]) -> Option<Vec<Claim>> {
         if !self.with_ledger() || keys.is_empty() {
             return None;
         }
-        let lease_ms = self.options.timeout_ms.saturating_mul(2).saturating_add(5_000);
+        let lease_ms = self.lease_ms();
         let mut claims = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(CLAIM_CHUNK) {
             let request = Request::Claim {
@@ -776,6 +782,42 @@ fn calibrated(probabilities: &[f64], prior: &[f64]) -> Vec<f64> {
 
 /// Rows per embedding request.
 const EMBED_BATCH: usize = 32;
+
+/// Adds `entries` to the query's cluster-wide sample `cascade` of `size`
+/// values and reserves up to `want` more for this process
+/// ([`ledger::Request::Sample`]). `None` when the query has no ledger or
+/// it cannot be reached: the process then samples on its own. Once the
+/// query is cancelled this fails, so that a process waiting for the others'
+/// sample values stops waiting.
+pub async fn share_sample(
+    options: &LlmOptions,
+    function: &'static str,
+    cascade: &str,
+    size: usize,
+    want: usize,
+    entries: Vec<String>,
+) -> Result<Option<ledger::SampleState>> {
+    let scope = Scope::new(options, function, "", "proxy");
+    if scope.state.is_cancelled(options) {
+        return Err(DataFusionError::Execution(format!("{function}: the query was cancelled")));
+    }
+    if !scope.with_ledger() {
+        return Ok(None);
+    }
+    let request = Request::Sample {
+        query: options.query_id.clone(),
+        process: ledger::process_id().to_string(),
+        cascade: cascade.to_string(),
+        size,
+        want,
+        entries,
+        lease_ms: scope.lease_ms(),
+    };
+    Ok(match scope.ask_ledger(request).await {
+        Some(Reply::Sample(state)) => Some(state),
+        _ => None,
+    })
+}
 
 /// Embeds each of `inputs` (distinct values) for `function`.
 pub async fn embeddings(

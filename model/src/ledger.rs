@@ -11,7 +11,11 @@
 //!   settle the answer with `Request::Settle`), `Claim::Asked` (another
 //!   process is asking: claim again shortly) or `Claim::Settled` (the answer);
 //! * `Request::Spend`: count model calls and tokens against the query's
-//!   budget (`lakelink.llm.max_calls`, `max_tokens`) over every process.
+//!   budget (`lakelink.llm.max_calls`, `max_tokens`) over every process;
+//! * `Request::Sample`: one sample per cascade for the whole query
+//!   (`lakelink.llm.cascade_target`): a process adds the sample values it
+//!   asked the model about and reserves the ones it will ask next, so the
+//!   processes ask a cascade's sample once between them, not once each.
 //!
 //! A process that claimed a key and stops being heard from for its lease
 //! (two model time limits and five seconds) loses it to the next process that
@@ -76,6 +80,38 @@ pub enum Request {
         /// Tokens to add.
         tokens: u64,
     },
+    /// Adds `entries` to the sample of `cascade` (values and the model's
+    /// answers, as the cascade writes them) and reserves up to `want` more
+    /// of its `size` values for `process`: its earlier reservation ends.
+    Sample {
+        /// The query's id.
+        query: String,
+        /// The process adding and reserving.
+        process: String,
+        /// Which cascade of the query (function and what it is of).
+        cascade: String,
+        /// How many values the sample holds when it is complete.
+        size: usize,
+        /// Values this process would ask next.
+        want: usize,
+        /// Values this process asked since its last reservation.
+        entries: Vec<String>,
+        /// How long a reservation outlives the process's last request.
+        lease_ms: u64,
+    },
+}
+
+/// The ledger's answer to `Request::Sample`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleState {
+    /// Values the process may ask now (reserved for it).
+    pub granted: usize,
+    /// Values the sample holds.
+    pub have: usize,
+    /// Values other live processes reserved and are asking now.
+    pub others: usize,
+    /// The whole sample, once it is complete.
+    pub complete: Option<Vec<String>>,
 }
 
 /// The ledger's answer.
@@ -92,6 +128,8 @@ pub enum Reply {
         /// Tokens.
         tokens: u64,
     },
+    /// Where a cascade's sample stands.
+    Sample(SampleState),
 }
 
 /// Where a process takes its requests to the ledger.
@@ -130,9 +168,14 @@ pub struct Book {
     queries: Mutex<VecDeque<(String, QueryBook)>>,
 }
 
+/// The most values a cascade's sample may hold.
+pub const MAX_SAMPLE: usize = 1024;
+
 #[derive(Default)]
 struct QueryBook {
     keys: HashMap<String, Entry>,
+    /// Each cascade's sample.
+    samples: HashMap<String, Pool>,
     /// When each process was last heard from, and its lease.
     heard: HashMap<String, (Instant, Duration)>,
     calls: u64,
@@ -143,6 +186,13 @@ struct QueryBook {
 enum Entry {
     Asking(String),
     Settled(Settled),
+}
+
+/// A cascade's sample: the values added, and who reserved how many more.
+#[derive(Default)]
+struct Pool {
+    entries: Vec<String>,
+    reserved: HashMap<String, usize>,
 }
 
 impl QueryBook {
@@ -160,6 +210,24 @@ impl QueryBook {
                 Claim::Yours
             }
         }
+    }
+
+    fn sample(&mut self, process: &str, cascade: String, size: usize, want: usize, entries: Vec<String>, now: Instant) -> SampleState {
+        let size = size.min(MAX_SAMPLE);
+        let live: Vec<String> = self.heard.keys().filter(|p| self.live(p, now)).cloned().collect();
+        let pool = self.samples.entry(cascade).or_default();
+        pool.reserved.remove(process);
+        for entry in entries.into_iter().take(size.saturating_sub(pool.entries.len())) {
+            self.bytes += entry.len();
+            pool.entries.push(entry);
+        }
+        let others: usize = pool.reserved.iter().filter(|(p, _)| live.contains(p)).map(|(_, n)| n).sum();
+        let granted = want.min(size.saturating_sub(pool.entries.len() + others));
+        if granted > 0 {
+            pool.reserved.insert(process.to_string(), granted);
+        }
+        let have = pool.entries.len();
+        SampleState { granted, have, others, complete: (have >= size).then(|| pool.entries.clone()) }
     }
 }
 
@@ -180,7 +248,8 @@ impl Book {
         let (query, process) = match &request {
             Request::Claim { query, process, .. }
             | Request::Settle { query, process, .. }
-            | Request::Spend { query, process, .. } => (query.clone(), process.clone()),
+            | Request::Spend { query, process, .. }
+            | Request::Sample { query, process, .. } => (query.clone(), process.clone()),
         };
         let at = match queries.iter().position(|(id, _)| *id == query) {
             Some(at) => at,
@@ -194,7 +263,7 @@ impl Book {
         };
         let book = &mut queries[at].1;
         let lease = match &request {
-            Request::Claim { lease_ms, .. } => Duration::from_millis(*lease_ms),
+            Request::Claim { lease_ms, .. } | Request::Sample { lease_ms, .. } => Duration::from_millis(*lease_ms),
             _ => book.heard.get(&process).map_or(Duration::ZERO, |(_, lease)| *lease),
         };
         book.heard.insert(process.clone(), (now, lease));
@@ -213,6 +282,9 @@ impl Book {
                 book.calls = book.calls.saturating_add_signed(calls);
                 book.tokens = book.tokens.saturating_add(tokens);
                 Reply::Spent { calls: book.calls, tokens: book.tokens }
+            }
+            Request::Sample { cascade, size, want, entries, .. } => {
+                Reply::Sample(book.sample(&process, cascade, size, want, entries, now))
             }
         };
         // Over the byte bound, the oldest queries go (never the one asking).
@@ -284,6 +356,61 @@ mod tests {
         spend("b", 1, 0);
         spend("a", 0, 40);
         assert_eq!(spend("b", -1, 2), Reply::Spent { calls: 1, tokens: 42 });
+    }
+
+    fn sample(book: &Book, process: &str, want: usize, entries: &[&str], lease_ms: u64) -> SampleState {
+        let entries = entries.iter().map(|e| e.to_string()).collect();
+        let request = Request::Sample {
+            query: "q".into(),
+            process: process.into(),
+            cascade: "c".into(),
+            size: 3,
+            want,
+            entries,
+            lease_ms,
+        };
+        match book.answer(request) {
+            Reply::Sample(state) => state,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cascade_sample_is_asked_once_over_the_processes() {
+        let book = Book::default();
+        // a reserves two of the three values; b may ask only the third.
+        let a = sample(&book, "a", 2, &[], 60_000);
+        assert_eq!((a.granted, a.have, a.others, a.complete), (2, 0, 0, None));
+        let b = sample(&book, "b", 5, &[], 60_000);
+        assert_eq!((b.granted, b.others), (1, 2));
+        // b adds its value; the sample waits for a's two.
+        let b = sample(&book, "b", 5, &["b1"], 60_000);
+        assert_eq!((b.granted, b.have, b.others, b.complete), (0, 1, 2, None));
+        // a adds them: the sample is complete, for a and for b.
+        let a = sample(&book, "a", 0, &["a1", "a2", "a3"], 60_000);
+        let all = Some(vec!["b1".to_string(), "a1".into(), "a2".into()]);
+        assert_eq!((a.granted, a.have, a.others, a.complete.clone()), (0, 3, 0, all.clone()));
+        assert_eq!(sample(&book, "b", 0, &[], 60_000).complete, all, "values past the size are not kept");
+    }
+
+    #[test]
+    fn a_silent_process_loses_its_reservation_after_its_lease() {
+        let book = Book::default();
+        assert_eq!(sample(&book, "a", 3, &[], 0).granted, 3);
+        std::thread::sleep(Duration::from_millis(5));
+        let b = sample(&book, "b", 3, &[], 60_000);
+        assert_eq!((b.granted, b.others), (3, 0));
+        // A hostile size is held to the ledger's bound.
+        let request = Request::Sample {
+            query: "q".into(),
+            process: "c".into(),
+            cascade: "big".into(),
+            size: usize::MAX,
+            want: usize::MAX,
+            entries: Vec::new(),
+            lease_ms: 1,
+        };
+        assert!(matches!(book.answer(request), Reply::Sample(SampleState { granted: MAX_SAMPLE, .. })));
     }
 
     #[test]

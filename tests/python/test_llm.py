@@ -83,15 +83,30 @@ def answer_row(system: str, row: str) -> str:
     return "unscripted request"
 
 
+def bag_of_words(text: str, dim: int = 384) -> list[float]:
+    """A deterministic embedding: words hashed into `dim` buckets (as the
+    Rust model double does), so texts sharing words are close."""
+    v = [0.0] * dim
+    for word in re.split(r"[^0-9a-z]+", text.lower()):
+        if word:
+            h = 1469598103934665603
+            for b in word.encode():
+                h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+            v[h % dim] += 1.0
+    return v
+
+
 class ScriptedModel:
-    """An OpenAI-compatible /v1/chat/completions server on HOST:<port>
-    (127.0.0.1 unless given), answering each request after `delay` seconds."""
+    """An OpenAI-compatible /v1/chat/completions and /v1/embeddings server on
+    HOST:<port> (127.0.0.1 unless given), answering each chat request after
+    `delay` seconds."""
 
     def __init__(self, host: str = "127.0.0.1"):
         self.mode = "ok"  # or "500"
         self.delay = 0.0
         self.lock = threading.Lock()
         self.chats: list[dict] = []  # every request: system, user, model, status
+        self.embedded = 0  # texts embedded
         model = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,6 +129,13 @@ class ScriptedModel:
             def do_POST(self):  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if self.path.rstrip("/") == "/v1/embeddings":
+                    inputs = json.loads(raw).get("input", [])
+                    with model.lock:
+                        model.embedded += len(inputs)
+                    data = [{"index": i, "embedding": bag_of_words(t)} for i, t in enumerate(inputs)]
+                    self._send(200, {"data": data, "usage": {"prompt_tokens": 4 * len(inputs)}})
+                    return
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
@@ -447,6 +469,39 @@ def test_set_through_dbapi_execute(llm_cluster):
     with connection(llm_cluster) as conn:
         h.query(conn, "SET lakelink.llm.batch_size = 4")
         assert show(conn, "lakelink.llm.batch_size") == "4"
+
+
+def test_a_cascade_asks_its_sample_once_over_the_executors(cluster_factory, tmp_path, monkeypatch, model):
+    """lakelink.llm.cascade_target over two files read by two executors (one
+    task slot each): the cascade's sample is asked of the model once for the
+    whole query through the cluster's ledger, both executors fit their proxy
+    on it, and every answer is right."""
+    lake = tmp_path / "lake"
+    (lake / "reviews").mkdir(parents=True)
+    for part in range(2):
+        ks = range(part * 150, part * 150 + 150)
+        pq.write_table(pa.table({"id": pa.array(list(ks), pa.int32()),
+                                 "review": pa.array([review_text(k) for k in ks], pa.string())}),
+                       lake / "reviews" / f"part-{part}.parquet")
+    monkeypatch.setenv("LAKELINK_LLM_TRAIL_DIR", str(tmp_path / "llm-trail"))
+    monkeypatch.setenv("LAKELINK_LLM_ALLOW_SESSION_ENDPOINTS", "true")
+    cluster = cluster_factory("cascade", lake, executors=2, executor_args=["--concurrent-tasks", "1"])
+    model.delay = 0.02  # both files are read at once
+    sample = 50  # lakelink_udf's cascade::SAMPLE
+    with connection(cluster) as conn:
+        point_at(conn, model, "SET lakelink.llm.cache = false", "SET lakelink.llm.embedding_model = 'bag-of-words'",
+                 "SET lakelink.llm.cascade_target = 0.95")
+        sql = "SELECT id FROM reviews WHERE llm_filter(review, 'the review is positive') ORDER BY id"
+        ids = [r["id"] for r in h.query(conn, sql).to_pylist()]
+        assert ids == [k for k in range(300) if k % 3 == 0]
+        # One sample: each executor sampling alone would ask at least 2 x 50.
+        asked = model.count()
+        assert sample <= asked < 2 * sample, f"{asked} model calls for 300 distinct reviews"
+        pids = {str(e.pid) for e in cluster.executors}
+        proxies = h.query(conn, "SELECT process, sum(rows) AS decided FROM system.model_calls "
+                                "WHERE backend = 'proxy' GROUP BY process").to_pylist()
+        assert {p["process"].rsplit(":", 1)[-1] for p in proxies} == pids, (proxies, pids)
+        assert sum(p["decided"] for p in proxies) + asked >= 300, proxies
 
 
 def test_a_value_read_by_two_executors_is_asked_once_within_one_budget(cluster_factory, tmp_path, monkeypatch,

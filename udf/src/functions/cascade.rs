@@ -2,8 +2,15 @@
 //! the values it is sure about, the model the rest.
 //!
 //! On when the session sets `lakelink.llm.cascade_target` (a fraction such
-//! as `0.95`; `0`, the default, is off). In each process, the first
-//! [`SAMPLE`] distinct values a query's call meets are asked of the model.
+//! as `0.95`; `0`, the default, is off). A query's call has one sample of
+//! [`SAMPLE`] distinct values, asked of the model once over all the
+//! processes running the query: through the cluster's ledger
+//! ([`lakelink_model::ledger`]) each process reserves part of the sample,
+//! asks the model about that many of its values (taken in the order of a
+//! hash of the value, not the table's order, so a sorted table still gives
+//! a spread sample) and adds them; a process that has nothing to add waits
+//! for the others' values. Every process then fits on the whole sample. A
+//! process that cannot reach the ledger samples alone.
 //! Three proxies are fitted on that sample, and the one that decides the
 //! most of it within the target is kept (the first listed on a tie):
 //!
@@ -41,12 +48,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::common::Result;
 use lakelink_model::config::LlmOptions;
+use serde::{Deserialize, Serialize};
 use lakelink_model::engine;
 use lakelink_model::trail::{self, ModelCall};
 
 use super::cosine;
 
-/// Distinct values of the sample, per query, condition and process.
+/// Distinct values of the sample, per query and call.
 pub const SAMPLE: usize = 50;
 
 /// Sample values whose answers vote for a value's (the neighbours proxy).
@@ -186,6 +194,17 @@ pub struct Cascade {
     /// The sample so far, until the proxy is fitted.
     sample: tokio::sync::Mutex<Vec<Sampled>>,
     fitted: OnceLock<Fitted>,
+    /// The cluster's ledger could not be asked: this process samples alone.
+    alone: std::sync::atomic::AtomicBool,
+}
+
+/// A value's place in the order sample values are taken in: a hash of the
+/// value, the same in every process.
+fn spread(value: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Cascades remembered per process; older ones are forgotten.
@@ -227,10 +246,7 @@ where
     texts.push(condition.to_string());
     let mut vectors = engine::embeddings(options, "llm_filter", texts).await?;
     let Some(Some(wanted)) = vectors.pop() else { return ask(values).await };
-    let words =
-        vectors.iter().map(|v| Opinion { lean: 1, score: v.as_deref().map_or(0.0, |v| cosine(v, &wanted)) }).collect();
-    let proxy =
-        Proxy { function: "llm_filter", key: condition.to_string(), two_sided: true, classes: 2, words, vectors };
+    let proxy = Proxy::new("llm_filter", condition.to_string(), true, 2, vec![wanted], vectors);
     proxy.run(options, values, |model: &Option<bool>| model.map(Class::from), |class| Some(class == 1), ask).await
 }
 
@@ -250,24 +266,7 @@ where
     let mut vectors = engine::embeddings(options, "llm_classify", texts).await?;
     let label_vectors: Option<Vec<Vec<f32>>> = vectors.split_off(values.len()).into_iter().collect();
     let Some(label_vectors) = label_vectors else { return ask(values).await };
-    let mut words = Vec::new();
-    for v in &vectors {
-        let mut sims: Vec<(f64, usize)> = match v {
-            Some(v) => label_vectors.iter().enumerate().map(|(l, lv)| (cosine(v, lv), l)).collect(),
-            None => vec![(0.0, 0)],
-        };
-        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let margin = sims[0].0 - sims.get(1).map_or(sims[0].0, |s| s.0);
-        words.push(Opinion { lean: sims[0].1, score: margin });
-    }
-    let proxy = Proxy {
-        function: "llm_classify",
-        key: labels.join("\u{0}"),
-        two_sided: false,
-        classes: labels.len() + 1,
-        words,
-        vectors,
-    };
+    let proxy = Proxy::new("llm_classify", labels.join("\u{0}"), false, labels.len() + 1, label_vectors, vectors);
     let class_of = |model: &Option<String>| {
         Some(model.as_ref().and_then(|m| labels.iter().position(|l| l == m)).unwrap_or(labels.len()))
     };
@@ -290,13 +289,64 @@ struct Proxy {
     two_sided: bool,
     /// How many answers there are.
     classes: usize,
+    /// The embeddings the words proxy compares values with: the condition's
+    /// (`llm_filter`) or each label's (`llm_classify`).
+    anchors: Vec<Vec<f32>>,
     /// The words proxy's opinion of each value.
     words: Vec<Opinion>,
     /// Each value's embedding.
     vectors: Vec<Option<Vec<f32>>>,
 }
 
+/// A sample value as the cluster's processes share it through the ledger.
+#[derive(Serialize, Deserialize)]
+struct SharedValue {
+    vector: Option<Vec<f32>>,
+    class: Class,
+}
+
+/// How often a process whose sample values other processes are asking
+/// looks whether the sample is complete.
+const SAMPLE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Proxy {
+    fn new(
+        function: &'static str,
+        key: String,
+        two_sided: bool,
+        classes: usize,
+        anchors: Vec<Vec<f32>>,
+        vectors: Vec<Option<Vec<f32>>>,
+    ) -> Self {
+        let mut proxy = Proxy { function, key, two_sided, classes, anchors, words: Vec::new(), vectors };
+        proxy.words = proxy.vectors.iter().map(|v| proxy.words_of(v.as_deref())).collect();
+        proxy
+    }
+
+    /// The words proxy's opinion of a value's embedding: its similarity to
+    /// the condition, or the most similar label and its lead over the next.
+    fn words_of(&self, vector: Option<&[f32]>) -> Opinion {
+        let Some(vector) = vector else { return Opinion { lean: if self.two_sided { 1 } else { 0 }, score: 0.0 } };
+        if self.two_sided {
+            return Opinion { lean: 1, score: self.anchors.first().map_or(0.0, |a| cosine(vector, a)) };
+        }
+        let mut sims: Vec<(f64, Class)> = self.anchors.iter().enumerate().map(|(l, a)| (cosine(vector, a), l)).collect();
+        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let Some(&(best, lean)) = sims.first() else { return Opinion { lean: 0, score: 0.0 } };
+        Opinion { lean, score: best - sims.get(1).map_or(best, |s| s.0) }
+    }
+
+    /// A value another process added to the shared sample, if it is one
+    /// this cascade can use (an answer it knows, an embedding of its size).
+    fn shared(&self, entry: &str) -> Option<Sampled> {
+        let value: SharedValue = serde_json::from_str(entry).ok()?;
+        let dims = self.anchors.first().map_or(0, Vec::len);
+        if value.class >= self.classes || value.vector.as_ref().is_some_and(|v| v.len() != dims) {
+            return None;
+        }
+        Some(Sampled { words: self.words_of(value.vector.as_deref()), vector: value.vector, class: value.class })
+    }
+
     /// Answers the batch: `class_of` reads the model's answer as a class
     /// (`None`: not part of the sample), `answer_of` writes one.
     async fn run<T, F, Fut>(
@@ -312,19 +362,65 @@ impl Proxy {
         F: Fn(Vec<String>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>>>,
     {
-        let cascade = cascade(&options.query_id, &format!("{}\u{0}{}", self.function, self.key));
+        let name = format!("{}\u{0}{}", self.function, self.key);
+        let cascade = cascade(&options.query_id, &name);
         let mut out: Vec<Option<T>> = vec![None; values.len()];
         if cascade.fitted.get().is_none() {
             let mut sample = cascade.sample.lock().await;
             if cascade.fitted.get().is_none() {
-                let room = SAMPLE.saturating_sub(sample.len());
-                let picked: Vec<usize> = (0..values.len()).take(room).collect();
-                let asked = ask(picked.iter().map(|&i| values[i].clone()).collect()).await?;
-                for (&i, model) in picked.iter().zip(asked) {
-                    if let Some(class) = class_of(&model) {
-                        sample.push(Sampled { vector: self.vectors[i].clone(), words: self.words[i], class });
+                // The batch's values in an order that does not follow the
+                // table's (a sorted table's first values are no sample).
+                let mut order: Vec<usize> = (0..values.len()).collect();
+                order.sort_by_key(|&i| spread(&values[i]));
+                let mut order = order.into_iter();
+                let mut added = Vec::new();
+                let mut shared = !cascade.alone.load(std::sync::atomic::Ordering::Relaxed);
+                loop {
+                    let want = order.len().min(SAMPLE);
+                    let granted = if shared {
+                        match engine::share_sample(options, self.function, &name, SAMPLE, want, std::mem::take(&mut added))
+                            .await?
+                        {
+                            Some(state) => {
+                                if let Some(all) = state.complete {
+                                    *sample = all.iter().filter_map(|e| self.shared(e)).collect();
+                                    break;
+                                }
+                                if state.granted == 0 && state.others > 0 && want > 0 {
+                                    tokio::time::sleep(SAMPLE_POLL).await;
+                                    continue;
+                                }
+                                state.granted
+                            }
+                            // No ledger: this process samples alone.
+                            None => {
+                                shared = false;
+                                cascade.alone.store(true, std::sync::atomic::Ordering::Relaxed);
+                                want.min(SAMPLE.saturating_sub(sample.len()))
+                            }
+                        }
+                    } else {
+                        want.min(SAMPLE.saturating_sub(sample.len()))
+                    };
+                    if granted == 0 {
+                        break;
                     }
-                    out[i] = Some(model);
+                    let picked: Vec<usize> = order.by_ref().take(granted).collect();
+                    let asked = ask(picked.iter().map(|&i| values[i].clone()).collect()).await?;
+                    for (&i, model) in picked.iter().zip(asked) {
+                        if let Some(class) = class_of(&model) {
+                            let vector = self.vectors[i].clone();
+                            let value = SharedValue { vector: vector.clone(), class };
+                            added.push(serde_json::to_string(&value).map_err(|e| {
+                                datafusion::common::DataFusionError::Internal(format!("a cascade's sample value: {e}"))
+                            })?);
+                            sample.push(Sampled { vector, words: self.words[i], class });
+                        }
+                        out[i] = Some(model);
+                    }
+                    if !shared {
+                        break;
+                    }
                 }
                 if sample.len() >= SAMPLE {
                     let _ = cascade.fitted.set(self.fit(&sample, options.cascade_target));
@@ -608,6 +704,7 @@ mod tests {
             key: "c".into(),
             two_sided: true,
             classes: 2,
+            anchors: vec![at(45.0)],
             words: vec![Opinion { lean: 1, score: 0.5 }; vectors.len()],
             vectors: vectors.iter().map(|&d| Some(at(d))).collect(),
         }
@@ -640,6 +737,29 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_sample_value_is_taken_only_when_it_fits_the_cascade() {
+        let proxy = Proxy::new("llm_filter", "c".into(), true, 2, vec![at(0.0)], vec![Some(at(0.0))]);
+        let value = |vector: Option<Vec<f32>>, class| serde_json::to_string(&SharedValue { vector, class }).unwrap();
+        // Another process's value gets this process's words opinion.
+        let taken = proxy.shared(&value(Some(at(90.0)), 1)).expect("a value of this cascade");
+        assert_eq!(taken.class, 1);
+        assert!(taken.words.score.abs() < 1e-6, "{:?}", taken.words);
+        assert!(proxy.shared(&value(None, 0)).is_some(), "a value without an embedding is still an answer");
+        // An answer the cascade does not have, an embedding of another size, or
+        // no value at all are left out.
+        assert!(proxy.shared(&value(Some(at(0.0)), 2)).is_none());
+        assert!(proxy.shared(&value(Some(vec![1.0; 3]), 1)).is_none());
+        assert!(proxy.shared("not a value").is_none());
+        // The order sample values are taken in is the same in every process
+        // and is not the table's.
+        let words = ["apple", "banana", "cherry", "damson", "elder", "fig"];
+        let mut order = words.to_vec();
+        order.sort_by_key(|w| spread(w));
+        assert_ne!(order, words);
+        assert_eq!(spread("apple"), spread("apple"));
+    }
+
+    #[test]
     fn the_sampled_answers_label_what_the_labels_words_miss() {
         // Three labels and "none fits" (class 3), each answer at its own
         // angle; the words lean to label 0 for everything with a small lead.
@@ -655,6 +775,7 @@ mod tests {
             key: "a\u{0}b\u{0}c".into(),
             two_sided: false,
             classes: 4,
+            anchors: Vec::new(),
             words: vec![Opinion { lean: 0, score: 0.01 }],
             vectors: vec![Some(at(91.0))],
         };
