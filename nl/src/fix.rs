@@ -16,7 +16,9 @@
 //! * a selected column missing from GROUP BY;
 //! * a table name off by a letter or two (`order`): the catalog's table;
 //! * a date range that is not the one period the question names (a year,
-//!   a month, a quarter), or no date range at all for it.
+//!   a month, a quarter), or no date range at all for it;
+//! * a joined table the question does not name and the query reads nothing
+//!   of but its join keys (it repeats rows: each order once per line item).
 
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
@@ -646,6 +648,107 @@ pub fn needless_grouping(sql: &str, question: &str) -> Option<String> {
     Some(query.to_string())
 }
 
+/// A joined table the query reads nothing of but its join keys (`SELECT
+/// avg(o_totalprice) FROM lineitem JOIN orders ON l_orderkey = o_orderkey`
+/// for "the average total price of the orders placed in 1998"), for a
+/// question that does not name it: the query without it. On the many side
+/// of its join keys such a table repeats each row once per match (each
+/// order once per line item), which skews counts, sums and averages; on
+/// the one side it changes nothing. Inner joins only; a table another join
+/// goes through, or one a name in the query may belong to, is kept, and so
+/// is every table of a query with DISTINCT (`count(DISTINCT c_custkey) FROM
+/// customer JOIN orders ...`: the join asks which customers have orders).
+pub fn needless_join(sql: &str, question: &str, k: &Knowledge) -> Option<String> {
+    if sql.to_ascii_uppercase().contains("DISTINCT") {
+        return None;
+    }
+    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
+    let Statement::Query(mut query) = *statement else { return None };
+    let asked = question.to_lowercase();
+    let select = select_of(&mut query)?.clone();
+    let [from] = select.from.as_slice() else { return None };
+    if from.joins.is_empty()
+        || select.projection.iter().any(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)))
+    {
+        return None;
+    }
+    let mut relations = vec![relation_name(&from.relation)?];
+    for join in &from.joins {
+        let (JoinOperator::Join(JoinConstraint::On(_)) | JoinOperator::Inner(JoinConstraint::On(_))) =
+            &join.join_operator
+        else {
+            return None;
+        };
+        relations.push(relation_name(&join.relation)?);
+    }
+    // The relations a name in the query may belong to (all of them when it
+    // could be any of several).
+    let owners = |expr: &SqlExpr| -> Vec<usize> {
+        let mut out = Vec::new();
+        let _ = visit_expressions(expr, |x: &SqlExpr| {
+            match x {
+                SqlExpr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    let qualifier = &parts[parts.len() - 2].value;
+                    out.extend(relations.iter().position(|(t, r)| {
+                        r.eq_ignore_ascii_case(qualifier) || t.eq_ignore_ascii_case(qualifier)
+                    }));
+                }
+                SqlExpr::Identifier(column) => {
+                    let has = |(table, _): &(String, String)| {
+                        k.tables.iter().any(|t| {
+                            t.name.eq_ignore_ascii_case(table)
+                                && t.columns.iter().any(|c| c.name.eq_ignore_ascii_case(&column.value))
+                        })
+                    };
+                    let found: Vec<usize> = (0..relations.len()).filter(|&i| has(&relations[i])).collect();
+                    if found.len() > 1 {
+                        out.extend(0..relations.len());
+                    } else {
+                        out.extend(found);
+                    }
+                }
+                _ => {}
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        out
+    };
+    let on = |join: &Join| match &join.join_operator {
+        JoinOperator::Join(JoinConstraint::On(e)) | JoinOperator::Inner(JoinConstraint::On(e)) => Some(e.clone()),
+        _ => None,
+    };
+    for (r, (table, _)) in relations.iter().enumerate() {
+        if asked.contains(table.trim_end_matches('s')) {
+            continue;
+        }
+        // The join that brings it in (the first one for the first table),
+        // which must connect it with one other table and nothing else.
+        let own = r.saturating_sub(1);
+        let mut joined: Vec<usize> = owners(&on(&from.joins[own])?);
+        joined.sort_unstable();
+        joined.dedup();
+        if joined.len() != 2 || !joined.contains(&r) {
+            continue;
+        }
+        // Nowhere else does the query name it.
+        let mut rest = query.clone();
+        let rest_select = select_of(&mut rest)?;
+        let removed = rest_select.from[0].joins.remove(own);
+        if r == 0 {
+            rest_select.from[0].relation = removed.relation;
+        }
+        let mut used = false;
+        let _ = visit_expressions(&rest, |x: &SqlExpr| {
+            used |= owners(x).contains(&r);
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        if !used {
+            return Some(rest.to_string());
+        }
+    }
+    None
+}
+
 /// The date column to put a question's period on, for a query that has
 /// none: the one DATE column of the tables the query reads, or of those the
 /// one whose name (its table prefix and "date" left out) shares its first
@@ -753,6 +856,36 @@ mod date_tests {
         assert_eq!(needless_grouping(having, q), None);
         let nested = "SELECT max(n) FROM (SELECT count(*) AS n FROM orders GROUP BY o_custkey)";
         assert_eq!(needless_grouping(nested, "the most orders of one customer"), None);
+    }
+
+    #[test]
+    fn a_table_read_for_its_join_keys_only_is_left_out() {
+        let k = lake();
+        let q = "What was the average total price of the orders placed in 1998?";
+        let sql = "SELECT avg(o_totalprice) FROM lineitem JOIN orders ON l_orderkey = o_orderkey \
+                   WHERE o_orderdate >= DATE '1998-01-01'";
+        assert_eq!(
+            needless_join(sql, q, &k).unwrap(),
+            "SELECT avg(o_totalprice) FROM orders WHERE o_orderdate >= DATE '1998-01-01'"
+        );
+        // Joined second, with aliases.
+        let sql = "SELECT count(*) FROM orders AS o JOIN lineitem AS l ON l.l_orderkey = o.o_orderkey";
+        assert_eq!(needless_join(sql, q, &k).unwrap(), "SELECT count(*) FROM orders AS o");
+        // A column of it read, a table another join goes through, a question
+        // naming it, an outer join, or every column: unchanged.
+        let read = "SELECT sum(l_partkey) FROM lineitem JOIN orders ON l_orderkey = o_orderkey";
+        assert_eq!(needless_join(read, q, &k), None);
+        let bridge = "SELECT p_name, o_totalprice FROM orders JOIN lineitem ON l_orderkey = o_orderkey \
+                      JOIN part ON p_partkey = l_partkey";
+        assert_eq!(needless_join(bridge, q, &k), None);
+        let named = "SELECT avg(o_totalprice) FROM lineitem JOIN orders ON l_orderkey = o_orderkey";
+        assert_eq!(needless_join(named, "the average total price of orders with a lineitem", &k), None);
+        let outer = "SELECT avg(o_totalprice) FROM orders LEFT JOIN lineitem ON l_orderkey = o_orderkey";
+        assert_eq!(needless_join(outer, q, &k), None);
+        let all = "SELECT * FROM orders JOIN lineitem ON l_orderkey = o_orderkey";
+        assert_eq!(needless_join(all, q, &k), None);
+        let which = "SELECT count(DISTINCT o_orderkey) FROM orders JOIN lineitem ON l_orderkey = o_orderkey";
+        assert_eq!(needless_join(which, "How many orders were shipped?", &k), None);
     }
 
     #[test]

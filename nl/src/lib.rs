@@ -186,6 +186,7 @@ pub struct Request {
 /// The model-free repairs of a checked query (`Job::fit_to_question`).
 enum Repair {
     Period,
+    Join,
     Grouping,
     Values,
 }
@@ -465,11 +466,14 @@ impl Job<'_> {
             return answer;
         }
         let question = &self.request.question;
-        for repair in [Repair::Period, Repair::Grouping, Repair::Values] {
+        for repair in [Repair::Period, Repair::Join, Repair::Grouping, Repair::Values] {
             let Answered::Query(q) = &answer else { return answer };
             let fixed = match repair {
                 Repair::Period => fix::date_ranges(&q.sql, question, self.knowledge)
                     .map(|sql| (sql, "its date range is not the period the question names".to_string())),
+                Repair::Join => fix::needless_join(&q.sql, question, self.knowledge).map(|sql| {
+                    (sql, "it joins a table the question does not name and reads nothing of but its keys".to_string())
+                }),
                 Repair::Grouping => fix::needless_grouping(&q.sql, question)
                     .map(|sql| (sql, "it groups figures the question does not ask to group".to_string())),
                 Repair::Values => coverage::settle(question, &q.query, self.knowledge)
