@@ -56,10 +56,6 @@ impl Task for MatchTask {
     fn parse_one(&self, answer: &str) -> Result<Option<String>, String> {
         yes_or_no(answer, "true", "false")
     }
-    fn question(&self) -> Option<String> {
-        let condition = self.condition.trim().trim_end_matches(['.', '?']);
-        Some(format!("Is it true that {condition}? Answer yes or no."))
-    }
     fn allowed(&self) -> Option<Vec<Allowed>> {
         Some(yes_and_no("true", "false"))
     }
