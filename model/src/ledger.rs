@@ -212,7 +212,15 @@ impl QueryBook {
         }
     }
 
-    fn sample(&mut self, process: &str, cascade: String, size: usize, want: usize, entries: Vec<String>, now: Instant) -> SampleState {
+    fn sample(
+        &mut self,
+        process: &str,
+        cascade: String,
+        size: usize,
+        want: usize,
+        entries: Vec<String>,
+        now: Instant,
+    ) -> SampleState {
         let size = size.min(MAX_SAMPLE);
         let live: Vec<String> = self.heard.keys().filter(|p| self.live(p, now)).cloned().collect();
         let pool = self.samples.entry(cascade).or_default();

@@ -689,9 +689,11 @@ pub fn needless_join(sql: &str, question: &str, k: &Knowledge) -> Option<String>
             match x {
                 SqlExpr::CompoundIdentifier(parts) if parts.len() >= 2 => {
                     let qualifier = &parts[parts.len() - 2].value;
-                    out.extend(relations.iter().position(|(t, r)| {
-                        r.eq_ignore_ascii_case(qualifier) || t.eq_ignore_ascii_case(qualifier)
-                    }));
+                    out.extend(
+                        relations
+                            .iter()
+                            .position(|(t, r)| r.eq_ignore_ascii_case(qualifier) || t.eq_ignore_ascii_case(qualifier)),
+                    );
                 }
                 SqlExpr::Identifier(column) => {
                     let has = |(table, _): &(String, String)| {

@@ -48,9 +48,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::common::Result;
 use lakelink_model::config::LlmOptions;
-use serde::{Deserialize, Serialize};
 use lakelink_model::engine;
 use lakelink_model::trail::{self, ModelCall};
+use serde::{Deserialize, Serialize};
 
 use super::cosine;
 
@@ -330,7 +330,8 @@ impl Proxy {
         if self.two_sided {
             return Opinion { lean: 1, score: self.anchors.first().map_or(0.0, |a| cosine(vector, a)) };
         }
-        let mut sims: Vec<(f64, Class)> = self.anchors.iter().enumerate().map(|(l, a)| (cosine(vector, a), l)).collect();
+        let mut sims: Vec<(f64, Class)> =
+            self.anchors.iter().enumerate().map(|(l, a)| (cosine(vector, a), l)).collect();
         sims.sort_by(|a, b| b.0.total_cmp(&a.0));
         let Some(&(best, lean)) = sims.first() else { return Opinion { lean: 0, score: 0.0 } };
         Opinion { lean, score: best - sims.get(1).map_or(best, |s| s.0) }
@@ -378,8 +379,15 @@ impl Proxy {
                 loop {
                     let want = order.len().min(SAMPLE);
                     let granted = if shared {
-                        match engine::share_sample(options, self.function, &name, SAMPLE, want, std::mem::take(&mut added))
-                            .await?
+                        match engine::share_sample(
+                            options,
+                            self.function,
+                            &name,
+                            SAMPLE,
+                            want,
+                            std::mem::take(&mut added),
+                        )
+                        .await?
                         {
                             Some(state) => {
                                 if let Some(all) = state.complete {
