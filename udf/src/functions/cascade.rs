@@ -44,6 +44,7 @@
 //! agreement are a trail line (`backend` `proxy`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::common::Result;
@@ -195,7 +196,7 @@ pub struct Cascade {
     sample: tokio::sync::Mutex<Vec<Sampled>>,
     fitted: OnceLock<Fitted>,
     /// The cluster's ledger could not be asked: this process samples alone.
-    alone: std::sync::atomic::AtomicBool,
+    alone: AtomicBool,
 }
 
 /// A value's place in the order sample values are taken in: a hash of the
@@ -305,6 +306,16 @@ struct SharedValue {
     class: Class,
 }
 
+/// What a process does next for its cascade's sample ([`Proxy::turn`]).
+enum Turn {
+    /// Ask the model about this many of its values (0: none now).
+    Ask(usize),
+    /// The sample is complete: fit on it.
+    Complete(Vec<Sampled>),
+    /// Other processes are asking the rest of the sample: look again shortly.
+    Wait,
+}
+
 /// How often a process whose sample values other processes are asking
 /// looks whether the sample is complete.
 const SAMPLE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -375,44 +386,21 @@ impl Proxy {
                 order.sort_by_key(|&i| spread(&values[i]));
                 let mut order = order.into_iter();
                 let mut added = Vec::new();
-                let mut shared = !cascade.alone.load(std::sync::atomic::Ordering::Relaxed);
                 loop {
                     let want = order.len().min(SAMPLE);
-                    let granted = if shared {
-                        match engine::share_sample(
-                            options,
-                            self.function,
-                            &name,
-                            SAMPLE,
-                            want,
-                            std::mem::take(&mut added),
-                        )
-                        .await?
-                        {
-                            Some(state) => {
-                                if let Some(all) = state.complete {
-                                    *sample = all.iter().filter_map(|e| self.shared(e)).collect();
-                                    break;
-                                }
-                                if state.granted == 0 && state.others > 0 && want > 0 {
-                                    tokio::time::sleep(SAMPLE_POLL).await;
-                                    continue;
-                                }
-                                state.granted
-                            }
-                            // No ledger: this process samples alone.
-                            None => {
-                                shared = false;
-                                cascade.alone.store(true, std::sync::atomic::Ordering::Relaxed);
-                                want.min(SAMPLE.saturating_sub(sample.len()))
-                            }
+                    let turn = self.turn(options, &cascade, &name, sample.len(), want, std::mem::take(&mut added));
+                    let granted = match turn.await? {
+                        Turn::Complete(all) => {
+                            *sample = all;
+                            break;
                         }
-                    } else {
-                        want.min(SAMPLE.saturating_sub(sample.len()))
+                        Turn::Wait => {
+                            tokio::time::sleep(SAMPLE_POLL).await;
+                            continue;
+                        }
+                        Turn::Ask(0) => break,
+                        Turn::Ask(n) => n,
                     };
-                    if granted == 0 {
-                        break;
-                    }
                     let picked: Vec<usize> = order.by_ref().take(granted).collect();
                     let asked = ask(picked.iter().map(|&i| values[i].clone()).collect()).await?;
                     for (&i, model) in picked.iter().zip(asked) {
@@ -426,7 +414,7 @@ impl Proxy {
                         }
                         out[i] = Some(model);
                     }
-                    if !shared {
+                    if cascade.alone.load(Ordering::Relaxed) {
                         break;
                     }
                 }
@@ -455,6 +443,35 @@ impl Proxy {
             out[i] = Some(model);
         }
         Ok(out.into_iter().map(|a| a.expect("every value answered")).collect())
+    }
+
+    /// This process's turn at the query's sample of this cascade: `have`
+    /// values in hand, `want` more it could ask, `added` asked since its last
+    /// turn. Without the cluster's ledger the process samples alone.
+    async fn turn(
+        &self,
+        options: &LlmOptions,
+        cascade: &Cascade,
+        name: &str,
+        have: usize,
+        want: usize,
+        added: Vec<String>,
+    ) -> Result<Turn> {
+        if !cascade.alone.load(Ordering::Relaxed) {
+            match engine::share_sample(options, self.function, name, SAMPLE, want, added).await? {
+                Some(state) => {
+                    if let Some(all) = state.complete {
+                        return Ok(Turn::Complete(all.iter().filter_map(|e| self.shared(e)).collect()));
+                    }
+                    if state.granted == 0 && state.others > 0 && want > 0 {
+                        return Ok(Turn::Wait);
+                    }
+                    return Ok(Turn::Ask(state.granted));
+                }
+                None => cascade.alone.store(true, Ordering::Relaxed),
+            }
+        }
+        Ok(Turn::Ask(want.min(SAMPLE.saturating_sub(have))))
     }
 
     /// A sample value for the threshold choice, given the model's answer.
