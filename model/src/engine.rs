@@ -302,6 +302,9 @@ impl Scope {
             if self.state.is_cancelled(&self.options) {
                 return Err(format!("{}: the query was cancelled", self.function).into());
             }
+            if let Some(over) = self.budget_spent().await {
+                return Err(over.into());
+            }
             tokio::time::sleep(SETTLED_POLL).await;
             let asked: Vec<String> = open.iter().map(|&i| keys[i].clone()).collect();
             let Some(claims) = self.claim(&asked).await else {
@@ -351,6 +354,32 @@ impl Scope {
         self.options.cache.then(|| DiskCache::for_options(&self.options))
     }
 
+    /// Why the query must stop, when `calls` requests (this one included)
+    /// and `spent` tokens are over its budget.
+    fn over_budget(&self, calls: u64, spent: u64) -> Option<String> {
+        let o = &self.options;
+        if calls > o.max_calls {
+            return Some(format!(
+                "{}: the query reached its budget of {} model calls (lakelink.llm.max_calls)",
+                self.function, o.max_calls
+            ));
+        }
+        (spent >= o.max_tokens).then(|| {
+            format!(
+                "{}: the query reached its budget of {} model tokens (lakelink.llm.max_tokens); it spent {spent}",
+                self.function, o.max_tokens
+            )
+        })
+    }
+
+    /// Whether the query's budget over the cluster is spent: a process that
+    /// waits for another's answers stops then, since the other may have
+    /// stopped before settling them.
+    async fn budget_spent(&self) -> Option<String> {
+        let (calls, spent) = self.spend(0, 0).await?;
+        self.over_budget(calls, spent)
+    }
+
     /// One model request under the budget, the concurrency limit and the time limit.
     async fn request<T>(
         &self,
@@ -368,17 +397,8 @@ impl Scope {
         if let Some(cluster) = self.spend(1, 0).await {
             (calls, spent) = cluster;
         }
-        if calls > o.max_calls {
-            return Err(Failure::Stop(format!(
-                "{}: the query reached its budget of {} model calls (lakelink.llm.max_calls)",
-                self.function, o.max_calls
-            )));
-        }
-        if spent >= o.max_tokens {
-            return Err(Failure::Stop(format!(
-                "{}: the query reached its budget of {} model tokens (lakelink.llm.max_tokens); it spent {spent}",
-                self.function, o.max_tokens
-            )));
+        if let Some(over) = self.over_budget(calls, spent) {
+            return Err(Failure::Stop(over));
         }
         // The local model computes one prompt at a time; waiting for it is not
         // part of a request's time limit.
@@ -787,8 +807,8 @@ const EMBED_BATCH: usize = 32;
 /// values and reserves up to `want` more for this process
 /// ([`ledger::Request::Sample`]). `None` when the query has no ledger or
 /// it cannot be reached: the process then samples on its own. Once the
-/// query is cancelled this fails, so that a process waiting for the others'
-/// sample values stops waiting.
+/// query is cancelled or its budget spent this fails, so that a process
+/// waiting for the others' sample values stops waiting.
 pub async fn share_sample(
     options: &LlmOptions,
     function: &'static str,
@@ -803,6 +823,9 @@ pub async fn share_sample(
     }
     if !scope.with_ledger() {
         return Ok(None);
+    }
+    if let Some(over) = scope.budget_spent().await {
+        return Err(DataFusionError::Execution(over));
     }
     let request = Request::Sample {
         query: options.query_id.clone(),
