@@ -164,8 +164,9 @@ pub fn use_ledger(ledger: Arc<dyn Ledger>) {
     let _ = LEDGER.set(ledger);
 }
 
-/// How often a process looks whether keys another process asks are settled.
-const SETTLED_POLL: Duration = Duration::from_millis(200);
+/// How often a process looks whether keys (or cascade sample values)
+/// another process asks are settled.
+pub const SETTLED_POLL: Duration = Duration::from_millis(200);
 
 /// Keys per claim request (an answer may be an embedding).
 const CLAIM_CHUNK: usize = 256;

@@ -232,7 +232,7 @@ fn own_prefixed(select: &Select, k: &Knowledge, missing: &str, question: &str) -
         return None;
     }
     let asked = question.to_lowercase();
-    if owners.iter().any(|t| asked.contains(t.name.trim_end_matches('s'))) {
+    if owners.iter().any(|t| names_table(&asked, &t.name)) {
         return None;
     }
     let found: Vec<String> = from_tables(select)
@@ -245,6 +245,12 @@ fn own_prefixed(select: &Select, k: &Knowledge, missing: &str, question: &str) -
         .collect();
     let [one] = found.as_slice() else { return None };
     Some(one.clone())
+}
+
+/// Whether `question` (lower case) names `table` (its name, or without a
+/// plural s: "order" for `orders`).
+fn names_table(question: &str, table: &str) -> bool {
+    question.contains(table.trim_end_matches('s'))
 }
 
 /// A fixed query for `sql`, failed with `problem`, if one of the fixes applies.
@@ -720,7 +726,7 @@ pub fn needless_join(sql: &str, question: &str, k: &Knowledge) -> Option<String>
         _ => None,
     };
     for (r, (table, _)) in relations.iter().enumerate() {
-        if asked.contains(table.trim_end_matches('s')) {
+        if names_table(&asked, table) {
             continue;
         }
         // The join that brings it in (the first one for the first table),

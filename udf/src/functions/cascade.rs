@@ -8,8 +8,9 @@
 //! ([`lakelink_model::ledger`]) each process reserves part of the sample,
 //! asks the model about that many of its values (taken in the order of a
 //! hash of the value, not the table's order, so a sorted table still gives
-//! a spread sample) and adds them; a process that has nothing to add waits
-//! for the others' values. Every process then fits on the whole sample. A
+//! a spread sample) and adds them; a process that could ask more while the
+//! rest of the sample is reserved by others waits for their values. Every
+//! process then fits on the whole sample. A
 //! process that cannot reach the ledger samples alone.
 //! Three proxies are fitted on that sample, and the one that decides the
 //! most of it within the target is kept (the first listed on a tie):
@@ -316,10 +317,6 @@ enum Turn {
     Wait,
 }
 
-/// How often a process whose sample values other processes are asking
-/// looks whether the sample is complete.
-const SAMPLE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
-
 impl Proxy {
     fn new(
         function: &'static str,
@@ -395,7 +392,7 @@ impl Proxy {
                             break;
                         }
                         Turn::Wait => {
-                            tokio::time::sleep(SAMPLE_POLL).await;
+                            tokio::time::sleep(engine::SETTLED_POLL).await;
                             continue;
                         }
                         Turn::Ask(0) => break,
