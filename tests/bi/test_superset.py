@@ -31,6 +31,7 @@ REVENUE_SQL = (
     "GROUP BY n_name"
 )
 BUILDING_Q = "How many customers are in the building market segment?"
+CHART_WAIT_MS = 300_000  # a chart drawn from LakeLink's answer (see its use)
 
 
 # --------------------------------------------------------------------------
@@ -272,7 +273,9 @@ def test_superset_charts_revenue_by_nation_from_lakelink(page, superset, cluster
     answers = []  # every chart query Superset's page makes (the chart, its samples)
     ex.on("response", lambda r: answers.append(r) if "/api/v1/chart/data" in r.url else None)
     ex.locator("[data-test=run-query-button]").click()
-    ex.locator("[data-test=chart-container] canvas").first.wait_for()
+    # The chart's queries (the revenue join, its samples) take most of a
+    # minute on a debug build with two cores: more room than Playwright's 30 s.
+    ex.locator("[data-test=chart-container] canvas").first.wait_for(timeout=CHART_WAIT_MS)
     check_chart_data(answers, expected)
 
     # Saved to a new dashboard, which draws it from LakeLink again.
@@ -286,7 +289,9 @@ def test_superset_charts_revenue_by_nation_from_lakelink(page, superset, cluster
     save.get_by_role("button", name="Save & go to dashboard").click()
     ex.wait_for_url(lambda u: "/dashboard/" in u)
     ex.get_by_text("Revenue by nation").first.wait_for()
-    ex.locator(".dashboard-component-chart-holder canvas, [data-test=chart-container] canvas").first.wait_for()
+    ex.locator(".dashboard-component-chart-holder canvas, [data-test=chart-container] canvas").first.wait_for(
+        timeout=CHART_WAIT_MS
+    )
     check_chart_data(answers, expected)
     time.sleep(1.0)  # the bars' entry animation
     shot = screenshots / "superset-dashboard.png"
