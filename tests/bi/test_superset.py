@@ -274,7 +274,8 @@ def test_superset_charts_revenue_by_nation_from_lakelink(page, superset, cluster
     ex.on("response", lambda r: answers.append(r) if "/api/v1/chart/data" in r.url else None)
     ex.locator("[data-test=run-query-button]").click()
     # The chart's queries (the revenue join, its samples) take most of a
-    # minute on a debug build with two cores: more room than Playwright's 30 s.
+    # minute on a debug build with two cores: more room than the suite's 60 s
+    # default (conftest.py).
     ex.locator("[data-test=chart-container] canvas").first.wait_for(timeout=CHART_WAIT_MS)
     check_chart_data(answers, expected)
 
