@@ -41,6 +41,12 @@ struct Args {
     /// Writes the figures as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also scores every filter case with `llm_rank` (the model's
+    /// probability of yes) for the condition and for its negation, and
+    /// prints how well the score ranks the rows (ROC AUC) and how right
+    /// three decision rules are.
+    #[arg(long)]
+    scores: bool,
 }
 
 /// A yes/no condition and the SQL that knows its truth.
@@ -152,6 +158,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "recall": recall, "said_yes": ratio(tp + fp, n), "truly_yes": ratio(tp + fnn, n), "model_calls": calls,
             "seconds": secs}));
     }
+    if args.scores {
+        println!();
+        println!(
+            "| case | rows | AUC of P(yes) | P(yes) > 0.5 | P(yes) > P(yes) of the negation | best threshold (oracle) | s |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for case in FILTERS.iter().filter(|c| wanted(c.name)) {
+            let started = Instant::now();
+            let condition = case.condition.replace('\'', "''");
+            let sql = format!(
+                "SELECT {truth} AS truth, llm_rank({column}, '{condition}'), \
+                 llm_rank({column}, 'it is not the case that {condition}') FROM {table}",
+                truth = case.truth,
+                column = case.column,
+                table = case.table
+            );
+            let got = rows(&query(&mut conn, &sql).await?);
+            let secs = started.elapsed().as_secs_f64();
+            let scored: Vec<(bool, f64, f64)> = got
+                .iter()
+                .map(|r| Ok((r[0] == "true", r[1].parse()?, r[2].parse()?)))
+                .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+            let n = scored.len();
+            let right = |rule: &dyn Fn(f64, f64) -> bool| scored.iter().filter(|(t, s, q)| rule(*s, *q) == *t).count();
+            let best = scored.iter().map(|(_, s, _)| right(&|x, _| x >= *s)).max().unwrap_or(0);
+            println!(
+                "| {} | {n} | {:.3} | {:.1}% | {:.1}% | {:.1}% | {secs:.1} |",
+                case.name,
+                auc(&scored),
+                ratio(right(&|s, _| s > 0.5), n) * 100.0,
+                ratio(right(&|s, q| s > q), n) * 100.0,
+                ratio(best, n) * 100.0
+            );
+        }
+    }
     println!();
     println!("| case | rows | accuracy | per label: precision / recall / share said (true share) | model calls | s |");
     println!("| --- | ---: | ---: | --- | ---: | ---: |");
@@ -197,6 +238,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, serde_json::to_string_pretty(&json!({"rows": args.rows, "cases": figures}))?)?;
     }
     Ok(())
+}
+
+/// The probability that a true row scores above a false one (ties count
+/// half): 1 ranks perfectly, 0.5 is chance.
+fn auc(scored: &[(bool, f64, f64)]) -> f64 {
+    let (mut above, mut pairs) = (0.0, 0usize);
+    for (_, yes, _) in scored.iter().filter(|r| r.0) {
+        for (_, no, _) in scored.iter().filter(|r| !r.0) {
+            pairs += 1;
+            above += if yes > no {
+                1.0
+            } else if yes == no {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    above / pairs as f64
 }
 
 /// Model calls recorded so far that were not answered from the cache, and
