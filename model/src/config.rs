@@ -337,11 +337,12 @@ settings! {
     max_calls: u64 = 10_000, Session, check = positive;
     /// Budget: prompt plus completion tokens one query may spend over the whole cluster.
     max_tokens: u64 = 5_000_000, Session, check = positive;
-    /// Whether `llm_classify`'s labels are calibrated: each label's
-    /// probability is divided by the model's probability of it for a row
-    /// that says nothing (asked once per prompt in each process), so that a
-    /// small model's lean to one label does not decide the rows. Yes/no
-    /// answers are never calibrated (with the local model it made filters worse).
+    /// Whether `llm_classify`'s labels and `llm_filter`'s two statements are
+    /// calibrated: each one's probability is divided by the model's
+    /// probability of it for a row that says nothing (asked once per prompt
+    /// in each process), so that a small model's lean to one answer does not
+    /// decide the rows. Yes/no answers (`llm_match`, `llm_rank`) are never
+    /// calibrated (with the local model it made them worse).
     calibrate: bool = true, Session;
     /// Cascades of `llm_filter` and `llm_classify`: the agreement with the model-only answer to
     /// aim for (such as `0.95`); a proxy (embedding similarity to the condition

@@ -73,9 +73,22 @@ def rows_of(user: str) -> list[str] | None:
     return [m.group(2) for m in sorted(_ITEM.finditer(user), key=lambda m: int(m.group(1)))]
 
 
+def filter_labels(system: str):
+    """llm_filter's condition and its negation when `system` is its prompt
+    (the two as labels), else None."""
+    m = re.search(r"labels: (.*?)\.\nAnswer", system, re.S)
+    if m:
+        for lead in ("it is not the case that ", "not the case that "):
+            condition, sep, negated = m.group(1).partition(", " + lead)
+            if sep and negated == condition:
+                return condition, lead + condition
+    return None
+
+
 def answer_row(system: str, row: str) -> str:
-    if "Decide whether this statement about the text is true:" in system:
-        return "yes" if "good" in row else "no"
+    labels = filter_labels(system)
+    if labels:
+        return labels[0] if "good" in row else labels[1]
     m = re.search(r"Classify the text into exactly one of these labels: (.*?)\.\n", system)
     if m:
         labels = [label.strip() for label in m.group(1).split(",")]
@@ -212,6 +225,20 @@ class ScriptedModel:
         with self.lock:
             return list(self.chats[start:])
 
+    def row_chats(self, start: int = 0) -> list[dict]:
+        """The requests since `start` that asked about rows: all but the
+        calibration requests (the content-free row `N/A`, asked once per
+        prompt in each process by llm_filter and llm_classify)."""
+        return [c for c in self.since(start) if not is_calibration(c)]
+
+
+def is_calibration(chat: dict) -> bool:
+    return "\nN/A\n" in chat["user"]
+
+
+# The trail's calibration requests (one per prompt in each process).
+CALIBRATION = "outcome LIKE 'ok (calibration: %'"
+
 
 @pytest.fixture
 def model():
@@ -316,7 +343,7 @@ def test_llm_filter_dedupe_cache_trail_and_session_scope(llm_cluster, model):
             assert r["ok"] == ("good" in r["review"]), r
         assert sum(r["ok"] for r in rows) == sum("good" in v for v in expected.values())
 
-        chats = model.since(0)
+        chats = model.row_chats()
         assert len(chats) == DISTINCT, (
             f"expected exactly {DISTINCT} chat requests (one per distinct text), "
             f"got {len(chats)}")
@@ -328,15 +355,18 @@ def test_llm_filter_dedupe_cache_trail_and_session_scope(llm_cluster, model):
         # Second run: the same answers, all from the disk cache.
         again = h.query(conn, FILTER_SQL)
         assert again.to_pylist() == rows
-        assert model.count() == DISTINCT, (
-            f"the repeated query asked the model again: {model.count() - DISTINCT} new requests")
+        asked = model.count()
+        assert len(model.row_chats()) == DISTINCT, (
+            f"the repeated query asked the model again: {len(model.row_chats()) - DISTINCT} new requests")
+        assert asked - DISTINCT <= 2, "more than one calibration request per executor"
 
-        # The trail holds the 20 model calls (and the 20 cache hits).
+        # The trail holds the 20 model calls (and the 20 cache hits), and
+        # the calibration requests apart.
         misses = h.scalar(conn, "SELECT count(*) FROM system.model_calls "
-                                "WHERE function = 'llm_filter' AND NOT cache_hit")
+                                f"WHERE function = 'llm_filter' AND NOT cache_hit AND NOT {CALIBRATION}")
         assert misses == DISTINCT, misses
         calls = h.query(conn, "SELECT function, rows, cache_hit, outcome, model, backend "
-                              "FROM system.model_calls WHERE NOT cache_hit").to_pylist()
+                              f"FROM system.model_calls WHERE NOT cache_hit AND NOT {CALIBRATION}").to_pylist()
         assert len(calls) == DISTINCT, calls
         for c in calls:
             assert c["function"] == "llm_filter" and c["rows"] == 1, c
@@ -344,14 +374,16 @@ def test_llm_filter_dedupe_cache_trail_and_session_scope(llm_cluster, model):
             assert c["backend"] == "openai" and c["outcome"] == "ok", c
             assert c["model"] == f"openai:scripted@{model.base_url}", c
         # The requests were made by the executor processes (host:pid), and the
-        # usage the endpoint reported was recorded (every answer is one word).
+        # usage the endpoint reported was recorded (a token per word of each
+        # answer).
         pids = {str(e.pid) for e in llm_cluster.executors}
         procs = h.query(conn, "SELECT process, count(*) AS n, sum(completion_tokens) AS out, "
                               "min(prompt_tokens) AS pin FROM system.model_calls "
-                              "WHERE NOT cache_hit GROUP BY process").to_pylist()
+                              f"WHERE NOT cache_hit AND NOT {CALIBRATION} GROUP BY process").to_pylist()
         assert {p["process"].rsplit(":", 1)[-1] for p in procs} <= pids, (procs, pids)
         assert sum(p["n"] for p in procs) == DISTINCT
-        assert sum(p["out"] for p in procs) == DISTINCT and min(p["pin"] for p in procs) > 0, procs
+        words = sum(len(answer_row(chats[0]["system"], review_text(k)).split()) for k in range(DISTINCT))
+        assert sum(p["out"] for p in procs) == words and min(p["pin"] for p in procs) > 0, procs
         hits = h.scalar(conn, "SELECT count(*) FROM system.model_calls "
                               "WHERE function = 'llm_filter' AND cache_hit")
         assert hits >= 1, "the cached run left no cache-hit record in system.model_calls"
@@ -360,7 +392,7 @@ def test_llm_filter_dedupe_cache_trail_and_session_scope(llm_cluster, model):
         assert show(conn, "lakelink.llm.backend") == "openai"
         assert show(other, "lakelink.llm.backend") == "local"
         assert show(conn, "lakelink.llm.backend") == "openai"
-    assert model.count() == DISTINCT
+    assert model.count() == asked
 
 
 def test_llm_classify_labels(llm_cluster, model):
@@ -402,8 +434,9 @@ def test_llm_endpoint_failure_and_on_error_null(llm_cluster, model):
         assert "HTTP 500" in text, text
         assert "on_error" in text, f"the error does not say how to get NULLs instead: {text}"
         failed = model.count()
-        assert 1 <= failed <= DISTINCT, (
-            f"with retries = 0 each distinct text is asked at most once; got {failed} requests")
+        rows_asked = len(model.row_chats())
+        assert 1 <= rows_asked <= DISTINCT, (
+            f"with retries = 0 each distinct text is asked at most once; got {rows_asked} requests")
         assert all(c["status"] == 500 for c in model.since(0))
         # The trail records the failures. (Requests still in flight when the
         # failed job is cancelled may be missing, so only bounds here.)
@@ -415,9 +448,9 @@ def test_llm_endpoint_failure_and_on_error_null(llm_cluster, model):
         assert t.num_rows == 200
         assert t["ok"].null_count == 200, t["ok"].to_pylist()[:10]
         assert t["id"].to_pylist() == list(range(200))
-        assert model.count() - failed == DISTINCT, (
-            f"expected one request per distinct text (no cache, no retries), "
-            f"got {model.count() - failed}")
+        rows_asked = len(model.row_chats(failed))
+        assert rows_asked == DISTINCT, (
+            f"expected one request per distinct text (no cache, no retries), got {rows_asked}")
 
         # Nothing else is affected: plain queries still answer on this connection.
         assert h.scalar(conn, "SELECT count(*) FROM reviews") == 200
@@ -431,7 +464,9 @@ def test_llm_endpoint_failure_and_on_error_null(llm_cluster, model):
                                   "AND NOT cache_hit AND outcome LIKE 'error:%HTTP 500%' "
                                   "GROUP BY query_id ORDER BY t0").to_pylist()
         assert len(per_query) == 2, per_query
-        assert per_query[-1]["n"] == DISTINCT, per_query
+        # Each text's request, and before it the calibration request (a
+        # failed one is asked again by the next request).
+        assert per_query[-1]["n"] == 2 * DISTINCT, per_query
 
         # The endpoint recovers: the same session gets answers again.
         model.mode = "ok"
@@ -461,7 +496,7 @@ def test_bad_llm_settings(llm_cluster, model):
         ok = h.scalar(conn, "SELECT count(*) FROM reviews "
                             "WHERE llm_filter(review, 'the review is positive')")
         assert ok == sum("good" in v for v in all_reviews(llm_cluster.lake).values())
-        assert model.count() == DISTINCT
+        assert len(model.row_chats()) == DISTINCT
 
 
 def test_set_through_dbapi_execute(llm_cluster):
@@ -528,7 +563,7 @@ def test_a_value_read_by_two_executors_is_asked_once_within_one_budget(cluster_f
         sql = "SELECT review, llm_filter(review, 'the review is positive') AS ok FROM reviews"
         rows = h.query(conn, sql).to_pylist()
         assert len(rows) == 200 and all(r["ok"] == ("good" in r["review"]) for r in rows)
-        asked = [c["user"] for c in model.since(0)]
+        asked = [c["user"] for c in model.row_chats()]
         assert len(asked) == distinct, f"{len(asked)} requests for {distinct} distinct texts"
         assert sorted(asked) == sorted(f"<data>\n{review_text(k)}\n</data>" for k in range(distinct))
         assert all(f"<data>\n{t}\n</data>" in asked for t in shared)

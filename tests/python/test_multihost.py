@@ -208,7 +208,7 @@ def test_a_value_on_both_hosts_is_asked_once(three_hosts, bridge_model):
         before = bridge_model.count()
         n = h.scalar(conn, "SELECT count(*) FROM lineitem WHERE llm_filter(l_shipmode, 'the mode is good')")
         assert n == 0  # the scripted model says yes to texts with "good" only
-        asked = sorted(c["user"] for c in bridge_model.since(before))
+        asked = sorted(c["user"] for c in bridge_model.row_chats(before))
         assert len(asked) == modes == len(set(asked)), asked
 
 

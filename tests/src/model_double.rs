@@ -150,6 +150,12 @@ impl ModelDouble {
         self.shared.chats.load(Ordering::Relaxed)
     }
 
+    /// Chat requests received for rows: all but the calibration requests
+    /// (the content-free row `N/A`, asked once per prompt in each process).
+    pub fn row_chats(&self) -> usize {
+        self.shared.log.lock().unwrap().iter().filter(|c| !c.user.contains("\nN/A\n")).count()
+    }
+
     /// Embedding requests received.
     pub fn embedding_requests(&self) -> usize {
         self.shared.embeddings.load(Ordering::Relaxed)
@@ -284,4 +290,22 @@ pub fn answer_rows(user: &str, answer: impl Fn(&str) -> String) -> String {
         return answer(&rows[0]);
     }
     rows.iter().enumerate().map(|(i, r)| format!("{}: {}", i + 1, answer(r))).collect::<Vec<_>>().join("\n")
+}
+
+/// `llm_filter`'s condition, when `system` is its prompt (the condition and
+/// its negation as two labels).
+pub fn filter_condition(system: &str) -> Option<&str> {
+    let labels = system.split("labels: ").nth(1)?.split(".\nAnswer").next()?;
+    ["it is not the case that ", "not the case that "].iter().find_map(|lead| {
+        let (condition, negated) = labels.split_once(&format!(", {lead}"))?;
+        (negated == condition).then_some(condition)
+    })
+}
+
+/// Answers `llm_filter`'s prompt for each row: the condition when `holds`
+/// says it does, its negation when not.
+pub fn answer_filter(system: &str, user: &str, holds: impl Fn(&str, &str) -> bool) -> Option<String> {
+    let condition = filter_condition(system)?;
+    let negation = system.split("labels: ").nth(1)?.split(".\nAnswer").next()?[condition.len() + 2..].to_string();
+    Some(answer_rows(user, |row| if holds(condition, row) { condition.to_string() } else { negation.clone() }))
 }

@@ -11,7 +11,7 @@ use arrow::array::{Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use lakelink::Connection;
-use lakelink_tests::model_double::{Chat, Mode, ModelDouble, answer_rows};
+use lakelink_tests::model_double::{Chat, Mode, ModelDouble, answer_filter, answer_rows};
 use lakelink_tests::{TestCluster, fails, query, run};
 
 /// Distinct reviews; review `i` is "good" when `i % 3 == 0`.
@@ -85,16 +85,15 @@ fn write(path: &Path, schema: Arc<Schema>, ids: Vec<i32>, texts: Vec<String>, st
 /// Answers the way a model following LakeLink's prompts would.
 fn script(chat: &Chat) -> String {
     let system = &chat.system;
-    if system.contains("statement about the text is true: the number is even")
-        || system.contains("statement about the text is true: ...\n")
-    {
-        let even =
-            |row: &str| row.split_whitespace().nth(1).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n % 2 == 0);
-        answer_rows(&chat.user, |row| if even(row) { "yes" } else { "no" }.to_string())
-    } else if system.contains("statement about the text is true: green") {
-        answer_rows(&chat.user, |row| if row.contains("green") { "yes" } else { "no" }.to_string())
-    } else if system.contains("Decide whether this statement about the text is true") {
-        answer_rows(&chat.user, |row| if row.contains("good") { "yes" } else { "no" }.to_string())
+    let even =
+        |row: &str| row.split_whitespace().nth(1).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n % 2 == 0);
+    let filtered = answer_filter(system, &chat.user, |condition, row| match condition {
+        "the number is even" | "..." => even(row),
+        "green" => row.contains("green"),
+        _ => row.contains("good"),
+    });
+    if let Some(answer) = filtered {
+        answer
     } else if let Some(labels) = system.split("labels: ").nth(1) {
         let labels: Vec<&str> = labels.split('.').next().unwrap().split(", ").collect();
         answer_rows(&chat.user, |row| labels.iter().find(|l| row.contains(*l)).map_or("none".into(), |l| l.to_string()))
@@ -155,30 +154,39 @@ async fn each_distinct_value_is_asked_once_then_cached() {
         let expected = review((id / 100) * 10 + id % 10).contains("good");
         assert_eq!(row[1], expected.to_string(), "row {row:?}");
     }
-    // 200 rows, 20 distinct texts, one row per request: 20 requests.
-    assert_eq!(s.model.chats(), DISTINCT);
+    // 200 rows, 20 distinct texts, one row per request: 20 requests (and
+    // each process's calibration request, not counted).
+    assert_eq!(s.model.row_chats(), DISTINCT);
 
     // The same question again: every answer comes from the disk cache.
     run(&mut conn, sql).await;
-    assert_eq!(s.model.chats(), DISTINCT);
+    assert_eq!(s.model.row_chats(), DISTINCT);
 
     // Without the cache, the query asks again, still once per distinct value.
     query(&mut conn, "SET lakelink.llm.cache = false").await.unwrap();
     run(&mut conn, sql).await;
-    assert_eq!(s.model.chats(), 2 * DISTINCT);
+    assert_eq!(s.model.row_chats(), 2 * DISTINCT);
 
-    // The trail holds every request and the cached rows.
+    // The trail holds every request and the cached rows (and the
+    // calibration requests, apart).
+    let calibration = "outcome LIKE 'ok (calibration: %'";
     let trail = run(
         &mut conn,
-        "SELECT cache_hit, count(*), sum(rows) FROM system.model_calls \
-         WHERE function = 'llm_filter' GROUP BY cache_hit ORDER BY cache_hit",
+        &format!(
+            "SELECT cache_hit, count(*), sum(rows) FROM system.model_calls \
+             WHERE function = 'llm_filter' AND NOT {calibration} GROUP BY cache_hit ORDER BY cache_hit"
+        ),
     )
     .await;
     assert_eq!(trail[0][0], "false");
     assert_eq!(trail[0][1], (2 * DISTINCT).to_string(), "{trail:?}");
     assert_eq!(trail[1][0], "true");
     assert_eq!(trail[1][2], DISTINCT.to_string(), "{trail:?}");
-    let models = run(&mut conn, "SELECT DISTINCT model, backend, outcome FROM system.model_calls").await;
+    let models = run(
+        &mut conn,
+        &format!("SELECT DISTINCT model, backend, outcome FROM system.model_calls WHERE NOT {calibration}"),
+    )
+    .await;
     assert_eq!(models, vec![vec![format!("openai:scripted@{}", s.model.base_url()), "openai".into(), "ok".into()]]);
     assert!(s.root.join("trail").read_dir().unwrap().count() >= 1);
 }
@@ -256,18 +264,18 @@ async fn cheap_predicates_run_first_and_limits_stop_calls() {
     )
     .await;
     // Only five-star texts reach the model: 10 of the 20 distinct texts.
-    assert_eq!(s.model.chats(), 10);
-    assert!(s.model.log().iter().all(|c| {
+    assert_eq!(s.model.row_chats(), 10);
+    assert!(s.model.log().iter().filter(|c| !c.user.contains("\nN/A\n")).all(|c| {
         let n: usize = c.user.split("review ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
         n.is_multiple_of(2)
     }));
     assert!(!got.is_empty());
 
-    let before = s.model.chats();
+    let before = s.model.row_chats();
     let got = run(&mut conn, "SELECT id FROM notes WHERE llm_filter(review, 'is about a note') LIMIT 3").await;
     // Every note passes the scripted filter, so the limit is what stops the query.
     assert_eq!(got.len(), 3);
-    let asked = s.model.chats() - before;
+    let asked = s.model.row_chats() - before;
     // Batches of 16 rows: one per partition at most before the limit is met.
     assert!(asked <= 64, "a LIMIT 3 query over 2,000 distinct texts asked {asked} times");
 
@@ -596,10 +604,10 @@ async fn a_cascade_lets_the_proxy_answer_what_it_is_sure_of() {
 
     // A condition whose embedding says nothing (no words): the cascade
     // refuses, says so in the trail, and the model answers every item.
-    let before = s.model.chats();
+    let before = s.model.row_chats();
     let got = run(&mut conn, "SELECT count(*) FROM items WHERE llm_filter(text, '...')").await;
     assert_eq!(got[0][0], "500");
-    assert_eq!(s.model.chats() - before, 1000);
+    assert_eq!(s.model.row_chats() - before, 1000);
     let refused = run(&mut conn, "SELECT count(*) FROM system.model_calls WHERE outcome LIKE 'cascade refused%'").await;
     assert_ne!(refused[0][0], "0");
 

@@ -18,7 +18,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use datafusion::parquet::arrow::ArrowWriter;
 use lakelink::{ClientError, Connection};
-use lakelink_tests::model_double::{Chat, ModelDouble, answer_rows};
+use lakelink_tests::model_double::{Chat, ModelDouble, answer_filter, answer_rows};
 use lakelink_tests::{TestCluster, query, testdata, tpch_lake};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 
@@ -47,8 +47,8 @@ fn script(chat: &Chat) -> String {
     if let Some((_, sql)) = NL.iter().find(|(q, _)| first_line.contains(q)) {
         return format!("```sql\n{sql}\n```");
     }
-    if system.contains("Decide whether this statement about the text is true") {
-        answer_rows(&chat.user, |row| if row.contains("good") { "yes" } else { "no" }.to_string())
+    if let Some(answer) = answer_filter(system, &chat.user, |_, row| row.contains("good")) {
+        answer
     } else if let Some(labels) = system.split("labels: ").nth(1) {
         let labels: Vec<&str> = labels.split('.').next().unwrap_or_default().split(", ").collect();
         answer_rows(&chat.user, |row| labels.iter().find(|l| row.contains(*l)).map_or("none".into(), |l| l.to_string()))
