@@ -42,6 +42,14 @@ pub struct Chat {
     pub model: String,
 }
 
+impl Chat {
+    /// Whether this is a calibration request: the content-free row `N/A`,
+    /// asked once per prompt in each process by calibrated functions.
+    pub fn is_calibration(&self) -> bool {
+        self.user.contains("\nN/A\n")
+    }
+}
+
 type Script = dyn Fn(&Chat) -> String + Send + Sync;
 
 /// Which chat requests are held back until released.
@@ -150,10 +158,9 @@ impl ModelDouble {
         self.shared.chats.load(Ordering::Relaxed)
     }
 
-    /// Chat requests received for rows: all but the calibration requests
-    /// (the content-free row `N/A`, asked once per prompt in each process).
+    /// Chat requests received for rows: all but the calibration requests.
     pub fn row_chats(&self) -> usize {
-        self.shared.log.lock().unwrap().iter().filter(|c| !c.user.contains("\nN/A\n")).count()
+        self.shared.log.lock().unwrap().iter().filter(|c| !c.is_calibration()).count()
     }
 
     /// Embedding requests received.
@@ -292,20 +299,19 @@ pub fn answer_rows(user: &str, answer: impl Fn(&str) -> String) -> String {
     rows.iter().enumerate().map(|(i, r)| format!("{}: {}", i + 1, answer(r))).collect::<Vec<_>>().join("\n")
 }
 
-/// `llm_filter`'s condition, when `system` is its prompt (the condition and
-/// its negation as two labels).
-pub fn filter_condition(system: &str) -> Option<&str> {
+/// `llm_filter`'s condition and its negation, when `system` is its prompt
+/// (the two as labels).
+pub fn filter_statements(system: &str) -> Option<(&str, &str)> {
     let labels = system.split("labels: ").nth(1)?.split(".\nAnswer").next()?;
     ["it is not the case that ", "not the case that "].iter().find_map(|lead| {
         let (condition, negated) = labels.split_once(&format!(", {lead}"))?;
-        (negated == condition).then_some(condition)
+        (negated == condition).then(|| (condition, &labels[condition.len() + 2..]))
     })
 }
 
 /// Answers `llm_filter`'s prompt for each row: the condition when `holds`
 /// says it does, its negation when not.
 pub fn answer_filter(system: &str, user: &str, holds: impl Fn(&str, &str) -> bool) -> Option<String> {
-    let condition = filter_condition(system)?;
-    let negation = system.split("labels: ").nth(1)?.split(".\nAnswer").next()?[condition.len() + 2..].to_string();
-    Some(answer_rows(user, |row| if holds(condition, row) { condition.to_string() } else { negation.clone() }))
+    let (condition, negation) = filter_statements(system)?;
+    Some(answer_rows(user, |row| if holds(condition, row) { condition } else { negation }.to_string()))
 }
