@@ -342,7 +342,7 @@ settings! {
     /// probability of it for a row that says nothing (asked once per prompt
     /// in each process), so that a small model's lean to one answer does not
     /// decide the rows. Yes/no answers (`llm_match`, `llm_rank`) are never
-    /// calibrated (with the local model it made them worse).
+    /// calibrated (with the local model it turned yes/no filters into coin flips).
     calibrate: bool = true, Session;
     /// Cascades of `llm_filter` and `llm_classify`: the agreement with the model-only answer to
     /// aim for (such as `0.95`); a proxy (embedding similarity to the condition

@@ -675,7 +675,12 @@ async fn text_batch_inner(
     {
         let spellings: Vec<Vec<String>> = allowed.iter().map(|a| a.spellings.clone()).collect();
         let prior = match scope.options.calibrate && task.calibrated() {
-            true => prior(&scope, generator.as_ref(), task.as_ref(), &spellings).await,
+            true => match prior(&scope, generator.as_ref(), task.as_ref(), &spellings).await {
+                Ok(prior) => prior,
+                // The row's own request would meet the same fault; an
+                // uncalibrated answer would be a different function's.
+                Err(failure) => return scope.policy(failure, n),
+            },
             false => None,
         };
         match scope.request(n, generator.choose(&prompt, &spellings), |c| c.usage).await {
@@ -760,14 +765,17 @@ const CONTENT_FREE: &str = "N/A";
 
 /// The model's probabilities of the allowed answers for a row that says
 /// nothing, asked once per model and prompt in each process (requests for
-/// other prompts do not wait for it); `None` when they cannot be had (the
-/// request then goes uncalibrated, and the next one asks again).
+/// other prompts do not wait for it). `None` when the model reports no
+/// probabilities (its answers are then read as text). A failed request is
+/// the row's failure, under the error policy, and is not remembered: the
+/// next row asks again, so an endpoint that is down costs one request per
+/// row, as for the functions that are not calibrated.
 async fn prior(
     scope: &Scope,
     generator: &dyn Generator,
     task: &dyn Task,
     spellings: &[Vec<String>],
-) -> Option<Vec<f64>> {
+) -> Result<Option<Vec<f64>>, Failure> {
     type Priors = Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Vec<f64>>>>>;
     static PRIORS: OnceLock<Priors> = OnceLock::new();
     let prompt = prompt::build(task, &[CONTENT_FREE.to_string()], scope.options.max_output_tokens);
@@ -780,13 +788,17 @@ async fn prior(
         priors.entry(key).or_default().clone()
     };
     let asked = cell.get_or_try_init(|| async {
-        let choice = scope.request(1, generator.choose(&prompt, spellings), |c| c.usage).await.map_err(|_| ())?;
+        let choice = scope.request(1, generator.choose(&prompt, spellings), |c| c.usage).await?;
         let mut call = scope.record(1, choice.usage, &choice.served, false, "ok (calibration: a content-free row)");
         call.confidence = choice.best().map(|(_, p)| p);
         trail::record(&scope.options, &call);
-        Ok::<_, ()>(choice.probabilities)
+        Ok::<_, Failure>(choice.probabilities)
     });
-    asked.await.ok().cloned()
+    match asked.await {
+        Ok(prior) => Ok(Some(prior.clone())),
+        Err(Failure::Unsupported) => Ok(None),
+        Err(failure) => Err(failure),
+    }
 }
 
 /// Contextual calibration: each answer's probability divided by its
