@@ -18,7 +18,9 @@
 //! * a date range that is not the one period the question names (a year,
 //!   a month, a quarter), or no date range at all for it;
 //! * a joined table the question does not name and the query reads nothing
-//!   of but its join keys (it repeats rows: each order once per line item).
+//!   of but its join keys (it repeats rows: each order once per line item);
+//! * no ORDER BY for a question that asks for an order ("ordered by
+//!   status", "in month order", "the revenue, highest first").
 
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
@@ -795,6 +797,145 @@ fn period_column(select: &Select, question: &str, k: &Knowledge) -> Option<SqlEx
     Some(SqlExpr::Identifier(Ident::new(chosen)))
 }
 
+/// What a question asks its rows to be ordered by.
+#[derive(Debug, PartialEq)]
+enum OrderKey {
+    /// The output a word names ("ordered by status", "in month order").
+    Named(String),
+    /// The output a word names, or else the last figure ("the revenue,
+    /// highest first").
+    Figure(String),
+    /// The first output that is not a figure ("in alphabetical order").
+    First,
+}
+
+/// The order `question` asks for, and whether it is descending: "ordered
+/// (sorted) by X", "in X order", "in descending order of X", "X, highest
+/// (largest, lowest, ...) first", "in alphabetical (chronological) order".
+fn asked_order(question: &str) -> Option<(OrderKey, bool)> {
+    let w: Vec<String> =
+        question.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    let article = |x: &str| matches!(x, "the" | "its" | "their" | "a" | "an" | "each");
+    // The first word from `i` that is not an article.
+    let noun = |mut i: usize| {
+        while article(at(i)) {
+            i += 1;
+        }
+        (!at(i).is_empty()).then(|| (at(i).to_string(), i))
+    };
+    let high = |x: &str| matches!(x, "highest" | "largest" | "biggest" | "most" | "greatest" | "latest" | "newest");
+    let low = |x: &str| matches!(x, "lowest" | "smallest" | "fewest" | "least" | "earliest" | "oldest");
+    // "highest first" (or "descending") within a few words of `i`.
+    let descending_near = |i: usize| (i..i + 4).any(|j| at(j) == "descending" || (high(at(j)) && at(j + 1) == "first"));
+    for i in 0..w.len() {
+        if matches!(at(i), "ordered" | "sorted" | "order" | "sort") && at(i + 1) == "by" {
+            let (word, j) = noun(i + 2)?;
+            return Some((OrderKey::Named(word), descending_near(j + 1)));
+        }
+        if at(i) == "in" && at(i + 2) == "order" {
+            let how = at(i + 1);
+            let descending = how == "descending" || how == "reverse";
+            if at(i + 3) == "of" {
+                let (word, _) = noun(i + 4)?;
+                return Some((OrderKey::Named(word), descending));
+            }
+            return match how {
+                "alphabetical" | "chronological" | "ascending" => Some((OrderKey::First, false)),
+                "descending" | "reverse" => None,
+                word => Some((OrderKey::Named(word.to_string()), false)),
+            };
+        }
+        if (high(at(i)) || low(at(i))) && at(i + 1) == "first" && i > 0 {
+            return Some((OrderKey::Figure(at(i - 1).to_string()), high(at(i))));
+        }
+    }
+    None
+}
+
+/// An output of a query, as [`missing_order`] matches it with a question's word.
+struct Output {
+    /// What ORDER BY refers to it by: its alias, else its expression.
+    refer: String,
+    /// The words of its name (alias or column), lower case.
+    words: Vec<String>,
+    /// Its expression, lower case.
+    text: String,
+    /// Whether it is an aggregate.
+    figure: bool,
+}
+
+/// A query without ORDER BY for a question that asks for an order ("ordered
+/// by status", "in month order", "the revenue, highest first"): the query
+/// ordered by the output the question names (its alias or column name, or
+/// a word of its expression: `EXTRACT(MONTH FROM ...)` for "month"), by the
+/// last figure for "highest first" when no output is named, by the first
+/// output that is not a figure for "in alphabetical order". Nothing changes
+/// when no output or several fit equally, or the query is not one SELECT.
+pub fn missing_order(sql: &str, question: &str) -> Option<String> {
+    let (key, descending) = asked_order(question)?;
+    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
+    let Statement::Query(mut query) = *statement else { return None };
+    if query.order_by.is_some() {
+        return None;
+    }
+    let select = select_of(&mut query)?;
+    let outputs: Vec<Output> = select
+        .projection
+        .iter()
+        .map(|item| {
+            let (expr, alias) = match item {
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+                _ => return None,
+            };
+            let text = expr.to_string();
+            let name = match (alias, expr) {
+                (Some(a), _) => a.value.clone(),
+                (None, SqlExpr::Identifier(i)) => i.value.clone(),
+                (None, SqlExpr::CompoundIdentifier(parts)) => parts.last()?.value.clone(),
+                (None, _) => String::new(),
+            };
+            let refer = alias.map(|a| a.to_string()).unwrap_or_else(|| text.clone());
+            let lower = text.trim_start_matches('(').to_lowercase();
+            let figure = ["count(", "sum(", "avg(", "min(", "max(", "median("].iter().any(|f| lower.contains(f));
+            let words = name.to_lowercase().split(|c: char| !c.is_alphanumeric()).map(str::to_string).collect();
+            Some(Output { refer, words, text: text.to_lowercase(), figure })
+        })
+        .collect::<Option<_>>()?;
+    // The output `word` names: by a word of its name, else by the end of one
+    // (`orderpriority` of `o_orderpriority` for "priority"), else by a word
+    // of its expression; `None` unless exactly one fits at the first of
+    // these that any does.
+    let named = |word: &str| -> Option<usize> {
+        let singular = word.strip_suffix('s').unwrap_or(word);
+        let tiers: [&dyn Fn(&Output) -> bool; 3] = [
+            &|o| o.words.iter().any(|n| n == word || n == singular),
+            &|o| singular.len() >= 4 && o.words.iter().any(|n| n.ends_with(singular)),
+            &|o| o.text.split(|c: char| !c.is_alphanumeric()).any(|t| t == word),
+        ];
+        tiers.iter().find_map(|fits| {
+            let found: Vec<usize> = (0..outputs.len()).filter(|&i| fits(&outputs[i])).collect();
+            match found.as_slice() {
+                [] => None,
+                [one] => Some(Some(*one)),
+                _ => Some(None),
+            }
+        })?
+    };
+    let chosen = match key {
+        OrderKey::Named(word) => named(&word)?,
+        OrderKey::Figure(word) => named(&word).or_else(|| outputs.iter().rposition(|o| o.figure))?,
+        OrderKey::First => outputs.iter().position(|o| !o.figure)?,
+    };
+    let direction = if descending { "DESC" } else { "ASC" };
+    let template = format!("SELECT 1 ORDER BY {} {direction}", outputs[chosen].refer);
+    let Ok(DFStatement::Statement(ordered)) = parse_one(&template) else { return None };
+    let Statement::Query(ordered) = *ordered else { return None };
+    query.order_by = ordered.order_by;
+    Some(query.to_string())
+}
+
 #[cfg(test)]
 mod date_tests {
     use super::super::knowledge::tests::table;
@@ -943,5 +1084,70 @@ mod date_tests {
         // None or several fit, or no table with a date: unchanged.
         assert_eq!(ranges("SELECT count(*) FROM lineitem", "lines in 1995"), None);
         assert_eq!(ranges("SELECT count(*) FROM part", "parts in 1995"), None);
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    #[test]
+    fn a_question_reads_as_the_order_it_asks_for() {
+        let named = |w: &str| OrderKey::Named(w.to_string());
+        assert_eq!(asked_order("Show the status and the number, ordered by status."), Some((named("status"), false)));
+        assert_eq!(asked_order("sorted by the segment, highest first"), Some((named("segment"), true)));
+        assert_eq!(asked_order("Show the month number and the count, in month order."), Some((named("month"), false)));
+        assert_eq!(asked_order("in descending order of revenue"), Some((named("revenue"), true)));
+        assert_eq!(asked_order("List the nations in alphabetical order."), Some((OrderKey::First, false)));
+        assert_eq!(
+            asked_order("Show the channel and the revenue, highest first."),
+            Some((OrderKey::Figure("revenue".into()), true))
+        );
+        assert_eq!(asked_order("the cheapest parts, lowest first"), Some((OrderKey::Figure("parts".into()), false)));
+        assert_eq!(asked_order("How many orders were placed in 1996?"), None);
+        assert_eq!(asked_order("orders by channel"), None);
+    }
+
+    #[test]
+    fn a_query_without_the_asked_order_gets_it() {
+        let q = "How many of the orders placed in 2025 are in each status? Show the status and the number, ordered by status.";
+        let sql = "SELECT status, COUNT(*) AS order_count FROM orders GROUP BY status";
+        assert_eq!(missing_order(sql, q).unwrap(), format!("{sql} ORDER BY status ASC"));
+        let q = "How many orders were placed in each month of 2024? Show the month number and the number of orders, in month order.";
+        let sql = "SELECT EXTRACT(MONTH FROM order_date) AS month_number, COUNT(*) AS orders FROM orders GROUP BY 1";
+        assert_eq!(missing_order(sql, q).unwrap(), format!("{sql} ORDER BY month_number ASC"));
+        // A word of the expression, when no name says it.
+        let sql = "SELECT EXTRACT(MONTH FROM order_date), COUNT(*) FROM orders GROUP BY 1";
+        assert!(missing_order(sql, q).unwrap().ends_with("ORDER BY EXTRACT(MONTH FROM order_date) ASC"));
+        // "highest first": the named figure, else the last one; before a LIMIT.
+        let q = "Which 5 products earned the most revenue? Show the name and the revenue, highest first.";
+        let sql = "SELECT name, sum(price) AS revenue FROM products GROUP BY name LIMIT 5";
+        assert_eq!(
+            missing_order(sql, q).unwrap(),
+            "SELECT name, sum(price) AS revenue FROM products GROUP BY name ORDER BY revenue DESC LIMIT 5"
+        );
+        let sql = "SELECT name, sum(price) AS total FROM products GROUP BY name";
+        assert!(missing_order(sql, q).unwrap().ends_with("ORDER BY total DESC"));
+        let q = "How many orders are there per priority? Show the priority and the count, ordered by priority.";
+        let sql = "SELECT o_orderpriority, count(*) AS n FROM orders GROUP BY o_orderpriority";
+        assert_eq!(missing_order(sql, q).unwrap(), format!("{sql} ORDER BY o_orderpriority ASC"));
+        let q = "List the nations in the EUROPE region in alphabetical order.";
+        let sql = "SELECT n_name FROM nation JOIN region ON n_regionkey = r_regionkey WHERE r_name = 'EUROPE'";
+        assert!(missing_order(sql, q).unwrap().ends_with("ORDER BY n_name ASC"));
+    }
+
+    #[test]
+    fn an_order_already_there_or_not_found_is_left_alone() {
+        let q = "Show the status and the number, ordered by status.";
+        assert_eq!(missing_order("SELECT status, count(*) FROM orders GROUP BY status ORDER BY 2", q), None);
+        // No output, or two, fit the word.
+        assert_eq!(missing_order("SELECT channel, count(*) FROM orders GROUP BY channel", q), None);
+        let two = "SELECT status, status AS order_status FROM orders";
+        assert_eq!(missing_order(two, q), None);
+        // Not one plain SELECT.
+        assert_eq!(missing_order("SELECT status FROM a UNION SELECT status FROM b", q), None);
+        assert_eq!(missing_order("SELECT * FROM orders", q), None);
+        // No order asked.
+        assert_eq!(missing_order("SELECT status FROM orders", "How many orders have each status?"), None);
     }
 }

@@ -41,6 +41,9 @@ fn script(chat: &Chat) -> String {
         fenced(
             "SELECT count(*) AS n FROM orders WHERE o_orderdate >= DATE '1996-01-01' AND o_orderdate < DATE '1996-04-01'",
         )
+    } else if q.contains("ordered by priority") {
+        // Grouped, but not in the order asked.
+        fenced("SELECT o_orderpriority, count(*) AS n FROM orders GROUP BY o_orderpriority")
     } else if q.contains("urgent household orders") {
         // A column of a table the query does not join.
         fenced("SELECT count(*) AS n FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'")
@@ -200,6 +203,25 @@ async fn a_wrong_column_is_repaired_and_a_hopeless_question_fails_clearly() {
     let task = run(&mut conn, "SELECT attempts FROM system.nl_tasks WHERE question LIKE '%second quarter%'").await;
     assert!(
         task[0][0].contains("its date range is not the period the question names (fixed without the model)"),
+        "{task:?}"
+    );
+
+    // Rows the question asks in an order the query does not give are
+    // ordered so, without the model.
+    let before = s.model.chats();
+    let got = run(
+        &mut conn,
+        "SELECT * FROM nl_query('How many orders are there per priority? Show the priority and the count, ordered by priority.')",
+    )
+    .await;
+    let gold = run(&mut conn, "SELECT o_orderpriority, count(*) FROM orders GROUP BY 1 ORDER BY 1").await;
+    assert_eq!(got, gold);
+    assert_eq!(s.model.chats() - before, 1, "fixed without a second model call");
+    let task =
+        run(&mut conn, "SELECT sql, attempts FROM system.nl_tasks WHERE question LIKE '%ordered by priority%'").await;
+    assert!(task[0][0].ends_with("ORDER BY o_orderpriority ASC"), "{task:?}");
+    assert!(
+        task[0][1].contains("it does not order the rows as the question asks (fixed without the model)"),
         "{task:?}"
     );
 
