@@ -78,6 +78,8 @@ pub enum Cause {
     NotGrouped(String),
     /// A date compared with a number or text.
     DateMismatch,
+    /// A function the engine does not have, lower case (`year`).
+    UnknownFunction(String),
     /// Anything else.
     Other,
 }
@@ -93,6 +95,8 @@ impl Problem {
             Cause::NotGrouped(column)
         } else if let Some(table) = missing_table(&message) {
             Cause::MissingTable(table)
+        } else if let Some(function) = unknown_function(&message) {
+            Cause::UnknownFunction(function)
         } else if message.contains("Date32") {
             Cause::DateMismatch
         } else {
@@ -122,6 +126,13 @@ fn missing_table(message: &str) -> Option<String> {
     let rest = &message[at + "table '".len()..];
     let name = rest.split('\'').next()?;
     Some(name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase())
+}
+
+/// The function a planning message says does not exist.
+fn unknown_function(message: &str) -> Option<String> {
+    let at = message.find("Invalid function '")?;
+    let name = message[at + "Invalid function '".len()..].split('\'').next()?;
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
 /// The column a GROUP BY message says must be grouped.
@@ -728,6 +739,20 @@ mod tests {
         assert!(matches!(parse_one("SELECT 1; SELECT 2"), Err(Problem::Policy(_))));
         assert!(matches!(parse_one("SELECT 1\nThis returns one."), Err(Problem::Parse(_))));
         assert!(matches!(parse_one(""), Err(Problem::Parse(_))));
+    }
+
+    #[test]
+    fn planning_messages_name_their_cause() {
+        let cause = |m: &str| match Problem::plan(m) {
+            Problem::Plan(u) => u.cause,
+            _ => unreachable!(),
+        };
+        assert_eq!(cause("Invalid function 'YEAR'.\nDid you mean 'var'?"), Cause::UnknownFunction("year".into()));
+        assert_eq!(
+            cause("Schema error: No field named o.name. Valid fields are o.order_id."),
+            Cause::MissingColumn { qualifier: Some("o".into()), name: "name".into() }
+        );
+        assert_eq!(cause("Invalid function ''"), Cause::Other);
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   referred to it is replaced by the catalog's join keys);
 //! * a selected column missing from GROUP BY;
 //! * a table name off by a letter or two (`order`): the catalog's table;
+//! * another dialect's date-part function (`YEAR(o_orderdate)`), which the
+//!   engine does not have: the standard `EXTRACT(YEAR FROM o_orderdate)`;
 //! * a date range that is not the one period the question names (a year,
 //!   a month, a quarter), or no date range at all for it;
 //! * a joined table the question does not name and the query reads nothing
@@ -24,8 +26,9 @@
 
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr as SqlExpr, GroupByExpr, Ident, Join, JoinConstraint, JoinOperator, ObjectName,
-    ObjectNamePart, Query, Select, SelectItem, SetExpr, Statement, TableFactor, VisitMut, visit_expressions,
+    BinaryOperator, DateTimeField, Expr as SqlExpr, ExtractSyntax, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, Ident, Join, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, Select, SelectItem,
+    SetExpr, Statement, TableFactor, VisitMut, visit_expressions,
 };
 
 use super::check::{Cause, Problem, parse_one};
@@ -35,10 +38,20 @@ use super::knowledge::{Knowledge, stem};
 /// a column of that name; else the only column with the same name after
 /// its table prefix (`l_orderdate` is `orders.o_orderdate`); else a table
 /// name followed by one of its columns (`c_nationname` is `nation.n_name`).
-fn owner_of(k: &Knowledge, missing: &str) -> Option<(String, String)> {
+/// Where several tables fit, the one of them the query reads (`o.name` in a
+/// query over `orders o JOIN customers c` is `c.name`), else the one the
+/// question names ("which products ..." for `products.name`), else none.
+fn owner_of(k: &Knowledge, missing: &str, read: &[(String, String)], question: &str) -> Option<(String, String)> {
+    let question = question.to_lowercase();
     let unique = |found: Vec<(String, String)>| -> Option<(String, String)> {
-        let [one] = found.as_slice() else { return None };
-        Some(one.clone())
+        let one = |fits: &dyn Fn(&str) -> bool| -> Option<(String, String)> {
+            let fit: Vec<&(String, String)> = found.iter().filter(|(t, _)| fits(t)).collect();
+            let [one] = fit.as_slice() else { return None };
+            Some((*one).clone())
+        };
+        one(&|_| true)
+            .or_else(|| one(&|t| read.iter().any(|(r, _)| r == t)))
+            .or_else(|| one(&|t| names_table(&question, t)))
     };
     let all = || k.tables.iter().flat_map(|t| t.columns.iter().map(move |c| (t, c)));
     let exact: Vec<_> =
@@ -209,7 +222,17 @@ impl datafusion::sql::sqlparser::ast::VisitorMut for Requalify<'_> {
     }
 }
 
-/// The query of a SQL text, when it is one plain SELECT.
+/// The query of a SQL text, when it is one query statement.
+fn parse_query(sql: &str) -> Option<Box<Query>> {
+    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
+    let Statement::Query(query) = *statement else { return None };
+    Some(query)
+}
+
+/// The aggregate calls whose results the repairs treat as figures.
+const AGGREGATE_CALLS: [&str; 8] = ["count(", "sum(", "avg(", "min(", "max(", "median(", "stddev(", "var("];
+
+/// The plain SELECT of a query, when it is one.
 fn select_of(query: &mut Query) -> Option<&mut Select> {
     match query.body.as_mut() {
         SetExpr::Select(s) => Some(s.as_mut()),
@@ -258,8 +281,12 @@ fn names_table(question: &str, table: &str) -> bool {
 /// A fixed query for `sql`, failed with `problem`, if one of the fixes applies.
 pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Option<String> {
     let Problem::Plan(unplanned) = problem else { return None };
-    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
-    let Statement::Query(mut query) = *statement else { return None };
+    let mut query = parse_query(sql)?;
+    if let Cause::UnknownFunction(name) = &unplanned.cause {
+        let mut calls = DatePartCalls { name, field: date_part_field(name)?, replaced: 0 };
+        let _ = query.visit(&mut calls);
+        return (calls.replaced > 0).then(|| query.to_string());
+    }
     let select = select_of(&mut query)?;
     if let Cause::NotGrouped(column) = &unplanned.cause {
         // A selected column that is neither grouped nor aggregated: group by it.
@@ -276,7 +303,7 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Optio
     {
         let _ = select.visit(&mut RenameColumn { from: missing, to: &column });
     } else if let Cause::MissingColumn { qualifier, name: missing } = &unplanned.cause {
-        let (owner, column) = owner_of(k, missing)?;
+        let (owner, column) = owner_of(k, missing, &from_tables(select), question)?;
         let owner = owner.as_str();
         if &column != missing {
             // An invented name for a real column (`l_orderdate`,
@@ -333,6 +360,56 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Optio
     (fixed != sql).then_some(fixed)
 }
 
+/// The field of the standard `EXTRACT` that another dialect's date-part
+/// function (MySQL's and Spark's `YEAR(d)`, `DAYOFYEAR(d)`) returns.
+/// `DAYOFWEEK` is not one: it counts from 1, `EXTRACT(DOW ...)` from 0.
+fn date_part_field(function: &str) -> Option<DateTimeField> {
+    Some(match function {
+        "year" => DateTimeField::Year,
+        "quarter" => DateTimeField::Quarter,
+        "month" => DateTimeField::Month,
+        "week" | "weekofyear" => DateTimeField::Week(None),
+        "day" | "dayofmonth" => DateTimeField::Day,
+        "dayofyear" => DateTimeField::Doy,
+        "hour" => DateTimeField::Hour,
+        "minute" => DateTimeField::Minute,
+        "second" => DateTimeField::Second,
+        _ => return None,
+    })
+}
+
+/// Rewrites each one-argument call of the date-part function `name` as
+/// `EXTRACT(field FROM argument)`.
+struct DatePartCalls<'a> {
+    name: &'a str,
+    field: DateTimeField,
+    replaced: usize,
+}
+
+impl datafusion::sql::sqlparser::ast::VisitorMut for DatePartCalls<'_> {
+    type Break = ();
+    fn post_visit_expr(&mut self, e: &mut SqlExpr) -> std::ops::ControlFlow<()> {
+        if let SqlExpr::Function(f) = e
+            && f.name.0.len() == 1
+            && f.name.to_string().eq_ignore_ascii_case(self.name)
+            && f.over.is_none()
+            && f.filter.is_none()
+            && let FunctionArguments::List(list) = &f.args
+            && list.duplicate_treatment.is_none()
+            && list.clauses.is_empty()
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(argument))] = list.args.as_slice()
+        {
+            *e = SqlExpr::Extract {
+                field: self.field.clone(),
+                syntax: ExtractSyntax::From,
+                expr: Box::new(argument.clone()),
+            };
+            self.replaced += 1;
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
 struct Rename<'a> {
     from: &'a str,
     to: &'a str,
@@ -384,6 +461,37 @@ mod tests {
     }
 
     #[test]
+    fn another_dialects_date_part_functions_become_extract() {
+        let k = tpch();
+        let q = "How many orders were placed in 1995?";
+        let problem = plan_error("Invalid function 'year'.\nDid you mean 'var'?");
+        let sql = "SELECT count(*) FROM orders WHERE YEAR(o_orderdate) = 1995 AND year(orders.o_orderdate) > 0";
+        assert_eq!(
+            fix(sql, &problem, &k, q).unwrap(),
+            "SELECT count(*) FROM orders WHERE EXTRACT(YEAR FROM o_orderdate) = 1995 \
+             AND EXTRACT(YEAR FROM orders.o_orderdate) > 0"
+        );
+        // Inside a subquery, a grouping and another statement shape too.
+        let nested = "SELECT MONTH(d), count(*) FROM (SELECT o_orderdate AS d FROM orders) GROUP BY MONTH(d) \
+                      UNION ALL SELECT 0, 0";
+        assert_eq!(
+            fix(nested, &plan_error("Invalid function 'month'."), &k, q).unwrap(),
+            "SELECT EXTRACT(MONTH FROM d), count(*) FROM (SELECT o_orderdate AS d FROM orders) \
+             GROUP BY EXTRACT(MONTH FROM d) UNION ALL SELECT 0, 0"
+        );
+        // Not a date part, a day of the week counted from 1, or another arity: no fix.
+        for (sql, function) in [
+            ("SELECT getenv('HOME')", "getenv"),
+            ("SELECT DAYOFWEEK(o_orderdate) FROM orders", "dayofweek"),
+            ("SELECT YEAR(o_orderdate, 1) FROM orders", "year"),
+            ("SELECT count(*) FROM orders", "year"),
+        ] {
+            let problem = plan_error(&format!("Invalid function '{function}'."));
+            assert_eq!(fix(sql, &problem, &k, q), None, "{sql}");
+        }
+    }
+
+    #[test]
     fn another_tables_prefix_on_a_column_of_the_table_read() {
         let mut k = tpch();
         k.tables[0].columns.push(super::super::knowledge::tests::table("x", &["c_acctbal"]).columns.remove(0));
@@ -413,6 +521,46 @@ mod tests {
         let sql = "SELECT avg(s_acctbal) FROM part WHERE p_size = 10";
         let fixed = fix(sql, &plan_error("No field named s_acctbal."), &tpch(), "").unwrap();
         assert!(fixed.contains("JOIN partsupp ON part.p_partkey = partsupp.ps_partkey JOIN supplier ON partsupp.ps_suppkey = supplier.s_suppkey"), "{fixed}");
+    }
+
+    #[test]
+    fn a_name_several_tables_have_is_the_read_or_the_named_tables() {
+        let join = |l: &str, r: &str, c: &str| KeyJoin {
+            left: l.into(),
+            left_columns: vec![c.into()],
+            right: r.into(),
+            right_columns: vec![c.into()],
+        };
+        let k = Knowledge {
+            tables: vec![
+                table("customers", &["customer_id", "name", "country"]),
+                table("orders", &["order_id", "customer_id", "shipping_cost"]),
+                table("order_items", &["order_id", "product_id", "quantity"]),
+                table("products", &["product_id", "name", "category"]),
+            ],
+            joins: vec![
+                join("orders", "customers", "customer_id"),
+                join("order_items", "orders", "order_id"),
+                join("order_items", "products", "product_id"),
+            ],
+            examples: vec![],
+            version: String::new(),
+        };
+        // The table the query reads.
+        let sql = "SELECT o.customer_id, o.name FROM orders AS o JOIN customers AS c ON o.customer_id = c.customer_id";
+        let fixed = fix(sql, &plan_error("No field named o.name."), &k, "Which customers order most?").unwrap();
+        assert_eq!(
+            fixed,
+            "SELECT o.customer_id, c.name FROM orders AS o JOIN customers AS c ON o.customer_id = c.customer_id"
+        );
+        // Else the table the question names, joined.
+        let sql = "SELECT i.product_id, i.name, sum(i.quantity) FROM order_items AS i GROUP BY i.product_id";
+        let fixed = fix(sql, &plan_error("No field named i.name."), &k, "Which 5 Products sold most units?").unwrap();
+        assert!(fixed.contains("JOIN products ON i.product_id = products.product_id"), "{fixed}");
+        assert!(fixed.contains("products.name"), "{fixed}");
+        // Neither: no guess.
+        let sql = "SELECT i.name FROM order_items AS i";
+        assert_eq!(fix(sql, &plan_error("No field named i.name."), &k, "What was sold?"), None);
     }
 
     #[test]
@@ -563,8 +711,7 @@ fn date_bound(e: &SqlExpr) -> Option<(&SqlExpr, BinaryOperator, String)> {
 ///   word of the question (`l_shipdate` for "shipped", "by ship").
 pub fn date_ranges(sql: &str, question: &str, k: &Knowledge) -> Option<String> {
     let (start, end) = period(question)?;
-    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
-    let Statement::Query(mut query) = *statement else { return None };
+    let mut query = parse_query(sql)?;
     let select = select_of(&mut query)?;
     let mut parts = Vec::new();
     if let Some(selection) = select.selection.take() {
@@ -634,8 +781,7 @@ pub fn needless_grouping(sql: &str, question: &str) -> Option<String> {
     if asks_groups {
         return None;
     }
-    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
-    let Statement::Query(mut query) = *statement else { return None };
+    let mut query = parse_query(sql)?;
     let select = select_of(&mut query)?;
     let GroupByExpr::Expressions(groups, modifiers) = &select.group_by else { return None };
     if groups.is_empty() || !modifiers.is_empty() || select.having.is_some() {
@@ -643,7 +789,7 @@ pub fn needless_grouping(sql: &str, question: &str) -> Option<String> {
     }
     let aggregate = |text: &str| {
         let lower = text.trim_start_matches('(').to_lowercase();
-        ["count(", "sum(", "avg(", "min(", "max(", "median(", "stddev(", "var("].iter().any(|f| lower.starts_with(f))
+        AGGREGATE_CALLS.iter().any(|f| lower.starts_with(f))
     };
     let only_aggregates = select.projection.iter().all(|item| match item {
         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => aggregate(&e.to_string()),
@@ -670,8 +816,7 @@ pub fn needless_join(sql: &str, question: &str, k: &Knowledge) -> Option<String>
     if sql.to_ascii_uppercase().contains("DISTINCT") {
         return None;
     }
-    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
-    let Statement::Query(mut query) = *statement else { return None };
+    let mut query = parse_query(sql)?;
     let asked = question.to_lowercase();
     let select = select_of(&mut query)?.clone();
     let [from] = select.from.as_slice() else { return None };
@@ -874,8 +1019,7 @@ struct Output {
 /// when no output or several fit equally, or the query is not one SELECT.
 pub fn missing_order(sql: &str, question: &str) -> Option<String> {
     let (key, descending) = asked_order(question)?;
-    let Ok(DFStatement::Statement(statement)) = parse_one(sql) else { return None };
-    let Statement::Query(mut query) = *statement else { return None };
+    let mut query = parse_query(sql)?;
     if query.order_by.is_some() {
         return None;
     }
@@ -898,7 +1042,7 @@ pub fn missing_order(sql: &str, question: &str) -> Option<String> {
             };
             let refer = alias.map(|a| a.to_string()).unwrap_or_else(|| text.clone());
             let lower = text.trim_start_matches('(').to_lowercase();
-            let figure = ["count(", "sum(", "avg(", "min(", "max(", "median("].iter().any(|f| lower.contains(f));
+            let figure = AGGREGATE_CALLS.iter().any(|f| lower.contains(f));
             let words = name.to_lowercase().split(|c: char| !c.is_alphanumeric()).map(str::to_string).collect();
             Some(Output { refer, words, text: text.to_lowercase(), figure })
         })
@@ -930,9 +1074,7 @@ pub fn missing_order(sql: &str, question: &str) -> Option<String> {
     };
     let direction = if descending { "DESC" } else { "ASC" };
     let template = format!("SELECT 1 ORDER BY {} {direction}", outputs[chosen].refer);
-    let Ok(DFStatement::Statement(ordered)) = parse_one(&template) else { return None };
-    let Statement::Query(ordered) = *ordered else { return None };
-    query.order_by = ordered.order_by;
+    query.order_by = parse_query(&template)?.order_by;
     Some(query.to_string())
 }
 

@@ -427,9 +427,10 @@ impl Job<'_> {
         }
     }
 
-    /// Checks an answer; a query that fails to plan for a missing join or a
-    /// misspelt table is fixed without the model where [`fix`] can (each
-    /// fix is recorded as an attempt), and the fixed query checked again.
+    /// Checks an answer; a query that fails to plan for a missing join, a
+    /// misspelt table or another dialect's date-part function is fixed
+    /// without the model where [`fix`] can (each fix is recorded as an
+    /// attempt), and the fixed query checked again.
     async fn check_or_fix(&self, text: &str, attempts: &mut Vec<Attempt>) -> std::result::Result<Answered, Problem> {
         let first = match self.check(text).await {
             Ok(answer) => return Ok(answer),

@@ -44,6 +44,12 @@ fn script(chat: &Chat) -> String {
     } else if q.contains("ordered by priority") {
         // Grouped, but not in the order asked.
         fenced("SELECT o_orderpriority, count(*) AS n FROM orders GROUP BY o_orderpriority")
+    } else if q.contains("per month in 1995") {
+        // Another dialect's date-part functions (MySQL's), twice.
+        fenced(
+            "SELECT MONTH(o_orderdate) AS month, count(*) AS n FROM orders WHERE YEAR(o_orderdate) = 1995 \
+             GROUP BY MONTH(o_orderdate)",
+        )
     } else if q.contains("urgent household orders") {
         // A column of a table the query does not join.
         fenced("SELECT count(*) AS n FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'")
@@ -224,6 +230,29 @@ async fn a_wrong_column_is_repaired_and_a_hopeless_question_fails_clearly() {
         task[0][1].contains("it does not order the rows as the question asks (fixed without the model)"),
         "{task:?}"
     );
+
+    // Another dialect's date-part functions become EXTRACT, without the
+    // model; the period and the order are then repaired as above.
+    let before = s.model.chats();
+    let got = run(
+        &mut conn,
+        "SELECT * FROM nl_query('How many orders were placed per month in 1995? Show the month and the count, in month order.')",
+    )
+    .await;
+    let gold = run(
+        &mut conn,
+        "SELECT EXTRACT(MONTH FROM o_orderdate), count(*) FROM orders \
+         WHERE o_orderdate >= DATE '1995-01-01' AND o_orderdate < DATE '1996-01-01' GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(got.len(), 12);
+    assert_eq!(got, gold);
+    assert_eq!(s.model.chats() - before, 1, "fixed without a second model call");
+    let task =
+        run(&mut conn, "SELECT sql, attempts FROM system.nl_tasks WHERE question LIKE '%per month in 1995%'").await;
+    assert!(task[0][0].contains("EXTRACT(MONTH FROM o_orderdate)"), "{task:?}");
+    assert!(!task[0][0].to_uppercase().contains("MONTH(O_ORDERDATE)"), "{task:?}");
+    assert!(task[0][1].contains("Invalid function"), "{task:?}");
 
     let before = s.model.chats();
     let error = fails(&mut conn, "SELECT * FROM nl_query('A question that never works')").await;
