@@ -474,7 +474,7 @@ def run_question(server: Server, q: dict, args) -> dict:
     if not args.gold_as_generated:
         try:
             t = server.run(
-                "SELECT attempts, model_calls, model_ms, total_ms, outcome, retrieved_tables FROM system.nl_tasks "
+                "SELECT sql, attempts, model_calls, model_ms, total_ms, outcome, retrieved_tables FROM system.nl_tasks "
                 f"WHERE question = {sql_string(q['question'])} AND NOT cache_hit ORDER BY time DESC LIMIT 1")["table"]
             if t.num_rows:
                 task = t.to_pylist()[0]

@@ -21,6 +21,8 @@
 //!   a month, a quarter), or no date range at all for it;
 //! * a joined table the question does not name and the query reads nothing
 //!   of but its join keys (it repeats rows: each order once per line item);
+//! * no HAVING for a question that compares a figure of each group with a
+//!   number ("brands with an average price above 155");
 //! * no ORDER BY for a question that asks for an order ("ordered by
 //!   status", "in month order", "the revenue, highest first").
 
@@ -1078,6 +1080,94 @@ pub fn missing_order(sql: &str, question: &str) -> Option<String> {
     Some(query.to_string())
 }
 
+/// A comparison a question asks of a figure ("brands with an average list
+/// price above 155", "a total quantity of more than 300"): the aggregate
+/// call that makes the figure (`avg(`, `sum(`), the comparison operator and
+/// the number. The aggregate word must lead the comparison: no word that
+/// starts another phrase ("of", "with", "whose", ...) between them but a
+/// last "is" or "of" ("the average price of products above 100" compares
+/// the products, not the average).
+fn asked_threshold(question: &str) -> Option<(&'static str, &'static str, String)> {
+    let w: Vec<String> = question
+        .split_whitespace()
+        .map(|x| x.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .filter(|x| !x.is_empty())
+        .collect();
+    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    // The number a word is, commas between thousands taken out.
+    let number = |x: &str| -> Option<String> {
+        let plain = x.replace(',', "");
+        (plain.parse::<f64>().is_ok_and(f64::is_finite)).then_some(plain)
+    };
+    let joining = |x: &str| {
+        matches!(x, "of" | "with" | "whose" | "that" | "which" | "who" | "for" | "in" | "on" | "from" | "per" | "by")
+            || matches!(x, "and" | "or" | "is" | "are" | "was" | "were")
+    };
+    for i in 0..w.len() {
+        // The operator, and the index of the word after it.
+        let (op, next) = match (at(i), at(i + 1)) {
+            ("above" | "over" | "exceeding", _) => (">", i + 1),
+            ("below" | "under", _) => ("<", i + 1),
+            ("more" | "greater" | "higher" | "larger", "than") => (">", i + 2),
+            ("less" | "fewer" | "lower" | "smaller", "than") => ("<", i + 2),
+            ("at", "least") => (">=", i + 2),
+            ("at", "most") => ("<=", i + 2),
+            _ => continue,
+        };
+        let Some(n) = number(at(next)) else { continue };
+        // Back from the operator: at most one "is" or "of", then the words
+        // of the figure, then its aggregate word.
+        let mut j = i;
+        if j > 0 && matches!(at(j - 1), "is" | "are" | "was" | "were" | "of") {
+            j -= 1;
+        }
+        for back in 1..=4 {
+            let Some(k) = j.checked_sub(back) else { break };
+            let call = match at(k) {
+                "average" | "mean" => "avg(",
+                "total" => "sum(",
+                x if joining(x) => break,
+                _ => continue,
+            };
+            return Some((call, op, n));
+        }
+    }
+    None
+}
+
+/// A grouped query without HAVING for a question that compares a figure of
+/// each group with a number the query does not hold ("which brands have an
+/// average list price above 155"): the query keeps the groups whose one
+/// output of that aggregate compares so (`HAVING avg(price) > 155`).
+pub fn missing_threshold(sql: &str, question: &str) -> Option<String> {
+    let (call, op, n) = asked_threshold(question)?;
+    let mut query = parse_query(sql)?;
+    let mut holds = false;
+    let _ = visit_expressions(&query, |e: &SqlExpr| {
+        if let SqlExpr::Value(v) = e {
+            holds |= v.to_string().trim_matches('\'').parse::<f64>().ok() == n.parse::<f64>().ok();
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    let select = select_of(&mut query)?;
+    let GroupByExpr::Expressions(groups, _) = &select.group_by else { return None };
+    if holds || groups.is_empty() || select.having.is_some() {
+        return None;
+    }
+    let figures: Vec<&SqlExpr> = select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+            _ => None,
+        })
+        .filter(|e| e.to_string().trim_start_matches('(').to_lowercase().starts_with(call))
+        .collect();
+    let [figure] = figures.as_slice() else { return None };
+    select.having = Some(super::check::parse_condition(&format!("{figure} {op} {n}")).ok()?);
+    Some(query.to_string())
+}
+
 #[cfg(test)]
 mod date_tests {
     use super::super::knowledge::tests::table;
@@ -1291,5 +1381,51 @@ mod order_tests {
         assert_eq!(missing_order("SELECT * FROM orders", q), None);
         // No order asked.
         assert_eq!(missing_order("SELECT status FROM orders", "How many orders have each status?"), None);
+    }
+}
+
+#[cfg(test)]
+mod threshold_tests {
+    use super::*;
+
+    #[test]
+    fn a_question_reads_as_the_comparison_of_a_figure() {
+        let asked = |q: &str| asked_threshold(q).map(|(c, o, n)| format!("{c} {o} {n}"));
+        let cases = [
+            ("Which brands have an average list price above 155 euros?", Some("avg( > 155")),
+            ("Which nations' suppliers have an average account balance above 4,700?", Some("avg( > 4700")),
+            ("customers whose total quantity is more than 300", Some("sum( > 300")),
+            ("segments with a mean balance of at least 2.5", Some("avg( >= 2.5")),
+            ("categories with a total revenue below 1,000,000", Some("sum( < 1000000")),
+            // The number belongs to the rows, or no figure is named.
+            ("What is the average price of products above 100 per category?", None),
+            ("What is the average supply cost over all suppliers?", None),
+            ("How many customers have placed more than 20 orders?", None),
+            ("Which market segments have an average balance above the average of all customers?", None),
+        ];
+        for (q, want) in cases {
+            assert_eq!(asked(q).as_deref(), want, "{q}");
+        }
+    }
+
+    #[test]
+    fn a_grouped_query_without_the_comparison_gets_it() {
+        let q = "Which brands have an average list price above 155 euros? Show the brand and its average price.";
+        let sql = "SELECT brand, AVG(price) AS avg_price FROM products GROUP BY brand ORDER BY brand";
+        assert_eq!(
+            missing_threshold(sql, q).unwrap(),
+            "SELECT brand, AVG(price) AS avg_price FROM products GROUP BY brand HAVING AVG(price) > 155 ORDER BY brand"
+        );
+        // Already compared (in WHERE or HAVING), not grouped, or no one
+        // output of that aggregate: left alone.
+        for sql in [
+            "SELECT brand, AVG(price) FROM products GROUP BY brand HAVING AVG(price) > 155",
+            "SELECT brand, AVG(price) FROM products WHERE price > 155 GROUP BY brand",
+            "SELECT AVG(price) FROM products",
+            "SELECT brand, count(*) FROM products GROUP BY brand",
+            "SELECT brand, AVG(price), AVG(cost) FROM products GROUP BY brand",
+        ] {
+            assert_eq!(missing_threshold(sql, q), None, "{sql}");
+        }
     }
 }

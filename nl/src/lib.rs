@@ -189,6 +189,7 @@ enum Repair {
     Join,
     Grouping,
     Values,
+    Threshold,
     Order,
 }
 
@@ -462,14 +463,17 @@ impl Job<'_> {
     /// question asks for no grouping are not grouped
     /// ([`fix::needless_grouping`]); contradictory equalities on a column
     /// whose one listed value the question's words stand for get that value
-    /// ([`coverage::settle`]); rows the question asks in an order the query
-    /// does not give are ordered so ([`fix::missing_order`]).
+    /// ([`coverage::settle`]); groups whose figure the question compares
+    /// with a number get that comparison ([`fix::missing_threshold`]); rows
+    /// the question asks in an order the query does not give are ordered so
+    /// ([`fix::missing_order`]).
     async fn fit_to_question(&self, mut answer: Answered, attempts: &mut Vec<Attempt>) -> Answered {
         if !self.strategy.repairs() {
             return answer;
         }
         let question = &self.request.question;
-        for repair in [Repair::Period, Repair::Join, Repair::Grouping, Repair::Values, Repair::Order] {
+        for repair in [Repair::Period, Repair::Join, Repair::Grouping, Repair::Values, Repair::Threshold, Repair::Order]
+        {
             let Answered::Query(q) = &answer else { return answer };
             let fixed = match repair {
                 Repair::Period => fix::date_ranges(&q.sql, question, self.knowledge)
@@ -481,6 +485,9 @@ impl Job<'_> {
                     .map(|sql| (sql, "it groups figures the question does not ask to group".to_string())),
                 Repair::Values => coverage::settle(question, &q.query, self.knowledge)
                     .map(|sql| (sql, coverage::gap(question, &q.query, &q.sql, self.knowledge).unwrap_or_default())),
+                Repair::Threshold => fix::missing_threshold(&q.sql, question).map(|sql| {
+                    (sql, "it does not compare the groups' figure with the number the question names".to_string())
+                }),
                 Repair::Order => fix::missing_order(&q.sql, question)
                     .map(|sql| (sql, "it does not order the rows as the question asks".to_string())),
             };

@@ -50,6 +50,12 @@ fn script(chat: &Chat) -> String {
             "SELECT MONTH(o_orderdate) AS month, count(*) AS n FROM orders WHERE YEAR(o_orderdate) = 1995 \
              GROUP BY MONTH(o_orderdate)",
         )
+    } else if q.contains("balance above 4,700") {
+        // Grouped, without the comparison the question asks of each group.
+        fenced(
+            "SELECT n_name, avg(s_acctbal) AS avg_balance FROM supplier JOIN nation ON s_nationkey = n_nationkey \
+             GROUP BY n_name ORDER BY n_name",
+        )
     } else if q.contains("urgent household orders") {
         // A column of a table the query does not join.
         fenced("SELECT count(*) AS n FROM orders WHERE o_orderpriority = '1-URGENT' AND c_mktsegment = 'HOUSEHOLD'")
@@ -253,6 +259,23 @@ async fn a_wrong_column_is_repaired_and_a_hopeless_question_fails_clearly() {
     assert!(task[0][0].contains("EXTRACT(MONTH FROM o_orderdate)"), "{task:?}");
     assert!(!task[0][0].to_uppercase().contains("MONTH(O_ORDERDATE)"), "{task:?}");
     assert!(task[0][1].contains("Invalid function"), "{task:?}");
+
+    // A comparison of each group's figure with a number becomes HAVING.
+    let before = s.model.chats();
+    let got = run(
+        &mut conn,
+        "SELECT * FROM nl_query('Which nations'' suppliers have an average account balance above 4,700? Show the nation and the average.')",
+    )
+    .await;
+    let all = "SELECT n_name, avg(s_acctbal) FROM supplier JOIN nation ON s_nationkey = n_nationkey GROUP BY n_name";
+    let gold = run(&mut conn, &format!("{all} HAVING avg(s_acctbal) > 4700 ORDER BY n_name")).await;
+    assert!(!gold.is_empty() && gold.len() < run(&mut conn, all).await.len(), "{gold:?}");
+    assert_eq!(got, gold);
+    assert_eq!(s.model.chats() - before, 1, "fixed without a second model call");
+    let task =
+        run(&mut conn, "SELECT sql, attempts FROM system.nl_tasks WHERE question LIKE '%balance above 4,700%'").await;
+    assert!(task[0][0].contains("HAVING avg(s_acctbal) > 4700"), "{task:?}");
+    assert!(task[0][1].contains("it does not compare the groups' figure with the number"), "{task:?}");
 
     let before = s.model.chats();
     let error = fails(&mut conn, "SELECT * FROM nl_query('A question that never works')").await;
