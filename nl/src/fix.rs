@@ -22,7 +22,8 @@
 //! * a joined table the question does not name and the query reads nothing
 //!   of but its join keys (it repeats rows: each order once per line item);
 //! * no HAVING for a question that compares a figure of each group with a
-//!   number ("brands with an average price above 155");
+//!   number ("brands with an average price above 155"), or the number
+//!   compared with each row instead (`WHERE price > 155`);
 //! * no ORDER BY for a question that asks for an order ("ordered by
 //!   status", "in month order", "the revenue, highest first").
 
@@ -290,6 +291,10 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Optio
         return (calls.replaced > 0).then(|| query.to_string());
     }
     let select = select_of(&mut query)?;
+    // A column renamed or requalified in the SELECT, to be so in ORDER BY
+    // too (which belongs to the query around the SELECT).
+    let mut renamed: Option<String> = None;
+    let mut requalified: Option<(String, String, String)> = None;
     if let Cause::NotGrouped(column) = &unplanned.cause {
         // A selected column that is neither grouped nor aggregated: group by it.
         let expr = match column.split_once('.') {
@@ -304,6 +309,7 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Optio
         && let Some(column) = own_prefixed(select, k, missing, question)
     {
         let _ = select.visit(&mut RenameColumn { from: missing, to: &column });
+        renamed = Some(column);
     } else if let Cause::MissingColumn { qualifier, name: missing } = &unplanned.cause {
         let (owner, column) = owner_of(k, missing, &from_tables(select), question)?;
         let owner = owner.as_str();
@@ -311,6 +317,7 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Optio
             // An invented name for a real column (`l_orderdate`,
             // `c_nationname`): the real one, from its own table.
             let _ = select.visit(&mut RenameColumn { from: missing, to: &column });
+            renamed = Some(column.clone());
         }
         let present = from_tables(select);
         // A join condition naming the column on the wrong table: the
@@ -331,20 +338,14 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Optio
                 before.extend(this);
             }
         }
-        match present.iter().find(|(t, _)| t == owner) {
-            Some((_, refer)) => {
-                if let Some(q) = qualifier {
-                    requalify(select, q, &column, &refer.clone());
-                }
-            }
-            None => {
-                if !add_join(select, k, owner) {
-                    return None;
-                }
-                if let Some(q) = qualifier {
-                    requalify(select, q, &column, owner);
-                }
-            }
+        let refer = match present.iter().find(|(t, _)| t == owner) {
+            Some((_, refer)) => refer.clone(),
+            None if add_join(select, k, owner) => owner.to_string(),
+            None => return None,
+        };
+        if let Some(q) = qualifier {
+            requalify(select, q, &column, &refer);
+            requalified = Some((q.clone(), column, refer));
         }
     } else if let Cause::MissingTable(table) = &unplanned.cause {
         let near: Vec<&str> = k
@@ -357,6 +358,14 @@ pub fn fix(sql: &str, problem: &Problem, k: &Knowledge, question: &str) -> Optio
         let _ = query.visit(&mut Rename { from: table, to: right });
     } else {
         return None;
+    }
+    if let (Some(order_by), Cause::MissingColumn { name: missing, .. }) = (&mut query.order_by, &unplanned.cause) {
+        if let Some(column) = &renamed {
+            let _ = order_by.visit(&mut RenameColumn { from: missing, to: column });
+        }
+        if let Some((qualifier, column, refer)) = &requalified {
+            let _ = order_by.visit(&mut Requalify { qualifier, column, refer });
+        }
     }
     let fixed = query.to_string();
     (fixed != sql).then_some(fixed)
@@ -563,6 +572,25 @@ mod tests {
         // Neither: no guess.
         let sql = "SELECT i.name FROM order_items AS i";
         assert_eq!(fix(sql, &plan_error("No field named i.name."), &k, "What was sold?"), None);
+    }
+
+    #[test]
+    fn order_by_follows_a_renamed_or_requalified_column() {
+        let mut k = tpch();
+        k.tables.push(table("reviews", &["r_reviewkey", "r_partkey", "r_sentiment"]));
+        k.tables[2].columns.push(table("x", &["p_container"]).columns.remove(0));
+        let sql = "SELECT container, avg(p_size) FROM part GROUP BY container ORDER BY container";
+        assert_eq!(
+            fix(sql, &plan_error("No field named container."), &k, "").unwrap(),
+            "SELECT p_container, avg(p_size) FROM part GROUP BY p_container ORDER BY p_container"
+        );
+        let sql = "SELECT t1.p_container, count(*) FROM reviews AS t1 JOIN part AS t2 ON t1.r_partkey = t2.p_partkey \
+                   GROUP BY t1.p_container ORDER BY t1.p_container";
+        assert_eq!(
+            fix(sql, &plan_error("No field named t1.p_container."), &k, "").unwrap(),
+            "SELECT t2.p_container, count(*) FROM reviews AS t1 JOIN part AS t2 ON t1.r_partkey = t2.p_partkey \
+             GROUP BY t2.p_container ORDER BY t2.p_container"
+        );
     }
 
     #[test]
@@ -1136,35 +1164,51 @@ fn asked_threshold(question: &str) -> Option<(&'static str, &'static str, String
 }
 
 /// A grouped query without HAVING for a question that compares a figure of
-/// each group with a number the query does not hold ("which brands have an
-/// average list price above 155"): the query keeps the groups whose one
-/// output of that aggregate compares so (`HAVING avg(price) > 155`).
+/// each group with a number ("which brands have an average list price above
+/// 155"): the query keeps the groups whose one output of that aggregate
+/// compares so (`HAVING avg(price) > 155`). Where the query compares the
+/// figure's argument row by row with that number instead (`WHERE price >
+/// 155`, which averages the dear products of each brand), that comparison
+/// goes. Nothing changes when the number is anywhere else in the query.
 pub fn missing_threshold(sql: &str, question: &str) -> Option<String> {
     let (call, op, n) = asked_threshold(question)?;
+    let number = n.parse::<f64>().ok();
+    let is_number =
+        |e: &SqlExpr| matches!(e, SqlExpr::Value(v) if v.to_string().trim_matches('\'').parse::<f64>().ok() == number);
     let mut query = parse_query(sql)?;
-    let mut holds = false;
-    let _ = visit_expressions(&query, |e: &SqlExpr| {
-        if let SqlExpr::Value(v) = e {
-            holds |= v.to_string().trim_matches('\'').parse::<f64>().ok() == n.parse::<f64>().ok();
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
     let select = select_of(&mut query)?;
     let GroupByExpr::Expressions(groups, _) = &select.group_by else { return None };
-    if holds || groups.is_empty() || select.having.is_some() {
+    if groups.is_empty() || select.having.is_some() {
         return None;
     }
-    let figures: Vec<&SqlExpr> = select
+    let figures: Vec<String> = select
         .projection
         .iter()
         .filter_map(|item| match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e.to_string()),
             _ => None,
         })
-        .filter(|e| e.to_string().trim_start_matches('(').to_lowercase().starts_with(call))
+        .filter(|e| e.trim_start_matches('(').to_lowercase().starts_with(call))
         .collect();
     let [figure] = figures.as_slice() else { return None };
-    select.having = Some(super::check::parse_condition(&format!("{figure} {op} {n}")).ok()?);
+    let argument = figure.to_lowercase().trim_start_matches('(')[call.len()..].trim_end_matches(')').to_string();
+    let mut parts = Vec::new();
+    if let Some(selection) = select.selection.take() {
+        conjuncts(selection, &mut parts);
+    }
+    parts.retain(
+        |p| !matches!(p, SqlExpr::BinaryOp { left, right, .. } if is_number(right) && left.to_string().to_lowercase() == argument),
+    );
+    select.selection = and_all(parts);
+    let mut holds = false;
+    let _ = visit_expressions(&query, |e: &SqlExpr| {
+        holds |= is_number(e);
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    if holds {
+        return None;
+    }
+    select_of(&mut query)?.having = Some(super::check::parse_condition(&format!("{figure} {op} {n}")).ok()?);
     Some(query.to_string())
 }
 
@@ -1416,11 +1460,17 @@ mod threshold_tests {
             missing_threshold(sql, q).unwrap(),
             "SELECT brand, AVG(price) AS avg_price FROM products GROUP BY brand HAVING AVG(price) > 155 ORDER BY brand"
         );
-        // Already compared (in WHERE or HAVING), not grouped, or no one
-        // output of that aggregate: left alone.
+        // The number compared with each row's price instead: moved to the groups.
+        let sql = "SELECT brand, AVG(p.price) FROM products AS p WHERE p.price > 155 AND p.stock > 0 GROUP BY brand";
+        assert_eq!(
+            missing_threshold(sql, q).unwrap(),
+            "SELECT brand, AVG(p.price) FROM products AS p WHERE p.stock > 0 GROUP BY brand HAVING AVG(p.price) > 155"
+        );
+        // Already compared with the figure, the number elsewhere, not
+        // grouped, or no one output of that aggregate: left alone.
         for sql in [
             "SELECT brand, AVG(price) FROM products GROUP BY brand HAVING AVG(price) > 155",
-            "SELECT brand, AVG(price) FROM products WHERE price > 155 GROUP BY brand",
+            "SELECT brand, AVG(price) FROM products WHERE cost > 155 GROUP BY brand",
             "SELECT AVG(price) FROM products",
             "SELECT brand, count(*) FROM products GROUP BY brand",
             "SELECT brand, AVG(price), AVG(cost) FROM products GROUP BY brand",
