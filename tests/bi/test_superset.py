@@ -227,7 +227,10 @@ def test_superset_charts_revenue_by_nation_from_lakelink(page, superset, cluster
     assert plan["http_status"] == 200, plan
     assert result_grid(pg, 2, showing="physical_plan")
 
-    # A semantic function with the local model: every answer is one of the labels.
+    # A semantic function with the local model: every answer is one of the
+    # labels, or NULL where the model finds none fits (docs/functions.md; which
+    # rows those are varies with the CPU's kernels), and the plainest row is
+    # answered.
     labels = ("urgent", "routine")
     classify = run_in_sql_lab(
         pg, "SELECT o_orderpriority, llm_classify(o_orderpriority, 'urgent', 'routine') AS kind "
@@ -235,7 +238,8 @@ def test_superset_charts_revenue_by_nation_from_lakelink(page, superset, cluster
     assert classify["http_status"] == 200, classify
     grid = result_grid(pg, 2, showing="1-URGENT")
     assert [r[0] for r in grid] == ["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"], grid
-    assert all(r[1] in labels for r in grid), grid
+    assert all(r[1] in labels or r[1] == "NULL" for r in grid), grid
+    assert grid[0][1] == "urgent", grid
 
     # A question in plain English, compiled by the local model.
     nl = run_in_sql_lab(pg, f"SELECT * FROM nl_query('{BUILDING_Q}')")
